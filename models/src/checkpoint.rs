@@ -1,0 +1,203 @@
+//! Safetensors checkpoints in the Hugging Face layout: one `model.safetensors`, or shards listed by
+//! `model.safetensors.index.json`. Loading validates every tensor against the architecture's
+//! expected names and shapes and reports all problems at once, naming the file.
+
+use crate::error::TensorProblem;
+use crate::{ModelError, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// A tensor the architecture needs: checkpoint name and shape.
+#[derive(Debug, Clone)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<i64>,
+}
+
+impl TensorSpec {
+    pub fn new(name: impl Into<String>, shape: &[i64]) -> Self {
+        Self {
+            name: name.into(),
+            shape: shape.to_vec(),
+        }
+    }
+}
+
+/// The safetensors files of a checkpoint folder, in a stable order.
+pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.exists() {
+        return Err(ModelError::io(
+            &single,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "neither model.safetensors nor model.safetensors.index.json found",
+            ),
+        ));
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+        path: index.clone(),
+        source: e,
+    })?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| ModelError::config(&index, "weight_map", "missing or not an object"))?;
+    let mut files = BTreeSet::new();
+    for (name, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            ModelError::config(&index, format!("weight_map.{name}"), "not a file name")
+        })?;
+        if file.contains('/') || file.contains("..") {
+            return Err(ModelError::config(
+                &index,
+                format!("weight_map.{name}"),
+                format!("shard `{file}` is not a plain file name"),
+            ));
+        }
+        files.insert(dir.join(file));
+    }
+    Ok(files.into_iter().collect())
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    match dtype {
+        Dtype::F32 => Some(Kind::Float),
+        Dtype::F16 => Some(Kind::Half),
+        Dtype::BF16 => Some(Kind::BFloat16),
+        Dtype::F64 => Some(Kind::Double),
+        Dtype::I64 => Some(Kind::Int64),
+        Dtype::I32 => Some(Kind::Int),
+        Dtype::I8 => Some(Kind::Int8),
+        Dtype::U8 => Some(Kind::Uint8),
+        _ => None,
+    }
+}
+
+/// Reads one safetensors file into tensors of `kind` on `device` (integer tensors keep their kind).
+/// `keep` decides which names are read; others are returned in the second list, unread.
+pub fn read_safetensors(
+    path: &Path,
+    kind: Kind,
+    device: Device,
+    keep: impl Fn(&str) -> bool,
+) -> Result<(Vec<(String, Tensor)>, Vec<String>)> {
+    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    // SAFETY: the file is opened read-only and not modified while mapped; tensors copy out of it.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    let st = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut loaded = Vec::new();
+    let mut skipped = Vec::new();
+    let mut names: Vec<String> = st.names().into_iter().map(|n| n.to_string()).collect();
+    names.sort();
+    for name in names {
+        if !keep(&name) {
+            skipped.push(name);
+            continue;
+        }
+        let view = st.tensor(&name).map_err(|e| ModelError::Safetensors {
+            path: path.to_path_buf(),
+            message: format!("{name}: {e}"),
+        })?;
+        let Some(src_kind) = kind_of(view.dtype()) else {
+            return Err(ModelError::Tensors {
+                path: path.to_path_buf(),
+                problems: vec![TensorProblem::Dtype {
+                    name,
+                    file: path.to_path_buf(),
+                    dtype: format!("{:?}", view.dtype()),
+                }],
+            });
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &shape, src_kind)?;
+        let target = if matches!(src_kind, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) {
+            kind
+        } else {
+            src_kind
+        };
+        loaded.push((name, t.f_to_device(device)?.f_to_kind(target)?));
+    }
+    Ok((loaded, skipped))
+}
+
+/// Loads a checkpoint folder and checks it against `specs`. Names for which `ignorable` is true
+/// may be present in the files and are dropped (for example a duplicated tied LM head). Every missing,
+/// unexpected or mis-shaped tensor is reported in one error.
+pub fn load_checked(
+    dir: &Path,
+    specs: &[TensorSpec],
+    ignorable: &dyn Fn(&str) -> bool,
+    kind: Kind,
+    device: Device,
+) -> Result<HashMap<String, Tensor>> {
+    let wanted: HashMap<&str, &TensorSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut problems = Vec::new();
+    let mut out = HashMap::new();
+    for file in checkpoint_files(dir)? {
+        let (loaded, skipped) =
+            read_safetensors(&file, kind, device, |n| wanted.contains_key(n))?;
+        for name in skipped {
+            if !ignorable(&name) {
+                problems.push(TensorProblem::Unexpected {
+                    name,
+                    file: file.clone(),
+                });
+            }
+        }
+        for (name, t) in loaded {
+            let spec = wanted[name.as_str()];
+            if t.size() != spec.shape {
+                problems.push(TensorProblem::Shape {
+                    name,
+                    file: file.clone(),
+                    expected: spec.shape.clone(),
+                    found: t.size(),
+                });
+            } else {
+                out.insert(name, t);
+            }
+        }
+    }
+    for spec in specs {
+        let misshaped = problems
+            .iter()
+            .any(|p| matches!(p, TensorProblem::Shape { name, .. } if *name == spec.name));
+        if !out.contains_key(&spec.name) && !misshaped {
+            problems.push(TensorProblem::Missing {
+                name: spec.name.clone(),
+                expected: spec.shape.clone(),
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(ModelError::Tensors {
+            path: dir.to_path_buf(),
+            problems,
+        })
+    }
+}
+
+/// Writes tensors as one safetensors file, atomically (temporary file, then rename).
+pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let tmp = path.with_extension("safetensors.tmp");
+    let contiguous: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu).contiguous()))
+        .collect();
+    Tensor::write_safetensors(&contiguous, &tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))?;
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! Device and dtype names as the CLIs and config files spell them.
+
+use crate::{ModelError, Result};
+use tch::{Device, Kind};
+
+/// `cpu`, `cuda` (first GPU) or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| {
+                ModelError::InvalidArgument(format!(
+                    "unknown device `{s}` (expected cpu, cuda or cuda:N)"
+                ))
+            }),
+    }
+}
+
+/// `f32`, `f16` or `bf16` (also the long names).
+pub fn parse_dtype(s: &str) -> Result<Kind> {
+    match s {
+        "f32" | "float32" => Ok(Kind::Float),
+        "f16" | "float16" => Ok(Kind::Half),
+        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
+        _ => Err(ModelError::InvalidArgument(format!(
+            "unknown dtype `{s}` (expected f32, f16 or bf16)"
+        ))),
+    }
+}
+
+pub fn dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Float => "f32",
+        Kind::Half => "f16",
+        Kind::BFloat16 => "bf16",
+        Kind::Double => "f64",
+        Kind::Int8 => "i8",
+        Kind::Int64 => "i64",
+        _ => "other",
+    }
+}
+
+/// Size of one element, in bytes.
+pub fn dtype_size(kind: Kind) -> usize {
+    kind.elt_size_in_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices_and_dtypes() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert_eq!(parse_device("cuda:1").unwrap(), Device::Cuda(1));
+        assert!(parse_device("tpu").is_err());
+        assert_eq!(parse_dtype("bf16").unwrap(), Kind::BFloat16);
+        assert!(parse_dtype("f8").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! Tolk's model code over libtorch (tch).
+//!
+//! - [`llama`]: the Llama-family decoder (Hugging Face layout), its config, RoPE and KV cache;
+//! - [`checkpoint`]: safetensors loading with name and shape validation;
+//! - [`tokenizer`]: Hugging Face `tokenizer.json` through the `tokenizers` crate;
+//! - [`sampling`]: greedy / temperature / top-k / top-p sampling with allowed-token masks;
+//! - [`generate`]: the prefill + decode loop used by the CLI, the benchmark and the runtime.
+
+pub mod checkpoint;
+pub mod device;
+pub mod error;
+pub mod generate;
+pub mod llama;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use error::{ModelError, Result};

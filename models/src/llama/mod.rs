@@ -1,0 +1,15 @@
+//! The Llama-family decoder (Hugging Face `LlamaForCausalLM` layout).
+//!
+//! Matches transformers' `models/llama/modeling_llama.py`: RMSNorm computed in f32, SwiGLU MLP,
+//! grouped-query attention with rotate-half RoPE (plain, linear or llama3 scaling), tied or untied
+//! LM head. The caller owns the [`KvCache`].
+
+mod config;
+mod kv_cache;
+mod model;
+mod rope;
+
+pub use config::{LlamaConfig, RopeScaling};
+pub use kv_cache::KvCache;
+pub use model::{Llama, LoadOptions};
+pub use rope::{inverse_frequencies, RotaryTables};

@@ -1,0 +1,570 @@
+//! Llama weights and forward pass. Tensor names follow the checkpoint keys
+//! (`model.layers.{i}.self_attn.q_proj.weight`, ...); at load the q/k/v and gate/up projections
+//! are fused into one matrix each (the per-projection tensors stay as views of it), which halves
+//! the number of matrix-vector products in a decode step.
+
+use super::config::LlamaConfig;
+use super::kv_cache::KvCache;
+use super::rope::RotaryTables;
+use crate::checkpoint::{load_checked, save_safetensors, TensorSpec};
+use crate::{ModelError, Result};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// How to load a checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Compute dtype; weights are converted at load.
+    pub dtype: Kind,
+    /// Longest sequence the RoPE tables cover (capped by `max_position_embeddings`).
+    pub max_positions: i64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: Kind::Float,
+            max_positions: 4096,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+    }
+
+    fn out_features(&self) -> i64 {
+        self.weight.size()[0]
+    }
+
+    /// One linear layer computing all of `parts` (concatenated outputs); each part becomes a
+    /// view into the fused weight so no memory is duplicated.
+    fn fuse(parts: &mut [&mut Linear]) -> Result<Linear> {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let weight = Tensor::f_cat(&weights, 0)?;
+        let bias = if parts.iter().all(|p| p.bias.is_some()) {
+            let biases: Vec<&Tensor> = parts.iter().map(|p| p.bias.as_ref().unwrap()).collect();
+            Some(Tensor::f_cat(&biases, 0)?)
+        } else {
+            None
+        };
+        let mut start = 0;
+        for p in parts.iter_mut() {
+            let n = p.out_features();
+            p.weight = weight.f_narrow(0, start, n)?;
+            if let Some(b) = &bias {
+                p.bias = Some(b.f_narrow(0, start, n)?);
+            }
+            start += n;
+        }
+        Ok(Linear { weight, bias })
+    }
+}
+
+#[derive(Debug)]
+struct DecoderLayer {
+    input_layernorm: Tensor,
+    post_attention_layernorm: Tensor,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    /// q, k and v stacked (inference).
+    qkv: Linear,
+    /// gate and up stacked (inference).
+    gate_up: Linear,
+}
+
+/// A loaded Llama model. Immutable after load: many sessions may share it (each with its own
+/// [`KvCache`]).
+#[derive(Debug)]
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: Tensor,
+    /// `None` when tied to `embed_tokens`.
+    lm_head: Option<Tensor>,
+    rope: RotaryTables,
+    dtype: Kind,
+    device: Device,
+}
+
+// SAFETY: the model's tensors are never mutated after construction (all forward operations create
+// new tensors; cache writes go to the caller's KvCache). libtorch tensors may be read from
+// several threads at once.
+unsafe impl Sync for Llama {}
+
+fn layer_prefix(i: i64) -> String {
+    format!("model.layers.{i}")
+}
+
+impl Llama {
+    /// Names and shapes of every tensor the config calls for, as in the checkpoint.
+    pub fn tensor_specs(cfg: &LlamaConfig) -> Vec<TensorSpec> {
+        let h = cfg.hidden_size;
+        let q = cfg.num_attention_heads * cfg.head_dim;
+        let kv = cfg.num_key_value_heads * cfg.head_dim;
+        let i = cfg.intermediate_size;
+        let mut specs = vec![TensorSpec::new("model.embed_tokens.weight", &[cfg.vocab_size, h])];
+        for l in 0..cfg.num_hidden_layers {
+            let p = layer_prefix(l);
+            specs.push(TensorSpec::new(format!("{p}.input_layernorm.weight"), &[h]));
+            specs.push(TensorSpec::new(
+                format!("{p}.post_attention_layernorm.weight"),
+                &[h],
+            ));
+            for (name, out, inp) in [("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h)] {
+                specs.push(TensorSpec::new(
+                    format!("{p}.self_attn.{name}.weight"),
+                    &[out, inp],
+                ));
+                if cfg.attention_bias {
+                    specs.push(TensorSpec::new(format!("{p}.self_attn.{name}.bias"), &[out]));
+                }
+            }
+            specs.push(TensorSpec::new(format!("{p}.self_attn.o_proj.weight"), &[h, q]));
+            if cfg.attention_bias {
+                specs.push(TensorSpec::new(format!("{p}.self_attn.o_proj.bias"), &[h]));
+            }
+            for (name, out, inp) in [("gate_proj", i, h), ("up_proj", i, h), ("down_proj", h, i)] {
+                specs.push(TensorSpec::new(format!("{p}.mlp.{name}.weight"), &[out, inp]));
+                if cfg.mlp_bias {
+                    specs.push(TensorSpec::new(format!("{p}.mlp.{name}.bias"), &[out]));
+                }
+            }
+        }
+        specs.push(TensorSpec::new("model.norm.weight", &[h]));
+        if !cfg.tie_word_embeddings {
+            specs.push(TensorSpec::new("lm_head.weight", &[cfg.vocab_size, h]));
+        }
+        specs
+    }
+
+    /// Loads `dir/config.json` and the safetensors weights of `dir`.
+    pub fn load(dir: &Path, opts: LoadOptions) -> Result<Self> {
+        let _span = tracing::info_span!("llama_load", dir = %dir.display()).entered();
+        let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
+        let specs = Self::tensor_specs(&cfg);
+        let tied = cfg.tie_word_embeddings;
+        // Tied checkpoints sometimes carry a copy of the head; old ones carry RoPE buffers.
+        let ignorable = |name: &str| {
+            (tied && name == "lm_head.weight") || name.ends_with("rotary_emb.inv_freq")
+        };
+        let tensors = load_checked(dir, &specs, &ignorable, opts.dtype, opts.device)?;
+        Self::from_tensors(cfg, tensors, opts)
+    }
+
+    /// Builds the model from named tensors (checkpoint names). The tensors are used as they are
+    /// (shared storage), so a training loop may pass its trainable variables.
+    pub fn from_tensors(
+        cfg: LlamaConfig,
+        mut tensors: HashMap<String, Tensor>,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        let mut take = |name: &str| {
+            tensors.remove(name).ok_or_else(|| {
+                ModelError::InvalidArgument(format!("tensor `{name}` was not provided"))
+            })
+        };
+        fn linear(
+            take: &mut impl FnMut(&str) -> Result<Tensor>,
+            name: &str,
+            bias: bool,
+        ) -> Result<Linear> {
+            Ok(Linear {
+                weight: take(&format!("{name}.weight"))?,
+                bias: if bias {
+                    Some(take(&format!("{name}.bias"))?)
+                } else {
+                    None
+                },
+            })
+        }
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers as usize);
+        for l in 0..cfg.num_hidden_layers {
+            let p = layer_prefix(l);
+            let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+            let mut q_proj = linear(&mut take, &format!("{p}.self_attn.q_proj"), ab)?;
+            let mut k_proj = linear(&mut take, &format!("{p}.self_attn.k_proj"), ab)?;
+            let mut v_proj = linear(&mut take, &format!("{p}.self_attn.v_proj"), ab)?;
+            let o_proj = linear(&mut take, &format!("{p}.self_attn.o_proj"), ab)?;
+            let mut gate_proj = linear(&mut take, &format!("{p}.mlp.gate_proj"), mb)?;
+            let mut up_proj = linear(&mut take, &format!("{p}.mlp.up_proj"), mb)?;
+            let down_proj = linear(&mut take, &format!("{p}.mlp.down_proj"), mb)?;
+            let qkv = Linear::fuse(&mut [&mut q_proj, &mut k_proj, &mut v_proj])?;
+            let gate_up = Linear::fuse(&mut [&mut gate_proj, &mut up_proj])?;
+            layers.push(DecoderLayer {
+                input_layernorm: take(&format!("{p}.input_layernorm.weight"))?,
+                post_attention_layernorm: take(&format!("{p}.post_attention_layernorm.weight"))?,
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                gate_proj,
+                up_proj,
+                down_proj,
+                qkv,
+                gate_up,
+            });
+        }
+        let embed_tokens = take("model.embed_tokens.weight")?;
+        let norm = take("model.norm.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(take("lm_head.weight")?)
+        };
+        let max_positions = opts.max_positions.min(cfg.max_position_embeddings);
+        let rope = RotaryTables::new(&cfg, max_positions, opts.dtype, opts.device)?;
+        Ok(Self {
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            dtype: opts.dtype,
+            device: opts.device,
+        })
+    }
+
+    /// A model with random weights (normal, std 0.02; norms at 1) for benchmarks and tests of
+    /// shapes that have no public checkpoint here.
+    pub fn random(cfg: LlamaConfig, opts: LoadOptions, seed: i64) -> Result<Self> {
+        tch::manual_seed(seed);
+        let mut tensors = HashMap::new();
+        for spec in Self::tensor_specs(&cfg) {
+            let t = if spec.shape.len() == 1 && spec.name.ends_with("norm.weight") {
+                Tensor::f_ones(spec.shape.as_slice(), (opts.dtype, opts.device))?
+            } else {
+                Tensor::f_randn(spec.shape.as_slice(), (opts.dtype, opts.device))? * 0.02
+            };
+            tensors.insert(spec.name, t);
+        }
+        Self::from_tensors(cfg, tensors, opts)
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn dtype(&self) -> Kind {
+        self.dtype
+    }
+
+    /// Longest sequence this model instance can process (RoPE table length).
+    pub fn max_positions(&self) -> i64 {
+        self.rope.max_positions()
+    }
+
+    /// A cache for `batch` sequences of up to `capacity` positions, in the model's dtype and device.
+    pub fn new_cache(&self, batch: i64, capacity: i64) -> Result<KvCache> {
+        if capacity > self.max_positions() {
+            return Err(ModelError::InvalidArgument(format!(
+                "cache capacity {capacity} exceeds the model's {} positions",
+                self.max_positions()
+            )));
+        }
+        KvCache::new(&self.cfg, batch, capacity, self.dtype, self.device)
+    }
+
+    /// The LM head matrix `[vocab, hidden]`.
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// Bytes of weight data read to produce one token at batch 1 (every matrix once; the tied
+    /// embedding counts once, as the LM head).
+    pub fn weight_bytes_per_token(&self) -> i64 {
+        let elems = self.cfg.num_parameters()
+            - if self.cfg.tie_word_embeddings {
+                0
+            } else {
+                // An untied input embedding only reads one row per token.
+                self.cfg.vocab_size * self.cfg.hidden_size
+            };
+        elems * self.dtype.elt_size_in_bytes() as i64
+    }
+
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let x32 = x.f_to_kind(Kind::Float)?;
+        let var = x32.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
+        let normed = x32.f_mul(&(var + self.cfg.rms_norm_eps).f_rsqrt()?)?;
+        Ok(weight.f_mul(&normed.f_to_kind(self.dtype)?)?)
+    }
+
+    /// Hidden states after the final norm, `[B, T, hidden]`, for `tokens` `[B, T]` (i64).
+    ///
+    /// With a cache, the tokens continue the cached sequence and their keys and values are
+    /// written to it. Without one, `tokens` is a whole sequence (training, scoring).
+    /// `padding_mask` `[B, S]` (true = real token, S = cached + new positions) hides padded
+    /// positions from attention.
+    pub fn forward_hidden(
+        &self,
+        tokens: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        padding_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let size = tokens.size();
+        let [b, t] = size[..] else {
+            return Err(ModelError::InvalidArgument(format!(
+                "tokens must be [batch, time], got {size:?}"
+            )));
+        };
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if let Some(c) = cache.as_ref() {
+            c.check_room(t)?;
+            if c.batch() != b {
+                return Err(ModelError::InvalidArgument(format!(
+                    "batch {b} does not match the cache's batch {}",
+                    c.batch()
+                )));
+            }
+        }
+        if past + t > self.max_positions() {
+            return Err(ModelError::CacheFull {
+                needed: (past + t) as usize,
+                capacity: self.max_positions() as usize,
+            });
+        }
+        let vocab = self.cfg.vocab_size;
+        let (min, max) = (
+            tokens.f_min()?.int64_value(&[]),
+            tokens.f_max()?.int64_value(&[]),
+        );
+        if min < 0 || max >= vocab {
+            return Err(ModelError::InvalidArgument(format!(
+                "token ids must lie in 0..{vocab}, got {min}..={max}"
+            )));
+        }
+        let mask = self.attention_mask(b, t, past, padding_mask)?;
+        let mut x = Tensor::f_embedding(&self.embed_tokens, tokens, -1, false, false)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let _span = tracing::trace_span!("llama_layer", layer = i).entered();
+            let h = self.rms_norm(&x, &layer.input_layernorm)?;
+            let h = self.attention(layer, i, &h, past, cache.as_deref_mut(), mask.as_ref())?;
+            x = x.f_add(&h)?;
+            let h = self.rms_norm(&x, &layer.post_attention_layernorm)?;
+            let gu = layer.gate_up.forward(&h)?;
+            let inter = self.cfg.intermediate_size;
+            let gate = gu.f_narrow(-1, 0, inter)?;
+            let up = gu.f_narrow(-1, inter, inter)?;
+            let h = layer.down_proj.forward(&gate.f_silu()?.f_mul(&up)?)?;
+            x = x.f_add(&h)?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        self.rms_norm(&x, &self.norm)
+    }
+
+    /// Additive mask `[B or 1, 1, 1, T, S]` (0 or -inf), or `None` when nothing is masked
+    /// (one new token without padding).
+    fn attention_mask(
+        &self,
+        b: i64,
+        t: i64,
+        past: i64,
+        padding: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let s = past + t;
+        let opts = (Kind::Float, self.device);
+        let mut blocked: Option<Tensor> = None;
+        if t > 1 {
+            // Query t (absolute position past + t) sees keys 0..=past + t.
+            let q = Tensor::f_arange(t, (Kind::Int64, self.device))?.f_add_scalar(past)?;
+            let k = Tensor::f_arange(s, (Kind::Int64, self.device))?;
+            blocked = Some(k.unsqueeze(0).f_gt_tensor(&q.unsqueeze(1))?.f_view([1, 1, 1, t, s])?);
+        }
+        if let Some(p) = padding {
+            if p.size() != [b, s] {
+                return Err(ModelError::InvalidArgument(format!(
+                    "padding mask must be [{b}, {s}], got {:?}",
+                    p.size()
+                )));
+            }
+            let pad = p
+                .f_to_kind(Kind::Bool)?
+                .f_logical_not()?
+                .f_view([b, 1, 1, 1, s])?;
+            blocked = Some(match blocked {
+                Some(m) => m.f_logical_or(&pad)?,
+                None => pad,
+            });
+        }
+        Ok(match blocked {
+            None => None,
+            Some(m) => Some(
+                Tensor::f_zeros(m.size(), opts)?.f_masked_fill(&m, f64::NEG_INFINITY)?,
+            ),
+        })
+    }
+
+    fn attention(
+        &self,
+        layer: &DecoderLayer,
+        index: usize,
+        x: &Tensor,
+        past: i64,
+        cache: Option<&mut KvCache>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let (nh, nkv, d) = (
+            self.cfg.num_attention_heads,
+            self.cfg.num_key_value_heads,
+            self.cfg.head_dim,
+        );
+        let g = nh / nkv;
+        let qkv = layer.qkv.forward(x)?;
+        let q = qkv.f_narrow(-1, 0, nh * d)?.f_view([b, t, nh, d])?.f_transpose(1, 2)?;
+        let k = qkv
+            .f_narrow(-1, nh * d, nkv * d)?
+            .f_view([b, t, nkv, d])?
+            .f_transpose(1, 2)?;
+        let v = qkv
+            .f_narrow(-1, (nh + nkv) * d, nkv * d)?
+            .f_view([b, t, nkv, d])?
+            .f_transpose(1, 2)?;
+        let q = self.rope.apply(&q, past)?;
+        let k = self.rope.apply(&k, past)?;
+        let (k, v) = match cache {
+            Some(c) => c.write(index, &k, &v)?,
+            None => (k, v),
+        };
+        let s = k.size()[2];
+        // Grouped-query attention without repeating keys: the g query heads of one key/value
+        // head are stacked along the time axis ([B, kv, g*T, D]).
+        let q = q.f_reshape([b, nkv, g * t, d])?;
+        let scores = q
+            .f_matmul(&k.f_transpose(-1, -2)?)?
+            .f_mul_scalar(1.0 / (d as f64).sqrt())?;
+        let scores = match mask {
+            Some(m) => scores.f_view([b, nkv, g, t, s])?.f_add(m)?.f_view([b, nkv, g * t, s])?,
+            None => scores,
+        };
+        let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(self.dtype)?;
+        let out = probs
+            .f_matmul(&v)?
+            .f_view([b, nh, t, d])?
+            .f_transpose(1, 2)?
+            .f_reshape([b, t, nh * d])?;
+        layer.o_proj.forward(&out)
+    }
+
+    /// Logits `[.., vocab]` for hidden states from [`Self::forward_hidden`].
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(hidden.f_linear::<&Tensor>(self.lm_head_weight(), None)?)
+    }
+
+    /// Logits of the vocabulary slice `start..start + len` only (constrained decoding phases).
+    pub fn logits_range(&self, hidden: &Tensor, start: i64, len: i64) -> Result<Tensor> {
+        let w = self.lm_head_weight().f_narrow(0, start, len)?;
+        Ok(hidden.f_linear::<&Tensor>(&w, None)?)
+    }
+
+    /// Full logits `[B, T, vocab]`.
+    pub fn forward(&self, tokens: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let h = self.forward_hidden(tokens, cache, None)?;
+        self.logits(&h)
+    }
+
+    /// Logits of the last position only, `[B, vocab]`: what a generation step needs.
+    pub fn forward_last(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let h = self.forward_hidden(tokens, Some(cache), None)?;
+        let t = h.size()[1];
+        self.logits(&h.f_select(1, t - 1)?)
+    }
+
+    /// Adds `n` rows to the vocabulary. New embedding rows (and LM-head rows when untied) are the
+    /// mean of the existing rows, as transformers' `resize_token_embeddings(mean_resizing=True)`
+    /// (which samples around that mean with a negligible 1e-9-scaled covariance).
+    pub fn extend_vocab(&mut self, n: i64) -> Result<()> {
+        if n < 0 {
+            return Err(ModelError::InvalidArgument(format!(
+                "cannot add {n} tokens"
+            )));
+        }
+        let grow = |w: &Tensor| -> Result<Tensor> {
+            let mean = w
+                .f_to_kind(Kind::Float)?
+                .f_mean_dim(0, true, Kind::Float)?
+                .f_to_kind(w.kind())?;
+            let rows = mean.f_expand([n, w.size()[1]], false)?;
+            Ok(Tensor::f_cat(&[w, &rows], 0)?)
+        };
+        self.embed_tokens = grow(&self.embed_tokens)?;
+        if let Some(head) = &self.lm_head {
+            self.lm_head = Some(grow(head)?);
+        }
+        self.cfg.vocab_size += n;
+        Ok(())
+    }
+
+    /// Named tensors in the checkpoint layout (the un-fused projections).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.shallow_clone(),
+        )];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = layer_prefix(i as i64);
+            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.shallow_clone()));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.shallow_clone(),
+            ));
+            let linears = [
+                ("self_attn.q_proj", &l.q_proj),
+                ("self_attn.k_proj", &l.k_proj),
+                ("self_attn.v_proj", &l.v_proj),
+                ("self_attn.o_proj", &l.o_proj),
+                ("mlp.gate_proj", &l.gate_proj),
+                ("mlp.up_proj", &l.up_proj),
+                ("mlp.down_proj", &l.down_proj),
+            ];
+            for (name, lin) in linears {
+                out.push((format!("{p}.{name}.weight"), lin.weight.shallow_clone()));
+                if let Some(bias) = &lin.bias {
+                    out.push((format!("{p}.{name}.bias"), bias.shallow_clone()));
+                }
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.shallow_clone()));
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), head.shallow_clone()));
+        }
+        out
+    }
+
+    /// Writes `config.json` and `model.safetensors` (Hugging Face layout) into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let cfg_path = dir.join("config.json");
+        let text = serde_json::to_string_pretty(&self.cfg.to_json())
+            .map_err(|e| ModelError::Json {
+                path: cfg_path.clone(),
+                source: e,
+            })?;
+        std::fs::write(&cfg_path, text).map_err(|e| ModelError::io(&cfg_path, e))?;
+        save_safetensors(&dir.join("model.safetensors"), &self.named_tensors())
+    }
+}

@@ -1,0 +1,104 @@
+//! Text tokenizer: a Hugging Face `tokenizer.json` through the `tokenizers` crate.
+
+use crate::{ModelError, Result};
+use std::path::{Path, PathBuf};
+use tokenizers::AddedToken;
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+}
+
+impl Tokenizer {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(ModelError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer file not found"),
+            ));
+        }
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            inner,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Loads `dir/tokenizer.json` and checks that every id fits a model vocabulary of
+    /// `vocab_size` rows (the model may have more rows than the tokenizer, never fewer).
+    pub fn for_model(dir: &Path, vocab_size: i64) -> Result<Self> {
+        let tok = Self::from_file(&dir.join("tokenizer.json"))?;
+        let n = tok.vocab_size() as i64;
+        if n > vocab_size {
+            return Err(ModelError::Tokenizer {
+                path: tok.path.clone(),
+                message: format!(
+                    "{n} tokens do not fit the model's vocab_size {vocab_size} (config.json)"
+                ),
+            });
+        }
+        Ok(tok)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> ModelError {
+        ModelError::Tokenizer {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text`, with the tokenizer's own special tokens (for example BOS) when
+    /// `special` is true.
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, special).map_err(|e| self.err(e))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(|e| self.err(e))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Adds special tokens (unit and task tokens) at the end of the vocabulary; returns the id
+    /// of each. Tokens already present keep their id.
+    pub fn add_special_tokens(&mut self, tokens: &[String]) -> Result<Vec<u32>> {
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .map(|t| AddedToken::from(t.clone(), true))
+            .collect();
+        self.inner
+            .add_special_tokens(added)
+            .map_err(|e| self.err(e))?;
+        tokens
+            .iter()
+            .map(|t| {
+                self.inner
+                    .token_to_id(t)
+                    .ok_or_else(|| self.err(format!("token {t} was not added")))
+            })
+            .collect()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.inner.save(path, true).map_err(|e| self.err(e))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

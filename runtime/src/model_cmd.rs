@@ -1,0 +1,414 @@
+//! `tolk model ...`: inspect, logits, generate and bench on a Hugging Face Llama folder.
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+use tolk_models::device::{dtype_name, parse_device, parse_dtype};
+use tolk_models::generate::{generate, step_logits, GenerateOptions};
+use tolk_models::llama::{Llama, LlamaConfig, LoadOptions};
+use tolk_models::sampling::{Sampler, SamplingConfig, TokenMask};
+use tolk_models::tokenizer::Tokenizer;
+
+#[derive(Args, Clone)]
+pub struct LoadArgs {
+    /// Hugging Face model folder (config.json, model.safetensors or shards, tokenizer.json).
+    dir: PathBuf,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Longest sequence (prompt + output) to support.
+    #[arg(long, default_value_t = 2048)]
+    max_len: i64,
+}
+
+impl LoadArgs {
+    fn options(&self) -> Result<LoadOptions> {
+        Ok(LoadOptions {
+            device: parse_device(&self.device)?,
+            dtype: parse_dtype(&self.dtype)?,
+            max_positions: self.max_len,
+        })
+    }
+
+    fn load(&self) -> Result<(Llama, Tokenizer)> {
+        let model = Llama::load(&self.dir, self.options()?)
+            .with_context(|| format!("loading the model in {}", self.dir.display()))?;
+        let tok = Tokenizer::for_model(&self.dir, model.config().vocab_size)?;
+        Ok((model, tok))
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct SampleArgs {
+    /// 0 for greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 disables top-k.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Config, parameter count, dtype and memory of a checkpoint.
+    Inspect {
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Top-k next-token logits at the last position of a prompt.
+    Logits {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 10)]
+        top_k: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue a prompt and report tokens/s.
+    Generate {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        #[command(flatten)]
+        sample: SampleArgs,
+        /// Do not stop at the model's end-of-sequence token.
+        #[arg(long)]
+        ignore_eos: bool,
+    },
+    /// Prefill and decode throughput at batch 1 against the memory-bandwidth ceiling, optionally
+    /// beside transformers on the same weights.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Model folder; omit with --random-config.
+    dir: Option<PathBuf>,
+    /// Benchmark random weights of this config.json instead of a checkpoint.
+    #[arg(long, conflicts_with = "dir")]
+    random_config: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Python with transformers: run tests/reference/bench_transformers.py in the same run and
+    /// print the ratios.
+    #[arg(long)]
+    compare_python: Option<PathBuf>,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run(cmd: ModelCommand) -> Result<()> {
+    match cmd {
+        ModelCommand::Inspect { load } => inspect(&load),
+        ModelCommand::Logits {
+            load,
+            prompt,
+            top_k,
+            json,
+        } => logits(&load, &prompt, top_k, json),
+        ModelCommand::Generate {
+            load,
+            prompt,
+            max_new_tokens,
+            sample,
+            ignore_eos,
+        } => generate_cmd(&load, &prompt, max_new_tokens, &sample, ignore_eos),
+        ModelCommand::Bench(args) => bench(&args),
+    }
+}
+
+fn inspect(load: &LoadArgs) -> Result<()> {
+    let (model, tok) = load.load()?;
+    let cfg = model.config();
+    let params = cfg.num_parameters();
+    let bytes = params * model.dtype().elt_size_in_bytes() as i64;
+    println!("model            {}", load.dir.display());
+    println!("layers           {}", cfg.num_hidden_layers);
+    println!("hidden           {}", cfg.hidden_size);
+    println!("intermediate     {}", cfg.intermediate_size);
+    println!(
+        "heads            {} query, {} key/value, head_dim {}",
+        cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    );
+    println!("vocab            {} (tokenizer {})", cfg.vocab_size, tok.vocab_size());
+    println!("rope             theta {} {:?}", cfg.rope_theta, cfg.rope_scaling);
+    println!("tied embeddings  {}", cfg.tie_word_embeddings);
+    println!("parameters       {params} ({:.1} M)", params as f64 / 1e6);
+    println!("dtype            {}", dtype_name(model.dtype()));
+    println!("device           {:?}", model.device());
+    println!("weights memory   {:.1} MiB", bytes as f64 / (1 << 20) as f64);
+    let kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
+        * model.dtype().elt_size_in_bytes() as i64;
+    println!(
+        "kv cache         {:.1} KiB per position, {:.1} MiB at {} positions",
+        kv as f64 / 1024.0,
+        (kv * model.max_positions()) as f64 / (1 << 20) as f64,
+        model.max_positions()
+    );
+    Ok(())
+}
+
+fn logits(load: &LoadArgs, prompt: &str, top_k: i64, as_json: bool) -> Result<()> {
+    let (model, tok) = load.load()?;
+    let ids = tok.encode(prompt, true)?;
+    anyhow::ensure!(!ids.is_empty(), "the prompt encodes to no tokens");
+    let mut cache = model.new_cache(1, ids.len() as i64)?;
+    let input: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    let logits = model.forward_last(
+        &Tensor::from_slice(&input).to_device(model.device()).view([1, -1]),
+        &mut cache,
+    )?;
+    let (values, indices) = logits
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu)
+        .topk(top_k.min(model.config().vocab_size), -1, true, true);
+    let values = Vec::<f32>::try_from(values.view([-1]))?;
+    let indices = Vec::<i64>::try_from(indices.view([-1]))?;
+    let top: Vec<_> = values
+        .iter()
+        .zip(&indices)
+        .map(|(&v, &i)| {
+            json!({"id": i, "token": tok.id_to_token(i as u32), "logit": v})
+        })
+        .collect();
+    if as_json {
+        println!("{}", json!({"prompt_ids": ids, "top": top}));
+    } else {
+        println!("prompt ids: {ids:?}");
+        for (v, i) in values.iter().zip(&indices) {
+            println!(
+                "{i:>8}  {v:>10.4}  {:?}",
+                tok.id_to_token(*i as u32).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn generate_cmd(
+    load: &LoadArgs,
+    prompt: &str,
+    max_new_tokens: usize,
+    sample: &SampleArgs,
+    ignore_eos: bool,
+) -> Result<()> {
+    let (model, tok) = load.load()?;
+    let ids = tok.encode(prompt, true)?;
+    anyhow::ensure!(!ids.is_empty(), "the prompt encodes to no tokens");
+    let capacity = (ids.len() + max_new_tokens) as i64;
+    anyhow::ensure!(
+        capacity <= model.max_positions(),
+        "prompt ({} tokens) + --max-new-tokens {max_new_tokens} exceed --max-len {}",
+        ids.len(),
+        model.max_positions()
+    );
+    let mut cache = model.new_cache(1, capacity)?;
+    let mut sampler = Sampler::new(SamplingConfig {
+        temperature: sample.temperature,
+        top_k: sample.top_k,
+        top_p: sample.top_p,
+        seed: sample.seed,
+    })?;
+    let stop_tokens = if ignore_eos {
+        vec![]
+    } else {
+        model.config().eos_token_ids.iter().map(|&t| t as u32).collect()
+    };
+    let opts = GenerateOptions {
+        max_new_tokens,
+        stop_tokens,
+        mask: TokenMask::All,
+    };
+    print!("{prompt}");
+    std::io::stdout().flush()?;
+    // Stream text as it comes: decode the whole output each time and print the new suffix, so
+    // multi-byte characters split across tokens come out whole.
+    let mut out_ids = Vec::new();
+    let mut printed = 0;
+    let result = generate(&model, &mut cache, &mut sampler, &ids, &opts, |t| {
+        out_ids.push(t);
+        if let Ok(text) = tok.decode(&out_ids, true) {
+            if text.len() > printed && text.is_char_boundary(printed) {
+                print!("{}", &text[printed..]);
+                let _ = std::io::stdout().flush();
+                printed = text.len();
+            }
+        }
+    })?;
+    println!();
+    eprintln!(
+        "{} prompt tokens, {} new tokens ({:?}); prefill {:.1} tokens/s, decode {:.1} tokens/s",
+        result.prompt_tokens,
+        result.tokens.len(),
+        result.stop,
+        result.prefill_tokens_per_sec(),
+        result.decode_tokens_per_sec()
+    );
+    Ok(())
+}
+
+/// Read bandwidth of the device in bytes/s: the best of several full reductions over a buffer
+/// much larger than the caches (the access pattern of a batch-1 decode step).
+fn read_bandwidth(device: Device, bytes: i64) -> f64 {
+    let n = bytes / 4;
+    let buf = Tensor::ones([n], (Kind::Float, device));
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s = buf.sum(Kind::Float);
+        let _ = s.double_value(&[]);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (n * 4) as f64 / best
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    let opts = LoadOptions {
+        device: parse_device(&args.device)?,
+        dtype: parse_dtype(&args.dtype)?,
+        max_positions: (args.prompt_tokens + args.new_tokens + 1) as i64,
+    };
+    let (model, source) = match (&args.dir, &args.random_config) {
+        (Some(dir), None) => (Llama::load(dir, opts)?, dir.display().to_string()),
+        (None, Some(cfg)) => (
+            Llama::random(LlamaConfig::from_file(cfg)?, opts, 0)?,
+            format!("random weights, {}", cfg.display()),
+        ),
+        _ => anyhow::bail!("give a model folder or --random-config"),
+    };
+    let cfg = model.config();
+    let threads = tch::get_num_threads();
+    let vocab = cfg.vocab_size;
+    // A fixed pseudo-random prompt: the timing does not depend on the text.
+    let prompt: Vec<u32> = (0..args.prompt_tokens)
+        .map(|i| ((i as u64 * 2_654_435_761) % vocab as u64) as u32)
+        .collect();
+    let mut cache = model.new_cache(1, (args.prompt_tokens + args.new_tokens) as i64)?;
+    let mut sampler = Sampler::new(SamplingConfig::greedy())?;
+    let gen_opts = GenerateOptions {
+        max_new_tokens: args.new_tokens,
+        stop_tokens: vec![],
+        mask: TokenMask::All,
+    };
+    // Warm-up, then timed runs.
+    generate(&model, &mut cache, &mut sampler, &prompt[..8.min(prompt.len())], &gen_opts, |_| {})?;
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for _ in 0..args.repeats.max(1) {
+        let g = generate(&model, &mut cache, &mut sampler, &prompt, &gen_opts, |_| {})?;
+        prefill.push(g.prefill_tokens_per_sec());
+        decode.push(g.decode_tokens_per_sec());
+    }
+    let (prefill, decode) = (median(prefill), median(decode));
+    let weight_bytes = model.weight_bytes_per_token();
+    let bandwidth = read_bandwidth(model.device(), weight_bytes.max(1 << 29));
+    let ceiling = bandwidth / weight_bytes as f64;
+    // Confirms the step logits path works on this device (and keeps the helper exercised).
+    let _ = step_logits;
+    println!("model                {source}");
+    println!(
+        "device / dtype       {:?} / {}, {threads} threads",
+        model.device(),
+        dtype_name(model.dtype())
+    );
+    println!(
+        "parameters           {:.1} M, {:.1} MiB read per token",
+        cfg.num_parameters() as f64 / 1e6,
+        weight_bytes as f64 / (1 << 20) as f64
+    );
+    println!("prefill              {prefill:.1} tokens/s ({} tokens)", args.prompt_tokens);
+    println!("decode               {decode:.1} tokens/s ({} tokens)", args.new_tokens);
+    println!("read bandwidth       {:.2} GB/s", bandwidth / 1e9);
+    println!(
+        "bandwidth ceiling    {ceiling:.1} tokens/s; decode reaches {:.0} % of it",
+        100.0 * decode / ceiling
+    );
+    let mut report = json!({
+        "model": source, "device": format!("{:?}", model.device()),
+        "dtype": dtype_name(model.dtype()), "threads": threads,
+        "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode,
+        "read_bandwidth_gb_s": bandwidth / 1e9, "ceiling_tokens_per_s": ceiling,
+        "ceiling_fraction": decode / ceiling,
+    });
+    if let Some(python) = &args.compare_python {
+        let dir = args
+            .dir
+            .as_ref()
+            .context("--compare-python needs a model folder")?;
+        let peer = run_transformers(python, dir, args, threads)?;
+        let (p_prefill, p_decode) = (
+            peer["prefill_tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+            peer["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+        );
+        println!(
+            "transformers         prefill {p_prefill:.1} tokens/s, decode {p_decode:.1} tokens/s ({})",
+            peer["version"].as_str().unwrap_or("?")
+        );
+        println!(
+            "ratio tolk/transformers  prefill {:.2}x, decode {:.2}x",
+            prefill / p_prefill,
+            decode / p_decode
+        );
+        report["transformers"] = peer;
+        report["decode_ratio"] = json!(decode / p_decode);
+        report["prefill_ratio"] = json!(prefill / p_prefill);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+fn run_transformers(python: &Path, dir: &Path, args: &BenchArgs, threads: i32) -> Result<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/bench_transformers.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(dir)
+        .args(["--threads", &threads.to_string()])
+        .args(["--prompt-tokens", &args.prompt_tokens.to_string()])
+        .args(["--new-tokens", &args.new_tokens.to_string()])
+        .args(["--repeats", &args.repeats.to_string()])
+        .args(["--device", &args.device, "--dtype", &args.dtype])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "transformers benchmark failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout)?;
+    let line = stdout.lines().last().context("transformers benchmark printed nothing")?;
+    Ok(serde_json::from_str(line)?)
+}

@@ -1,0 +1,2 @@
+//! `tolk-train`: the Tolk training side.
+fn main() {}
