@@ -24,7 +24,39 @@ $(REF)/smollm2/reference.json: tests/reference/smollm2.py | setup
 $(REF)/llama_tiny/reference.json: tests/reference/llama_tiny.py | setup
 	$(PY) tests/reference/llama_tiny.py $(REF)/llama_tiny
 
-reference: setup $(REF)/smollm2/reference.json $(REF)/llama_tiny/reference.json
+# Unit HiFi-GAN: speechbrain reference (fairseq names) and the fairseq-checkpoint converter's output.
+$(REF)/vocoder/reference.json: tests/reference/vocoder.py models/convert/fairseq_vocoder.py | setup
+	$(PY) tests/reference/vocoder.py $(REF)/vocoder
+	for n in mhubert small; do \
+	  $(PY) models/convert/fairseq_vocoder.py $(REF)/vocoder/$$n/fairseq/g_00000000 \
+	    $(REF)/vocoder/$$n/fairseq/config.json $(REF)/vocoder/$$n/converted || { rm -f $@; exit 1; }; \
+	done
+
+# HuBERT: random transformers models (mHuBERT-base shape, tiny post-LN and pre-LN), their
+# fairseq-layout weights and the converter's output; k-means vs sklearn (K = 1000, D = 768).
+$(REF)/hubert/reference.json: tests/reference/hubert.py models/convert/fairseq_hubert.py | setup
+	rm -f $@
+	$(PY) tests/reference/hubert.py $(REF)/hubert
+	for n in tiny_post tiny_stable mhubert_base; do \
+	  $(PY) models/convert/fairseq_hubert.py $(REF)/hubert/$$n/fairseq.pt $(REF)/hubert/$$n/converted \
+	    || { rm -f $@; exit 1; }; \
+	done
+
+$(REF)/kmeans/reference.json: tests/reference/kmeans.py models/convert/kmeans_joblib.py | setup
+	rm -f $@
+	$(PY) tests/reference/kmeans.py $(REF)/kmeans
+	$(PY) models/convert/kmeans_joblib.py $(REF)/kmeans/km1000.bin $(REF)/kmeans/converted.safetensors \
+	  || { rm -f $@; exit 1; }
+
+# Kaldi fbank/MFCC from torchaudio, and Silero VAD probabilities + segments from silero-vad,
+# on espeak-ng English/French speech made at generation time.
+$(REF)/audio_features/reference.json: tests/reference/audio_features.py tests/reference/speech.py | setup
+	$(PY) tests/reference/audio_features.py $(REF)/audio_features
+
+$(REF)/silero/reference.json: tests/reference/silero.py tests/reference/speech.py | setup
+	$(PY) tests/reference/silero.py $(REF)/silero
+
+reference: setup $(REF)/smollm2/reference.json $(REF)/llama_tiny/reference.json $(REF)/vocoder/reference.json $(REF)/hubert/reference.json $(REF)/kmeans/reference.json $(REF)/audio_features/reference.json $(REF)/silero/reference.json
 
 demo: setup $(REF)/smollm2/reference.json
 	cargo build --release -p tolk-runtime
@@ -39,6 +71,8 @@ bench: setup $(REF)/smollm2/reference.json
 	cargo build --release -p tolk-runtime
 	target/release/tolk --threads $(THREADS) model bench $(REF)/smollm2/model \
 	  --compare-python $(PY) --json $(REF)/bench-smollm2.json
+	target/release/tolk --threads $(THREADS) units bench
+	target/release/tolk --threads $(THREADS) vocoder bench
 
 fmt:
 	cargo fmt --all

@@ -16,7 +16,7 @@ apt_packages=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-alsa
-  libssl-dev
+  libssl-dev openssl
 )
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -9,6 +9,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
+/// Tensors read from a file, and the names left unread.
+pub type ReadTensors = (Vec<(String, Tensor)>, Vec<String>);
+
 /// A tensor the architecture needs: checkpoint name and shape.
 #[derive(Debug, Clone)]
 pub struct TensorSpec {
@@ -88,7 +91,7 @@ pub fn read_safetensors(
     kind: Kind,
     device: Device,
     keep: impl Fn(&str) -> bool,
-) -> Result<(Vec<(String, Tensor)>, Vec<String>)> {
+) -> Result<ReadTensors> {
     let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
     // SAFETY: the file is opened read-only and not modified while mapped; tensors copy out of it.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
@@ -121,7 +124,10 @@ pub fn read_safetensors(
         };
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t = Tensor::f_from_data_size(view.data(), &shape, src_kind)?;
-        let target = if matches!(src_kind, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) {
+        let target = if matches!(
+            src_kind,
+            Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double
+        ) {
             kind
         } else {
             src_kind
@@ -145,8 +151,7 @@ pub fn load_checked(
     let mut problems = Vec::new();
     let mut out = HashMap::new();
     for file in checkpoint_files(dir)? {
-        let (loaded, skipped) =
-            read_safetensors(&file, kind, device, |n| wanted.contains_key(n))?;
+        let (loaded, skipped) = read_safetensors(&file, kind, device, |n| wanted.contains_key(n))?;
         for name in skipped {
             if !ignorable(&name) {
                 problems.push(TensorProblem::Unexpected {

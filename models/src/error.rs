@@ -39,6 +39,8 @@ pub enum ModelError {
     InvalidArgument(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Audio(#[from] crate::audio::AudioError),
 }
 
 /// One way a checkpoint disagrees with the architecture its config describes.
@@ -70,13 +72,12 @@ fn format_tensor_problems(problems: &[TensorProblem]) -> String {
     for p in problems {
         out.push_str("\n  ");
         match p {
-            TensorProblem::Missing { name, expected } => {
-                out.push_str(&format!("missing tensor `{name}` (expected shape {expected:?})"))
-            }
-            TensorProblem::Unexpected { name, file } => out.push_str(&format!(
-                "unexpected tensor `{name}` in {}",
-                file.display()
+            TensorProblem::Missing { name, expected } => out.push_str(&format!(
+                "missing tensor `{name}` (expected shape {expected:?})"
             )),
+            TensorProblem::Unexpected { name, file } => {
+                out.push_str(&format!("unexpected tensor `{name}` in {}", file.display()))
+            }
             TensorProblem::Shape {
                 name,
                 file,

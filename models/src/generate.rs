@@ -105,7 +105,9 @@ pub fn generate(
         if cache.len() >= cache.capacity() {
             break StopReason::CacheFull;
         }
-        let input = Tensor::from_slice(&[next as i64]).to_device(device).view([1, 1]);
+        let input = Tensor::from_slice(&[next as i64])
+            .to_device(device)
+            .view([1, 1]);
         let hidden = model.forward_hidden(&input, Some(cache), None)?;
         let (logits, offset) = step_logits(model, &hidden.f_select(1, 0)?, &opts.mask)?;
         next = sampler.sample(&logits, offset, &opts.mask)?;

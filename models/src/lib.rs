@@ -1,11 +1,14 @@
 //! Tolk's model code over libtorch (tch).
 //!
+//! - [`audio`]: WAV I/O, conditioning, resampling, Kaldi features, Silero VAD, endpointing;
 //! - [`llama`]: the Llama-family decoder (Hugging Face layout), its config, RoPE and KV cache;
 //! - [`checkpoint`]: safetensors loading with name and shape validation;
 //! - [`tokenizer`]: Hugging Face `tokenizer.json` through the `tokenizers` crate;
 //! - [`sampling`]: greedy / temperature / top-k / top-p sampling with allowed-token masks;
-//! - [`generate`]: the prefill + decode loop used by the CLI, the benchmark and the runtime.
+//! - [`generate`]: the prefill + decode loop used by the CLI, the benchmark and the runtime;
+//! - [`vocab`]: vocabulary extension with unit and task tokens.
 
+pub mod audio;
 pub mod checkpoint;
 pub mod device;
 pub mod error;
@@ -13,5 +16,8 @@ pub mod generate;
 pub mod llama;
 pub mod sampling;
 pub mod tokenizer;
+pub mod units;
+pub mod vocab;
+pub mod vocoder;
 
 pub use error::{ModelError, Result};

@@ -245,6 +245,11 @@ mod tests {
         assert_eq!(m.span(1000), 5..200);
         assert!(m.allows(5) && !m.allows(6) && m.allows(150));
         assert_eq!(TokenMask::All.span(10), 0..10);
-        assert!(SamplingConfig { top_p: 0.0, ..SamplingConfig::greedy() }.validate().is_err());
+        assert!(SamplingConfig {
+            top_p: 0.0,
+            ..SamplingConfig::greedy()
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -157,14 +157,27 @@ fn inspect(load: &LoadArgs) -> Result<()> {
         "heads            {} query, {} key/value, head_dim {}",
         cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     );
-    println!("vocab            {} (tokenizer {})", cfg.vocab_size, tok.vocab_size());
-    println!("rope             theta {} {:?}", cfg.rope_theta, cfg.rope_scaling);
+    println!(
+        "vocab            {} (tokenizer {})",
+        cfg.vocab_size,
+        tok.vocab_size()
+    );
+    println!(
+        "rope             theta {} {:?}",
+        cfg.rope_theta, cfg.rope_scaling
+    );
     println!("tied embeddings  {}", cfg.tie_word_embeddings);
     println!("parameters       {params} ({:.1} M)", params as f64 / 1e6);
     println!("dtype            {}", dtype_name(model.dtype()));
     println!("device           {:?}", model.device());
-    println!("weights memory   {:.1} MiB", bytes as f64 / (1 << 20) as f64);
-    let kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
+    println!(
+        "weights memory   {:.1} MiB",
+        bytes as f64 / (1 << 20) as f64
+    );
+    let kv = 2
+        * cfg.num_hidden_layers
+        * cfg.num_key_value_heads
+        * cfg.head_dim
         * model.dtype().elt_size_in_bytes() as i64;
     println!(
         "kv cache         {:.1} KiB per position, {:.1} MiB at {} positions",
@@ -182,21 +195,23 @@ fn logits(load: &LoadArgs, prompt: &str, top_k: i64, as_json: bool) -> Result<()
     let mut cache = model.new_cache(1, ids.len() as i64)?;
     let input: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
     let logits = model.forward_last(
-        &Tensor::from_slice(&input).to_device(model.device()).view([1, -1]),
+        &Tensor::from_slice(&input)
+            .to_device(model.device())
+            .view([1, -1]),
         &mut cache,
     )?;
-    let (values, indices) = logits
-        .to_kind(Kind::Float)
-        .to_device(Device::Cpu)
-        .topk(top_k.min(model.config().vocab_size), -1, true, true);
+    let (values, indices) = logits.to_kind(Kind::Float).to_device(Device::Cpu).topk(
+        top_k.min(model.config().vocab_size),
+        -1,
+        true,
+        true,
+    );
     let values = Vec::<f32>::try_from(values.view([-1]))?;
     let indices = Vec::<i64>::try_from(indices.view([-1]))?;
     let top: Vec<_> = values
         .iter()
         .zip(&indices)
-        .map(|(&v, &i)| {
-            json!({"id": i, "token": tok.id_to_token(i as u32), "logit": v})
-        })
+        .map(|(&v, &i)| json!({"id": i, "token": tok.id_to_token(i as u32), "logit": v}))
         .collect();
     if as_json {
         println!("{}", json!({"prompt_ids": ids, "top": top}));
@@ -239,7 +254,12 @@ fn generate_cmd(
     let stop_tokens = if ignore_eos {
         vec![]
     } else {
-        model.config().eos_token_ids.iter().map(|&t| t as u32).collect()
+        model
+            .config()
+            .eos_token_ids
+            .iter()
+            .map(|&t| t as u32)
+            .collect()
     };
     let opts = GenerateOptions {
         max_new_tokens,
@@ -323,7 +343,14 @@ fn bench(args: &BenchArgs) -> Result<()> {
         mask: TokenMask::All,
     };
     // Warm-up, then timed runs.
-    generate(&model, &mut cache, &mut sampler, &prompt[..8.min(prompt.len())], &gen_opts, |_| {})?;
+    generate(
+        &model,
+        &mut cache,
+        &mut sampler,
+        &prompt[..8.min(prompt.len())],
+        &gen_opts,
+        |_| {},
+    )?;
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     for _ in 0..args.repeats.max(1) {
@@ -348,8 +375,14 @@ fn bench(args: &BenchArgs) -> Result<()> {
         cfg.num_parameters() as f64 / 1e6,
         weight_bytes as f64 / (1 << 20) as f64
     );
-    println!("prefill              {prefill:.1} tokens/s ({} tokens)", args.prompt_tokens);
-    println!("decode               {decode:.1} tokens/s ({} tokens)", args.new_tokens);
+    println!(
+        "prefill              {prefill:.1} tokens/s ({} tokens)",
+        args.prompt_tokens
+    );
+    println!(
+        "decode               {decode:.1} tokens/s ({} tokens)",
+        args.new_tokens
+    );
     println!("read bandwidth       {:.2} GB/s", bandwidth / 1e9);
     println!(
         "bandwidth ceiling    {ceiling:.1} tokens/s; decode reaches {:.0} % of it",
@@ -391,8 +424,14 @@ fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_transformers(python: &Path, dir: &Path, args: &BenchArgs, threads: i32) -> Result<serde_json::Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/bench_transformers.py");
+fn run_transformers(
+    python: &Path,
+    dir: &Path,
+    args: &BenchArgs,
+    threads: i32,
+) -> Result<serde_json::Value> {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/bench_transformers.py");
     let out = Command::new(python)
         .arg(&script)
         .arg(dir)
@@ -409,6 +448,9 @@ fn run_transformers(python: &Path, dir: &Path, args: &BenchArgs, threads: i32) -
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8(out.stdout)?;
-    let line = stdout.lines().last().context("transformers benchmark printed nothing")?;
+    let line = stdout
+        .lines()
+        .last()
+        .context("transformers benchmark printed nothing")?;
     Ok(serde_json::from_str(line)?)
 }

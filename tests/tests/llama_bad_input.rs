@@ -12,7 +12,9 @@ use tolk_tests::{read_tensors, reference_dir};
 
 /// A writable copy of the tiny tied model.
 fn tiny_copy() -> (tempfile::TempDir, PathBuf) {
-    let src = reference_dir("llama_tiny").join("llama32_tied").join("model");
+    let src = reference_dir("llama_tiny")
+        .join("llama32_tied")
+        .join("model");
     let tmp = tempfile::tempdir().unwrap();
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
@@ -49,7 +51,10 @@ fn truncated_safetensors_names_the_file() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
     // A header cut short.
     std::fs::write(&path, &bytes[..5]).unwrap();
     assert!(load_err(&dir).contains("model.safetensors"));
@@ -65,12 +70,26 @@ fn shape_missing_and_unexpected_tensors_are_all_reported() {
                 *w = w.narrow(0, 0, 32).contiguous();
             }
         }
-        t.push(("model.layers.0.self_attn.extra.weight".into(), Tensor::zeros([2], tch::kind::FLOAT_CPU)));
+        t.push((
+            "model.layers.0.self_attn.extra.weight".into(),
+            Tensor::zeros([2], tch::kind::FLOAT_CPU),
+        ));
     });
     let e = load_err(&dir);
-    assert!(e.contains("missing tensor `model.layers.1.mlp.up_proj.weight`"), "{e}");
-    assert!(e.contains("`model.layers.0.self_attn.k_proj.weight`") && e.contains("[32, 128]") && e.contains("[64, 128]"), "{e}");
-    assert!(e.contains("unexpected tensor `model.layers.0.self_attn.extra.weight`"), "{e}");
+    assert!(
+        e.contains("missing tensor `model.layers.1.mlp.up_proj.weight`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("`model.layers.0.self_attn.k_proj.weight`")
+            && e.contains("[32, 128]")
+            && e.contains("[64, 128]"),
+        "{e}"
+    );
+    assert!(
+        e.contains("unexpected tensor `model.layers.0.self_attn.extra.weight`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -78,7 +97,10 @@ fn config_errors_name_file_and_field() {
     let (_tmp, dir) = tiny_copy();
     edit_config(&dir, |v| v["rope_parameters"]["rope_type"] = "yarn".into());
     let e = load_err(&dir);
-    assert!(e.contains("config.json") && e.contains("rope_parameters.rope_type") && e.contains("yarn"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("rope_parameters.rope_type") && e.contains("yarn"),
+        "{e}"
+    );
 
     let (_tmp, dir) = tiny_copy();
     edit_config(&dir, |v| v["sliding_window"] = 4096.into());
@@ -111,12 +133,17 @@ fn config_errors_name_file_and_field() {
 #[test]
 fn tokenizer_larger_than_vocab_is_rejected() {
     let (_tmp, dir) = tiny_copy();
-    let smol = reference_dir("smollm2").join("model").join("tokenizer.json");
+    let smol = reference_dir("smollm2")
+        .join("model")
+        .join("tokenizer.json");
     std::fs::copy(smol, dir.join("tokenizer.json")).unwrap();
     let err = Tokenizer::for_model(&dir, 512).err().expect("must fail");
     let e = err.to_string();
     println!("{e}");
-    assert!(e.contains("tokenizer.json") && e.contains("49152") && e.contains("512"), "{e}");
+    assert!(
+        e.contains("tokenizer.json") && e.contains("49152") && e.contains("512"),
+        "{e}"
+    );
     std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
     assert!(Tokenizer::for_model(&dir, 512).is_err());
 }
@@ -134,9 +161,26 @@ fn prompts_longer_than_the_cache_and_bad_ids_are_errors() {
     };
     let prompt: Vec<u32> = (3..13).collect();
     let e = generate(&model, &mut cache, &mut sampler, &prompt, &opts, |_| {}).unwrap_err();
-    assert!(matches!(e, ModelError::CacheFull { needed: 10, capacity: 8 }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ModelError::CacheFull {
+                needed: 10,
+                capacity: 8
+            }
+        ),
+        "{e}"
+    );
     // A prompt that fits but leaves no room stops at the cache's end instead of failing.
-    let g = generate(&model, &mut cache, &mut sampler, &prompt[..7], &opts, |_| {}).unwrap();
+    let g = generate(
+        &model,
+        &mut cache,
+        &mut sampler,
+        &prompt[..7],
+        &opts,
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(g.tokens.len(), 2);
     // Token ids outside the vocabulary.
     let e = model

@@ -60,7 +60,10 @@ fn smollm2_logits_match_transformers() {
         let expected_ids = ids(&p["ids"]);
         let got_ids = tok.encode(p["text"].as_str().unwrap(), true).unwrap();
         assert_eq!(got_ids, expected_ids, "tokenizer differs on prompt {i}");
-        let diff = max_abs_diff(&full_logits(&model, &got_ids), &reference[&format!("logits_{i}")]);
+        let diff = max_abs_diff(
+            &full_logits(&model, &got_ids),
+            &reference[&format!("logits_{i}")],
+        );
         println!("smollm2 prompt {i}: max |logit difference| = {diff:.3e}");
         worst = worst.max(diff);
     }
@@ -98,7 +101,11 @@ fn tiny_models_match_transformers() {
         assert!(diff <= 1e-4, "{name}: {diff}");
         let m = &meta[name];
         let got = greedy(&model, &ids(&m["prompt"]), ids(&m["greedy"]).len());
-        assert_eq!(got, ids(&m["greedy"]), "{name}: greedy continuation differs");
+        assert_eq!(
+            got,
+            ids(&m["greedy"]),
+            "{name}: greedy continuation differs"
+        );
     }
 }
 
@@ -110,7 +117,10 @@ fn check_cached_steps(model: &Llama, seq: &[u32], prefill: usize, label: &str) {
     let ids: Vec<i64> = seq.iter().map(|&i| i as i64).collect();
     let mut worst: f64 = 0.0;
     let first = model
-        .forward(&Tensor::from_slice(&ids[..prefill]).view([1, -1]), Some(&mut cache))
+        .forward(
+            &Tensor::from_slice(&ids[..prefill]).view([1, -1]),
+            Some(&mut cache),
+        )
         .unwrap()
         .squeeze_dim(0);
     worst = worst.max(max_abs_diff(&first, &full.narrow(0, 0, prefill as i64)));
@@ -139,7 +149,10 @@ fn cached_decoding_equals_full_forward() {
     let model = load(&dir);
     let tok = Tokenizer::for_model(&dir, model.config().vocab_size).unwrap();
     let seq = tok
-        .encode("A kiosk at the station translates what travellers say, quickly.", true)
+        .encode(
+            "A kiosk at the station translates what travellers say, quickly.",
+            true,
+        )
         .unwrap();
     check_cached_steps(&model, &seq, 4, "smollm2");
 }
@@ -167,14 +180,14 @@ fn vocabulary_extension_matches_transformers_mean_resizing() {
         let diff = max_abs_diff(head, expected);
         println!("{name}: extended LM head vs transformers, max |difference| = {diff:.3e}");
         assert!(diff <= 1e-4, "{name}: {diff}");
-        let diff = max_abs_diff(
-            &model.named_tensors()[0].1,
-            &reference["resized_embed"],
-        );
+        let diff = max_abs_diff(&model.named_tensors()[0].1, &reference["resized_embed"]);
         assert!(diff <= 1e-4, "{name} embeddings: {diff}");
         // The extended model runs and its new tokens are usable.
         let logits = model
-            .forward(&Tensor::from_slice(&[old_vocab, 5, old_vocab + extra - 1]).view([1, 3]), None)
+            .forward(
+                &Tensor::from_slice(&[old_vocab, 5, old_vocab + extra - 1]).view([1, 3]),
+                None,
+            )
             .unwrap();
         assert_eq!(logits.size(), [1, 3, old_vocab + extra]);
         assert!(logits.isfinite().all().int64_value(&[]) == 1);
@@ -210,7 +223,9 @@ fn reduced_precision_tracks_f32() {
 
 #[test]
 fn save_and_reload_roundtrip() {
-    let dir = reference_dir("llama_tiny").join("untied_bias").join("model");
+    let dir = reference_dir("llama_tiny")
+        .join("untied_bias")
+        .join("model");
     let mut model = load(&dir);
     model.extend_vocab(4).unwrap();
     let out = tempfile::tempdir().unwrap();
@@ -228,7 +243,9 @@ fn save_and_reload_roundtrip() {
 
 #[test]
 fn sharded_checkpoint_loads_like_a_single_file() {
-    let src = reference_dir("llama_tiny").join("untied_bias").join("model");
+    let src = reference_dir("llama_tiny")
+        .join("untied_bias")
+        .join("model");
     let tensors = read_tensors(&src.join("model.safetensors"));
     let tmp = tempfile::tempdir().unwrap();
     std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
@@ -247,7 +264,11 @@ fn sharded_checkpoint_loads_like_a_single_file() {
         }
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
     let sharded = load(tmp.path());
     let single = load(&src);
     let x = Tensor::from_slice(&[3i64, 4, 5, 299]).view([1, 4]);
@@ -256,4 +277,35 @@ fn sharded_checkpoint_loads_like_a_single_file() {
         &single.forward(&x, None).unwrap(),
     );
     assert_eq!(d, 0.0);
+}
+
+#[test]
+fn unit_and_task_tokens_extend_tokenizer_and_model_together() {
+    use tolk_models::vocab::{add_tokens, unit_token_names};
+    let dir = reference_dir("smollm2").join("model");
+    let mut model = load(&dir);
+    let mut tok = Tokenizer::for_model(&dir, model.config().vocab_size).unwrap();
+    let mut names = unit_token_names(1000);
+    names.extend(["<s2st>", "<en2fr>"].map(String::from));
+    let ids = add_tokens(&mut model, &mut tok, &names).unwrap();
+    assert_eq!(ids[0], 49152);
+    assert_eq!(ids[1001], 49152 + 1001);
+    assert_eq!(model.config().vocab_size, 49152 + 1002);
+    // Each unit is one token, and text around them still tokenizes as before.
+    let enc = tok
+        .encode("<s2st><unit_7><unit_7><unit_999> hello", false)
+        .unwrap();
+    let hello = tok.encode(" hello", false).unwrap();
+    assert_eq!(
+        &enc[..4],
+        &[49152 + 1000, 49152 + 7, 49152 + 7, 49152 + 999]
+    );
+    assert_eq!(&enc[4..], hello.as_slice());
+    // Adding the same tokens again changes nothing.
+    assert_eq!(add_tokens(&mut model, &mut tok, &names).unwrap(), ids);
+    assert_eq!(model.config().vocab_size, 49152 + 1002);
+    let logits = model
+        .forward(&Tensor::from_slice(&[49152i64 + 7, 504]).view([1, 2]), None)
+        .unwrap();
+    assert_eq!(logits.size(), [1, 2, 49152 + 1002]);
 }

@@ -1,2 +1,214 @@
-//! `tolk-train`: the Tolk training side.
-fn main() {}
+//! `tolk-train`: the Tolk host side. Subcommands: `bundle` (sign, verify) and `publish`;
+//! training recipes add their own subcommands here.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use tolk_config::bundle::{verify_bundle_dir, BundleInfo, PublicKey};
+use tolk_runtime::ota::mqtt::BrokerSettings;
+use tolk_training::publish::{publish, Chaos, PublishOptions, TransferMode};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "tolk-train",
+    version,
+    about = "Tolk host side: training and model releases"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Signed model bundles.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
+    /// Send a signed bundle to one device over MQTT and follow the job to its end.
+    Publish {
+        /// Bundle folder holding manifest.json and manifest.sig.
+        bundle: PathBuf,
+        #[arg(long)]
+        device: String,
+        /// mqtt://host:port or mqtts://host:port.
+        #[arg(long)]
+        broker: String,
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        #[arg(long)]
+        client_cert: Option<PathBuf>,
+        #[arg(long)]
+        client_key: Option<PathBuf>,
+        /// File with `username:password`.
+        #[arg(long)]
+        credentials: Option<PathBuf>,
+        /// Job id (default: `<bundle name>-v<version>`).
+        #[arg(long)]
+        job_id: Option<String>,
+        #[arg(long, default_value = "tolk/devices")]
+        topic_prefix: String,
+        /// Data-plane block size in bytes (<= 131072).
+        #[arg(long, default_value_t = 65536)]
+        block_size: u32,
+        /// Let the device fetch the files from this URL (file:///...) instead of MQTT blocks.
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+        /// Testing: drop every n-th block once.
+        #[arg(long, hide = true)]
+        chaos_drop_every: Option<usize>,
+        /// Testing: send every block twice.
+        #[arg(long, hide = true)]
+        chaos_duplicate: bool,
+        /// Testing: answer requests in reverse order.
+        #[arg(long, hide = true)]
+        chaos_reverse: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Hash every file of DIR and write manifest.json + manifest.sig.
+    Sign {
+        dir: PathBuf,
+        /// Secret key file(s) from `tolk ota keygen` (give two during a key rotation).
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: u64,
+        /// Must equal the device's `ota.compatible`.
+        #[arg(long)]
+        compatible: String,
+        #[arg(long, default_value = "0.1.0")]
+        min_runtime: String,
+        /// Days until the manifest expires.
+        #[arg(long, default_value_t = 30)]
+        expires_in_days: u64,
+    },
+    /// Verify a bundle's signature and every file against the given trusted keys.
+    Verify {
+        dir: PathBuf,
+        #[arg(long = "trusted-key", required = true)]
+        trusted: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("TOLK_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Bundle {
+            command:
+                BundleCommand::Sign {
+                    dir,
+                    keys,
+                    name,
+                    version,
+                    compatible,
+                    min_runtime,
+                    expires_in_days,
+                },
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let info = BundleInfo {
+                name,
+                version,
+                compatible,
+                min_runtime,
+                expires: now + expires_in_days * 86_400,
+            };
+            let key_refs: Vec<&std::path::Path> = keys.iter().map(|p| p.as_path()).collect();
+            let m = tolk_training::bundle::sign(&dir, &info, &key_refs)
+                .with_context(|| format!("signing {}", dir.display()))?;
+            println!(
+                "signed {} v{} ({} files, {} bytes) with {} key(s)",
+                m.name,
+                m.version,
+                m.files.len(),
+                m.total_size(),
+                keys.len()
+            );
+            Ok(())
+        }
+        Command::Bundle {
+            command: BundleCommand::Verify { dir, trusted },
+        } => {
+            let keys = trusted
+                .iter()
+                .map(|k| PublicKey::parse(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (m, ..) = verify_bundle_dir(&dir, &keys)?;
+            println!(
+                "{} v{}: signature and {} files verify",
+                m.name,
+                m.version,
+                m.files.len()
+            );
+            Ok(())
+        }
+        Command::Publish {
+            bundle,
+            device,
+            broker,
+            ca,
+            client_cert,
+            client_key,
+            credentials,
+            job_id,
+            topic_prefix,
+            block_size,
+            url,
+            timeout_s,
+            chaos_drop_every,
+            chaos_duplicate,
+            chaos_reverse,
+        } => {
+            let (mbytes, _) = tolk_config::bundle::read_metadata(&bundle)?;
+            let m = tolk_config::bundle::Manifest::parse(&mbytes)?;
+            let job_id = job_id.unwrap_or_else(|| format!("{}-v{}", m.name, m.version));
+            let settings = BrokerSettings {
+                url: broker,
+                ca,
+                client_cert,
+                client_key,
+                credentials,
+                keep_alive_s: 30,
+            };
+            let mut o = PublishOptions::new(&bundle, &device, settings, &job_id);
+            o.topic_prefix = topic_prefix;
+            o.timeout = Duration::from_secs(timeout_s);
+            o.transfer = match url {
+                Some(u) => TransferMode::Url(u),
+                None => TransferMode::Mqtt { block_size },
+            };
+            o.chaos = Chaos {
+                drop_every: chaos_drop_every,
+                duplicate: chaos_duplicate,
+                reverse: chaos_reverse,
+            };
+            let (r, stats) = publish(&o, |r| {
+                eprintln!("{device}: {:?} {}", r.status, r.reason);
+            })?;
+            println!("{}", serde_json::to_string(&r)?);
+            eprintln!(
+                "blocks sent {}, dropped {}, requests {}, connects {}",
+                stats.blocks_sent, stats.blocks_dropped, stats.requests, stats.connects
+            );
+            if r.status != tolk_config::protocol::JobStatus::Succeeded {
+                bail!("job {job_id} ended {:?}: {}", r.status, r.reason);
+            }
+            Ok(())
+        }
+    }
+}

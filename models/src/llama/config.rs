@@ -210,7 +210,7 @@ impl LlamaConfig {
                 format!("{} must be even for rotary embeddings", self.head_dim),
             ));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return Err(ModelError::config(path, "rms_norm_eps", "must be > 0"));
         }
         Ok(())
@@ -226,8 +226,14 @@ impl LlamaConfig {
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
         let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
-        let attn = h * q + 2 * h * kv + q * h
-            + if self.attention_bias { q + 2 * kv + h } else { 0 };
+        let attn = h * q
+            + 2 * h * kv
+            + q * h
+            + if self.attention_bias {
+                q + 2 * kv + h
+            } else {
+                0
+            };
         let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
         let layer = attn + mlp + 2 * h;
         let head = if self.tie_word_embeddings { 0 } else { v * h };
@@ -334,8 +340,10 @@ impl Fields<'_> {
 
     /// `rope_theta` + `rope_scaling` (transformers v4) or `rope_parameters` (v5).
     fn rope(&self) -> Result<(f64, RopeScaling)> {
-        let (params, field) = match (self.obj.get("rope_parameters"), self.obj.get("rope_scaling"))
-        {
+        let (params, field) = match (
+            self.obj.get("rope_parameters"),
+            self.obj.get("rope_scaling"),
+        ) {
             (Some(p @ Value::Object(_)), _) => (Some(p), "rope_parameters"),
             (_, Some(s @ Value::Object(_))) => (Some(s), "rope_scaling"),
             _ => (None, "rope_scaling"),
@@ -345,9 +353,10 @@ impl Fields<'_> {
             None => RopeScaling::Default,
             Some(Value::Object(p)) => {
                 if let Some(t) = p.get("rope_theta") {
-                    theta = Some(t.as_f64().ok_or_else(|| {
-                        self.err(&format!("{field}.rope_theta"), "not a number")
-                    })?);
+                    theta =
+                        Some(t.as_f64().ok_or_else(|| {
+                            self.err(&format!("{field}.rope_theta"), "not a number")
+                        })?);
                 }
                 // Older checkpoints spell the kind `type`.
                 let kind = p
@@ -356,9 +365,9 @@ impl Fields<'_> {
                     .and_then(|v| v.as_str())
                     .unwrap_or("default");
                 let num = |k: &str| -> Result<f64> {
-                    p.get(k).and_then(|v| v.as_f64()).ok_or_else(|| {
-                        self.err(&format!("{field}.{k}"), "missing or not a number")
-                    })
+                    p.get(k)
+                        .and_then(|v| v.as_f64())
+                        .ok_or_else(|| self.err(&format!("{field}.{k}"), "missing or not a number"))
                 };
                 match kind {
                     "default" => RopeScaling::Default,
@@ -414,6 +423,13 @@ mod tests {
         // The serialized form parses back to the same config.
         let again = LlamaConfig::from_json(&cfg.to_json(), Path::new("x")).unwrap();
         assert_eq!(again, cfg);
+    }
+
+    #[test]
+    fn shipped_llama_3_2_3b_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/llama-3.2-3b.json");
+        let cfg = LlamaConfig::from_file(&path).unwrap();
+        assert_eq!(cfg, LlamaConfig::from_json(&base(), &path).unwrap());
     }
 
     #[test]

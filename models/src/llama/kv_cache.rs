@@ -84,7 +84,10 @@ impl KvCache {
         let (kc, vc) = &self.layers[layer];
         kc.f_narrow(2, self.len, t)?.f_copy_(k)?;
         vc.f_narrow(2, self.len, t)?.f_copy_(v)?;
-        Ok((kc.f_narrow(2, 0, self.len + t)?, vc.f_narrow(2, 0, self.len + t)?))
+        Ok((
+            kc.f_narrow(2, 0, self.len + t)?,
+            vc.f_narrow(2, 0, self.len + t)?,
+        ))
     }
 
     pub(crate) fn advance(&mut self, t: i64) {

@@ -119,7 +119,10 @@ impl Llama {
         let q = cfg.num_attention_heads * cfg.head_dim;
         let kv = cfg.num_key_value_heads * cfg.head_dim;
         let i = cfg.intermediate_size;
-        let mut specs = vec![TensorSpec::new("model.embed_tokens.weight", &[cfg.vocab_size, h])];
+        let mut specs = vec![TensorSpec::new(
+            "model.embed_tokens.weight",
+            &[cfg.vocab_size, h],
+        )];
         for l in 0..cfg.num_hidden_layers {
             let p = layer_prefix(l);
             specs.push(TensorSpec::new(format!("{p}.input_layernorm.weight"), &[h]));
@@ -133,15 +136,24 @@ impl Llama {
                     &[out, inp],
                 ));
                 if cfg.attention_bias {
-                    specs.push(TensorSpec::new(format!("{p}.self_attn.{name}.bias"), &[out]));
+                    specs.push(TensorSpec::new(
+                        format!("{p}.self_attn.{name}.bias"),
+                        &[out],
+                    ));
                 }
             }
-            specs.push(TensorSpec::new(format!("{p}.self_attn.o_proj.weight"), &[h, q]));
+            specs.push(TensorSpec::new(
+                format!("{p}.self_attn.o_proj.weight"),
+                &[h, q],
+            ));
             if cfg.attention_bias {
                 specs.push(TensorSpec::new(format!("{p}.self_attn.o_proj.bias"), &[h]));
             }
             for (name, out, inp) in [("gate_proj", i, h), ("up_proj", i, h), ("down_proj", h, i)] {
-                specs.push(TensorSpec::new(format!("{p}.mlp.{name}.weight"), &[out, inp]));
+                specs.push(TensorSpec::new(
+                    format!("{p}.mlp.{name}.weight"),
+                    &[out, inp],
+                ));
                 if cfg.mlp_bias {
                     specs.push(TensorSpec::new(format!("{p}.mlp.{name}.bias"), &[out]));
                 }
@@ -305,6 +317,12 @@ impl Llama {
     }
 
     fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let h = self.cfg.hidden_size;
+        if self.dtype == Kind::Float {
+            // One fused ATen op; in f32 it is the same formula as below.
+            return Ok(x.f_rms_norm([h], Some(weight), self.cfg.rms_norm_eps)?);
+        }
+        // Half precision as transformers' LlamaRMSNorm: normalize in f32, cast back, then scale.
         let x32 = x.f_to_kind(Kind::Float)?;
         let var = x32.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
         let normed = x32.f_mul(&(var + self.cfg.rms_norm_eps).f_rsqrt()?)?;
@@ -376,7 +394,7 @@ impl Llama {
         self.rms_norm(&x, &self.norm)
     }
 
-    /// Additive mask `[B or 1, 1, 1, T, S]` (0 or -inf), or `None` when nothing is masked
+    /// Additive mask `[B or 1, 1, T, S]` (0 or -inf), or `None` when nothing is masked
     /// (one new token without padding).
     fn attention_mask(
         &self,
@@ -386,13 +404,16 @@ impl Llama {
         padding: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
         let s = past + t;
-        let opts = (Kind::Float, self.device);
         let mut blocked: Option<Tensor> = None;
         if t > 1 {
             // Query t (absolute position past + t) sees keys 0..=past + t.
             let q = Tensor::f_arange(t, (Kind::Int64, self.device))?.f_add_scalar(past)?;
             let k = Tensor::f_arange(s, (Kind::Int64, self.device))?;
-            blocked = Some(k.unsqueeze(0).f_gt_tensor(&q.unsqueeze(1))?.f_view([1, 1, 1, t, s])?);
+            blocked = Some(
+                k.unsqueeze(0)
+                    .f_gt_tensor(&q.unsqueeze(1))?
+                    .f_view([1, 1, t, s])?,
+            );
         }
         if let Some(p) = padding {
             if p.size() != [b, s] {
@@ -404,7 +425,7 @@ impl Llama {
             let pad = p
                 .f_to_kind(Kind::Bool)?
                 .f_logical_not()?
-                .f_view([b, 1, 1, 1, s])?;
+                .f_view([b, 1, 1, s])?;
             blocked = Some(match blocked {
                 Some(m) => m.f_logical_or(&pad)?,
                 None => pad,
@@ -413,7 +434,8 @@ impl Llama {
         Ok(match blocked {
             None => None,
             Some(m) => Some(
-                Tensor::f_zeros(m.size(), opts)?.f_masked_fill(&m, f64::NEG_INFINITY)?,
+                Tensor::f_zeros(m.size(), (self.dtype, self.device))?
+                    .f_masked_fill(&m, f64::NEG_INFINITY)?,
             ),
         })
     }
@@ -433,40 +455,28 @@ impl Llama {
             self.cfg.num_key_value_heads,
             self.cfg.head_dim,
         );
-        let g = nh / nkv;
         let qkv = layer.qkv.forward(x)?;
-        let q = qkv.f_narrow(-1, 0, nh * d)?.f_view([b, t, nh, d])?.f_transpose(1, 2)?;
-        let k = qkv
-            .f_narrow(-1, nh * d, nkv * d)?
-            .f_view([b, t, nkv, d])?
+        // q and k are adjacent in the fused output: rotate them in one pass.
+        let qk = qkv
+            .f_narrow(-1, 0, (nh + nkv) * d)?
+            .f_view([b, t, nh + nkv, d])?
             .f_transpose(1, 2)?;
+        let qk = self.rope.apply(&qk, past)?;
+        let q = qk.f_narrow(1, 0, nh)?;
+        let k = qk.f_narrow(1, nh, nkv)?;
         let v = qkv
             .f_narrow(-1, (nh + nkv) * d, nkv * d)?
             .f_view([b, t, nkv, d])?
             .f_transpose(1, 2)?;
-        let q = self.rope.apply(&q, past)?;
-        let k = self.rope.apply(&k, past)?;
         let (k, v) = match cache {
             Some(c) => c.write(index, &k, &v)?,
             None => (k, v),
         };
-        let s = k.size()[2];
-        // Grouped-query attention without repeating keys: the g query heads of one key/value
-        // head are stacked along the time axis ([B, kv, g*T, D]).
-        let q = q.f_reshape([b, nkv, g * t, d])?;
-        let scores = q
-            .f_matmul(&k.f_transpose(-1, -2)?)?
-            .f_mul_scalar(1.0 / (d as f64).sqrt())?;
-        let scores = match mask {
-            Some(m) => scores.f_view([b, nkv, g, t, s])?.f_add(m)?.f_view([b, nkv, g * t, s])?,
-            None => scores,
-        };
-        let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(self.dtype)?;
-        let out = probs
-            .f_matmul(&v)?
-            .f_view([b, nh, t, d])?
-            .f_transpose(1, 2)?
-            .f_reshape([b, t, nh * d])?;
+        // Grouped-query attention (query head h reads key/value head h / (nh / nkv)), softmax
+        // in f32, scale 1/sqrt(d): transformers' sdpa path.
+        let out =
+            Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None, nkv != nh)?;
+        let out = out.f_transpose(1, 2)?.f_reshape([b, t, nh * d])?;
         layer.o_proj.forward(&out)
     }
 
@@ -527,7 +537,10 @@ impl Llama {
         )];
         for (i, l) in self.layers.iter().enumerate() {
             let p = layer_prefix(i as i64);
-            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.shallow_clone()));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_layernorm.shallow_clone(),
+            ));
             out.push((
                 format!("{p}.post_attention_layernorm.weight"),
                 l.post_attention_layernorm.shallow_clone(),
@@ -559,8 +572,8 @@ impl Llama {
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         let cfg_path = dir.join("config.json");
-        let text = serde_json::to_string_pretty(&self.cfg.to_json())
-            .map_err(|e| ModelError::Json {
+        let text =
+            serde_json::to_string_pretty(&self.cfg.to_json()).map_err(|e| ModelError::Json {
                 path: cfg_path.clone(),
                 source: e,
             })?;

@@ -19,9 +19,9 @@ pub struct RotaryTables {
 /// Inverse frequencies `[head_dim / 2]` (f32) after the configured scaling.
 pub fn inverse_frequencies(cfg: &LlamaConfig) -> Result<Tensor> {
     let dim = cfg.head_dim;
-    let exponents =
-        Tensor::f_arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))?.f_to_kind(Kind::Float)?
-            / dim as f64;
+    let exponents = Tensor::f_arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))?
+        .f_to_kind(Kind::Float)?
+        / dim as f64;
     let inv = Tensor::f_pow_scalar(cfg.rope_theta, &exponents)?.f_reciprocal()?;
     Ok(match &cfg.rope_scaling {
         RopeScaling::Default | RopeScaling::Linear { .. } => inv,
@@ -38,8 +38,8 @@ pub fn inverse_frequencies(cfg: &LlamaConfig) -> Result<Tensor> {
             let inv_scaled = inv.where_self(&low.logical_not(), &(&inv / *factor));
             let smooth = (wavelen.reciprocal() * *old_ctx - *low_freq_factor)
                 / (high_freq_factor - low_freq_factor);
-            let smoothed = (smooth.ones_like() - &smooth) * &inv_scaled / *factor
-                + &smooth * &inv_scaled;
+            let smoothed =
+                (smooth.ones_like() - &smooth) * &inv_scaled / *factor + &smooth * &inv_scaled;
             let medium = wavelen
                 .lt(high_freq_wavelen)
                 .logical_not()
@@ -54,7 +54,7 @@ impl RotaryTables {
         let inv = inverse_frequencies(cfg)?;
         let mut positions = Tensor::f_arange(max_positions, (Kind::Float, Device::Cpu))?;
         if let RopeScaling::Linear { factor } = cfg.rope_scaling {
-            positions = positions / factor;
+            positions /= factor;
         }
         let freqs = positions.unsqueeze(1) * inv.unsqueeze(0);
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
@@ -108,7 +108,10 @@ mod tests {
                 let s = (8192.0 / lambda - 1.0) / 3.0;
                 (1.0 - s) * base / 32.0 + s * base
             };
-            assert!(((*got as f64) - want).abs() <= 1e-6 * want, "{i}: {got} vs {want}");
+            assert!(
+                ((*got as f64) - want).abs() <= 1e-6 * want,
+                "{i}: {got} vs {want}"
+            );
         }
     }
 }

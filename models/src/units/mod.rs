@@ -1,0 +1,19 @@
+//! Discrete speech units: a HuBERT-family encoder (or MFCC) followed by k-means, offline and
+//! streaming (method.md section 5: mHuBERT base, layer 11, K = 1000).
+//!
+//! - [`hubert`]: the encoder from a Hugging Face `HubertModel` folder, cut at layer L;
+//! - [`kmeans`]: centroids, nearest-centroid assignment, deduplication, mini-batch fitting;
+//! - [`extractor`]: [`UnitExtractor`] (shared model) and [`UnitStream`] (per-stream state);
+//! - [`bench`]: real-time factor of unit extraction, for the CLI.
+
+pub mod bench;
+pub mod extractor;
+pub mod hubert;
+pub mod kmeans;
+
+pub use extractor::{
+    FeatureStream, Featurizer, HubertFeaturizer, MfccFeaturizer, StreamOptions, UnitExtractor,
+    UnitStream,
+};
+pub use hubert::{Hubert, HubertConfig, HubertLoadOptions};
+pub use kmeans::{dedup, fit_minibatch, Deduped, FitConfig, KMeans};

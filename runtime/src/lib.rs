@@ -1,0 +1,4 @@
+//! The Tolk kiosk runtime as a library: what the `tolk` binary, the tests and the host tools
+//! (`tolk-train publish`) share.
+
+pub mod ota;

@@ -1,0 +1,61 @@
+//! Durable file-system steps: fsync of files and folders, atomic replace, free space.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+/// fsync of a file or folder.
+pub fn sync_path(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// fsync of every regular file under `dir` and of every folder (bottom-up).
+pub fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for ent in std::fs::read_dir(dir)? {
+        let ent = ent?;
+        let ty = ent.file_type()?;
+        if ty.is_dir() {
+            sync_tree(&ent.path())?;
+        } else if ty.is_file() {
+            sync_path(&ent.path())?;
+        }
+    }
+    sync_path(dir)
+}
+
+/// Writes `bytes` to `path` atomically: temporary file in the same folder, fsync, rename over
+/// the target, fsync of the folder. A crash leaves either the old or the new content.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_path(dir)
+}
+
+/// Bytes available to an unprivileged writer on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `s` a writable statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+/// Removes a folder tree if it exists.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}

@@ -1,0 +1,851 @@
+//! Device-side install against the rows of `shared/reference/ota-threats.md` (no broker here;
+//! the MQTT rows are in `training/tests/ota_mqtt.rs`). Each row's test names its number.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tolk_config::bundle::{
+    sign_bundle_dir, verify_bundle_dir, BundleInfo, SigningKey, MANIFEST_FILE,
+};
+use tolk_config::protocol::{Block, JobDocument, JobStatus, Transfer};
+use tolk_runtime::ota::{LlamaProbe, Settings, Updater};
+
+fn settings(trusted: &[&SigningKey]) -> Settings {
+    Settings {
+        trusted: trusted.iter().map(|k| k.public()).collect(),
+        compatible: COMPATIBLE.into(),
+        runtime_version: tolk_runtime::ota::RUNTIME_VERSION.into(),
+        max_clock_skew_s: 60,
+        max_bundle_bytes: 1 << 60,
+        trial_attempts: 3,
+    }
+}
+
+fn updater(root: &Path, trusted: &[&SigningKey]) -> Updater {
+    Updater::open(
+        root,
+        settings(trusted),
+        Box::new(LlamaProbe::new(Duration::from_secs(30))),
+    )
+    .unwrap()
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A device with v1 active; returns (tempdir, slot root).
+fn device_with_v1(k: &SigningKey) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("slots");
+    let b1 = bundle(&t.path().join("b1"), 1, k);
+    let mut u = updater(&root, &[k]);
+    u.install_dir("job-1", &b1).unwrap();
+    assert_eq!(
+        u.state().active.as_ref().unwrap().version,
+        1,
+        "{:?}",
+        u.state().last_job
+    );
+    (t, root)
+}
+
+fn last(u: &Updater) -> (JobStatus, String) {
+    let r = u.state().last_job.clone().expect("a job finished");
+    (r.status, r.reason)
+}
+
+/// The active slot is `version` and its signature and files verify.
+fn assert_active(root: &Path, k: &SigningKey, version: u64) {
+    let u = updater(root, &[k]);
+    let a = u.state().active.clone().expect("a model is active");
+    assert_eq!(a.version, version);
+    let (m, ..) = verify_bundle_dir(&root.join("slots").join(&a.slot), &[k.public()]).unwrap();
+    assert_eq!(m.version, version);
+}
+
+#[test]
+fn row01_unsigned_unknown_key_and_flipped_bytes_are_rejected() {
+    let k = key(1);
+    let (t, root) = device_with_v1(&k);
+    let good = bundle(&t.path().join("good"), 2, &k);
+    type Mutate = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Mutate, &str)> = vec![
+        (
+            "unsigned",
+            Box::new(|d: &Path| {
+                std::fs::write(d.join("manifest.sig"), br#"{"signatures":[]}"#).unwrap()
+            }),
+            "unsigned",
+        ),
+        (
+            "unknown key",
+            Box::new(|d: &Path| {
+                sign_bundle_dir(d, &info(2), &[&key(9)]).unwrap();
+            }),
+            "untrusted key",
+        ),
+        (
+            "flipped manifest byte",
+            Box::new(|d: &Path| flip(&d.join(MANIFEST_FILE), 40)),
+            "does not match the manifest",
+        ),
+        (
+            "flipped weight byte",
+            Box::new(|d: &Path| flip(&d.join("model/model.safetensors"), 200)),
+            "sha256",
+        ),
+        (
+            "flipped tokenizer byte",
+            Box::new(|d: &Path| flip(&d.join("tokenizer.json"), 2)),
+            "sha256",
+        ),
+        (
+            "truncated weights",
+            Box::new(|d: &Path| {
+                let p = d.join("model/model.safetensors");
+                let n = std::fs::metadata(&p).unwrap().len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_len(n - 10)
+                    .unwrap();
+            }),
+            "signed size",
+        ),
+        (
+            "garbage signature file",
+            Box::new(|d: &Path| std::fs::write(d.join("manifest.sig"), b"\xff\x00").unwrap()),
+            "malformed",
+        ),
+    ];
+    for (i, (name, mutate, want)) in cases.iter().enumerate() {
+        let dir = t.path().join(format!("case{i}"));
+        copy_dir(&good, &dir);
+        mutate(&dir);
+        let mut u = updater(&root, &[&k]);
+        u.install_dir(&format!("bad-{i}"), &dir).unwrap();
+        let (status, reason) = last(&u);
+        assert_eq!(status, JobStatus::Failed, "{name}");
+        assert!(
+            reason.contains(want),
+            "{name}: reason {reason:?} lacks {want:?}"
+        );
+        assert_active(&root, &k, 1);
+        println!("row 1 {name}: FAILED {reason}");
+    }
+}
+
+fn flip(path: &Path, at: usize) {
+    let mut b = std::fs::read(path).unwrap();
+    b[at] ^= 0x01;
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn row02_rollback_is_refused_across_restarts() {
+    let k = key(1);
+    let (t, root) = device_with_v1(&k);
+    let b3 = bundle(&t.path().join("b3"), 3, &k);
+    let b2 = bundle(&t.path().join("b2"), 2, &k);
+    updater(&root, &[&k]).install_dir("job-3", &b3).unwrap();
+    assert_active(&root, &k, 3);
+    // "Power loss": a fresh Updater reads only what was persisted.
+    let mut u = updater(&root, &[&k]);
+    assert_eq!(u.state().highest_version, 3);
+    u.install_dir("job-2", &b2).unwrap();
+    let (s, r) = last(&u);
+    assert_eq!(s, JobStatus::Failed);
+    assert!(r.contains("rollback refused"), "{r}");
+    // The same version again under a new job id is refused too.
+    u.install_dir("job-3-again", &b3).unwrap();
+    assert!(last(&u).1.contains("rollback refused"));
+    assert_active(&root, &k, 3);
+}
+
+#[test]
+fn row03_expired_manifest_is_stale_and_replays_change_nothing() {
+    let k = key(1);
+    let (t, root) = device_with_v1(&k);
+    let dir = t.path().join("old");
+    write_model(&dir, 5);
+    sign_bundle_dir(
+        &dir,
+        &BundleInfo {
+            expires: now() - 3600,
+            ..info(2)
+        },
+        &[&k],
+    )
+    .unwrap();
+    let mut u = updater(&root, &[&k]);
+    u.install_dir("expired", &dir).unwrap();
+    let (s, r) = last(&u);
+    assert_eq!(s, JobStatus::Failed);
+    assert!(r.contains("stale"), "{r}");
+    assert!(u.device_state().stale, "stale is surfaced in the state");
+    // Replay of a captured, already finished job: reported again, nothing changes.
+    let before = u.state().clone();
+    u.take_reports();
+    u.install_dir("job-1", &bundle(&t.path().join("b1again"), 1, &k))
+        .unwrap();
+    let reports = u.take_reports();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].job_id, "job-1");
+    assert_eq!(reports[0].status, JobStatus::Succeeded);
+    assert_eq!(u.state().active, before.active);
+    // Row 4 (policy): a clock far in the future sees a valid manifest as expired, an epoch clock
+    // accepts it (expiry cannot be enforced without time; the signature and version still are).
+    let b2 = bundle(&t.path().join("b2"), 2, &k);
+    let mut u = updater(&root, &[&k]);
+    u.set_clock(Box::new(|| now() + 10 * 365 * 86_400));
+    u.install_dir("future", &b2).unwrap();
+    assert!(last(&u).1.contains("expired"));
+    let mut u = updater(&root, &[&k]);
+    u.set_clock(Box::new(|| 0));
+    u.install_dir("epoch", &b2).unwrap();
+    assert_eq!(last(&u).0, JobStatus::Succeeded);
+    assert_active(&root, &k, 2);
+}
+
+#[test]
+fn row06_mixed_files_and_newer_runtime_are_refused() {
+    let k = key(1);
+    let (t, root) = device_with_v1(&k);
+    let v1 = bundle(&t.path().join("v1"), 1, &k);
+    let mixed = bundle(&t.path().join("mixed"), 2, &k);
+    std::fs::copy(v1.join("tokenizer.json"), mixed.join("tokenizer.json")).unwrap();
+    let mut u = updater(&root, &[&k]);
+    u.install_dir("mixed", &mixed).unwrap();
+    let (s, r) = last(&u);
+    assert_eq!(s, JobStatus::Failed);
+    assert!(r.contains("tokenizer.json") && r.contains("sha256"), "{r}");
+    let newer = t.path().join("newer");
+    write_model(&newer, 3);
+    sign_bundle_dir(
+        &newer,
+        &BundleInfo {
+            min_runtime: "99.0.0".into(),
+            ..info(3)
+        },
+        &[&k],
+    )
+    .unwrap();
+    u.install_dir("newer", &newer).unwrap();
+    assert!(
+        last(&u).1.contains("needs runtime 99.0.0"),
+        "{:?}",
+        last(&u)
+    );
+    assert_active(&root, &k, 1);
+}
+
+#[test]
+fn row07_other_hardware_is_refused() {
+    let k = key(1);
+    let (t, root) = device_with_v1(&k);
+    let d = t.path().join("other");
+    write_model(&d, 2);
+    sign_bundle_dir(
+        &d,
+        &BundleInfo {
+            compatible: "other-board".into(),
+            ..info(2)
+        },
+        &[&k],
+    )
+    .unwrap();
+    let mut u = updater(&root, &[&k]);
+    u.install_dir("other", &d).unwrap();
+    let (s, r) = last(&u);
+    assert_eq!(s, JobStatus::Failed);
+    assert!(r.contains("other-board"), "{r}");
+    assert_active(&root, &k, 1);
+}
+
+#[test]
+fn row08_endless_data_huge_metadata_and_disk_full() {
+    let k = key(1);
+    let (t, root) = device_with_v1(&k);
+    // More bytes than signed: the read is capped and the job fails.
+    let long = bundle(&t.path().join("long"), 2, &k);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(long.join("tokenizer.json"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, &vec![b' '; 1 << 20]).unwrap();
+    let mut u = updater(&root, &[&k]);
+    u.install_dir("long", &long).unwrap();
+    assert!(
+        last(&u).1.contains("more bytes than the signed size"),
+        "{:?}",
+        last(&u)
+    );
+    // Huge metadata: refused before parsing.
+    let huge = bundle(&t.path().join("huge"), 2, &k);
+    std::fs::write(huge.join(MANIFEST_FILE), vec![b' '; 70_000]).unwrap();
+    u.install_dir("huge", &huge).unwrap();
+    assert!(last(&u).1.contains("limit"), "{:?}", last(&u));
+    // Disk full: a signed manifest declaring 1 PiB is refused by the free-space check before
+    // any byte is written.
+    let big = bundle(&t.path().join("big"), 2, &k);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(big.join(MANIFEST_FILE)).unwrap()).unwrap();
+    m["files"][0]["size"] = serde_json::json!(1u64 << 50);
+    let mb = serde_json::to_vec(&m).unwrap();
+    let sig = serde_json::to_vec(&tolk_config::bundle::Signatures {
+        signatures: vec![k.sign(&mb)],
+    })
+    .unwrap();
+    let doc = JobDocument::install("big", &mb, &sig, Transfer::Mqtt { block_size: 4096 });
+    u.handle_job(&doc).unwrap();
+    let (s, r) = last(&u);
+    assert_eq!(s, JobStatus::Failed);
+    assert!(r.contains("not enough free space"), "{r}");
+    assert!(
+        std::fs::read_dir(root.join("staging"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "staging left empty"
+    );
+    // Oversize data-plane packet: refused by the decoder.
+    let blk = Block {
+        job_id: "j".into(),
+        file: 0,
+        index: 0,
+        data: vec![0; 200_000],
+    }
+    .encode();
+    assert!(Block::decode(&blk).is_err());
+    assert_active(&root, &k, 1);
+}
+
+/// Row 9 in process: blocks dropped, reordered and duplicated, with a restart in the middle;
+/// the install happens once and the files match the signed hashes.
+#[test]
+fn row09_blocks_dropped_reordered_duplicated_and_resumed() {
+    use rand::seq::SliceRandom;
+    let k = key(1);
+    let (t, root) = device_with_v1(&k);
+    let b2 = bundle(&t.path().join("b2"), 2, &k);
+    let (mb, sb) = tolk_config::bundle::read_metadata(&b2).unwrap();
+    let m = tolk_config::bundle::Manifest::parse(&mb).unwrap();
+    let bs = 1024u64;
+    let doc = JobDocument::install(
+        "blocks",
+        &mb,
+        &sb,
+        Transfer::Mqtt {
+            block_size: bs as u32,
+        },
+    );
+    let mut blocks = Vec::new();
+    for (fi, f) in m.files.iter().enumerate() {
+        let data = std::fs::read(b2.join(&f.path)).unwrap();
+        for (i, c) in data.chunks(bs as usize).enumerate() {
+            blocks.push(Block {
+                job_id: "blocks".into(),
+                file: fi as u32,
+                index: i as u32,
+                data: c.to_vec(),
+            });
+        }
+    }
+    let mut rng = rand::rng();
+    blocks.shuffle(&mut rng);
+    let n = blocks.len();
+    let mut u = updater(&root, &[&k]);
+    u.handle_job(&doc).unwrap();
+    // First half, each block twice, then a "crash".
+    for b in &blocks[..n / 2] {
+        u.handle_block(b).unwrap();
+        u.handle_block(b).unwrap();
+    }
+    drop(u);
+    let mut u = updater(&root, &[&k]);
+    u.handle_job(&doc).unwrap();
+    let missing: usize = u
+        .job()
+        .unwrap()
+        .missing(usize::MAX)
+        .iter()
+        .map(|(_, b)| b.len())
+        .sum();
+    assert_eq!(missing, n - n / 2, "resume keeps what was received");
+    // Second half with every 5th block dropped: never activated while incomplete.
+    for (i, b) in blocks[n / 2..].iter().enumerate() {
+        if i % 5 != 0 {
+            u.handle_block(b).unwrap();
+        }
+    }
+    assert!(!u.install_if_complete().unwrap());
+    assert_active(&root, &k, 1);
+    // The dropped ones, again shuffled, plus a corrupt block of the right length (wrong data):
+    // the file then fails its hash, is cleared and re-requested.
+    let (f0, missing0) = u.job().unwrap().missing(usize::MAX)[0].clone();
+    let idx = missing0[0];
+    let good = blocks
+        .iter()
+        .find(|b| b.file == f0 && b.index == idx)
+        .unwrap()
+        .clone();
+    let mut bad = good.clone();
+    bad.data.iter_mut().for_each(|x| *x = x.wrapping_add(1));
+    u.handle_block(&bad).unwrap();
+    let mut rest: Vec<&Block> = blocks.iter().collect();
+    rest.shuffle(&mut rng);
+    for b in rest {
+        u.handle_block(b).unwrap();
+    }
+    // The corrupt block made file f0 fail its hash; a second full pass completes it.
+    for b in &blocks {
+        u.handle_block(b).unwrap();
+    }
+    assert!(u.install_if_complete().unwrap());
+    assert_eq!(last(&u).0, JobStatus::Succeeded, "{:?}", last(&u));
+    assert_active(&root, &k, 2);
+    println!(
+        "row 9: {n} blocks, {} duplicates, {} dropped, 1 corrupt, 1 restart",
+        n / 2,
+        (n - n / 2).div_ceil(5)
+    );
+}
+
+#[test]
+fn row12_unhealthy_models_are_reverted_with_the_reason() {
+    let k = key(1);
+    let (t, root) = device_with_v1(&k);
+    // NaN weights.
+    let nan = t.path().join("nan");
+    let m = write_model(&nan, 2);
+    for (name, mut tensor) in m.named_tensors() {
+        if name == "model.norm.weight" {
+            let _ = tensor.fill_(f64::NAN);
+        }
+    }
+    m.save(&nan.join("model")).unwrap();
+    sign_bundle_dir(&nan, &info(2), &[&k]).unwrap();
+    // A missing tensor.
+    let missing = t.path().join("missing");
+    let m = write_model(&missing, 3);
+    let kept: Vec<(String, tch::Tensor)> = m
+        .named_tensors()
+        .into_iter()
+        .filter(|(n, _)| n != "model.norm.weight")
+        .collect();
+    tch::Tensor::write_safetensors(&kept, missing.join("model/model.safetensors")).unwrap();
+    sign_bundle_dir(&missing, &info(3), &[&k]).unwrap();
+    for (dir, want) in [(&nan, "NaN"), (&missing, "model.norm.weight")] {
+        let mut u = updater(&root, &[&k]);
+        u.install_dir(dir.file_name().unwrap().to_str().unwrap(), dir)
+            .unwrap();
+        let (s, r) = last(&u);
+        assert_eq!(s, JobStatus::Failed);
+        assert!(r.contains(want), "{r}");
+        assert!(u.state().pending.is_none());
+        assert_active(&root, &k, 1);
+        println!("row 12: FAILED {r}");
+    }
+    // Latency regression: a budget no model meets.
+    let slow = bundle(&t.path().join("slow"), 4, &k);
+    let mut u = Updater::open(
+        &root,
+        settings(&[&k]),
+        Box::new(LlamaProbe::new(Duration::from_nanos(1))),
+    )
+    .unwrap();
+    u.install_dir("slow", &slow).unwrap();
+    let (s, r) = last(&u);
+    assert_eq!(s, JobStatus::Failed);
+    assert!(r.contains("latency"), "{r}");
+    assert_active(&root, &k, 1);
+}
+
+#[test]
+fn row15_one_job_at_a_time_idempotent_and_cancel() {
+    let k = key(1);
+    let (t, root) = device_with_v1(&k);
+    let b2 = bundle(&t.path().join("b2"), 2, &k);
+    let b3 = bundle(&t.path().join("b3"), 3, &k);
+    let doc = |id: &str, b: &Path| {
+        let (m, s) = tolk_config::bundle::read_metadata(b).unwrap();
+        JobDocument::install(id, &m, &s, Transfer::Mqtt { block_size: 4096 })
+    };
+    let mut u = updater(&root, &[&k]);
+    u.handle_job(&doc("a", &b2)).unwrap();
+    u.handle_job(&doc("a", &b2)).unwrap(); // duplicate: nothing new
+    u.handle_job(&doc("b", &b3)).unwrap(); // concurrent: refused while a runs
+    let reports = u.take_reports();
+    let statuses: Vec<(String, JobStatus)> = reports
+        .iter()
+        .map(|r| (r.job_id.clone(), r.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            ("a".into(), JobStatus::Queued),
+            ("a".into(), JobStatus::Downloading),
+            ("b".into(), JobStatus::Failed)
+        ]
+    );
+    assert!(reports[2].reason.contains("busy"));
+    let cancel = JobDocument {
+        job_id: "a".into(),
+        operation: tolk_config::protocol::Operation::Cancel,
+        manifest: String::new(),
+        signatures: String::new(),
+        transfer: None,
+    };
+    u.handle_job(&cancel).unwrap();
+    u.handle_job(&cancel).unwrap();
+    assert_eq!(last(&u).0, JobStatus::Canceled);
+    assert!(u.job().is_none());
+    // After the cancel, b runs to the end (URL transfer).
+    u.install_dir("b", &b3).unwrap();
+    assert_eq!(last(&u).0, JobStatus::Succeeded);
+    // b again: idempotent.
+    u.install_dir("b", &b3).unwrap();
+    assert_active(&root, &k, 3);
+    // A canceled job id is finished: sending it again does not restart it.
+    u.handle_job(&doc("a", &b2)).unwrap();
+    assert!(u.job().is_none());
+}
+
+#[test]
+fn row17_key_rotation() {
+    let (old, new) = (key(1), key(2));
+    let (t, root) = device_with_v1(&old);
+    // During the rotation bundles carry both signatures; the device trusts both keys.
+    let b2 = t.path().join("b2");
+    write_model(&b2, 2);
+    sign_bundle_dir(&b2, &info(2), &[&old, &new]).unwrap();
+    let mut u = updater(&root, &[&old, &new]);
+    u.install_dir("b2", &b2).unwrap();
+    assert_eq!(last(&u).0, JobStatus::Succeeded);
+    // After the rotation the device trusts only the new key: the old one is rejected.
+    let b3 = bundle(&t.path().join("b3"), 3, &old);
+    let mut u = updater(&root, &[&new]);
+    u.install_dir("b3", &b3).unwrap();
+    assert!(last(&u).1.contains("untrusted"), "{:?}", last(&u));
+    let b4 = bundle(&t.path().join("b4"), 4, &new);
+    u.install_dir("b4", &b4).unwrap();
+    assert_eq!(last(&u).0, JobStatus::Succeeded);
+}
+
+// ---- the `tolk` binary: config CLI, crash loop, SIGKILL loop ----
+
+fn tolk() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tolk"));
+    c.env_remove("TOLK_OTA_FAULT").env("TOLK_LOG", "error");
+    c
+}
+
+#[test]
+fn config_cli_reports_every_problem() {
+    let out = tolk().args(["config", "default"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let bad = t.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        text.replace("sample_rate = 16000", "sample_rate = 7000")
+            .replace("threshold = 0.5", "threshold = 1.5"),
+    )
+    .unwrap();
+    let out = tolk()
+        .args(["config", "check", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "audio.input.sample_rate: 7000 is below 8000",
+        "vad.threshold: 1.5 is not inside (0, 1)",
+        "ota.trusted_keys[0]",
+    ] {
+        assert!(err.contains(want), "{want} missing in {err}");
+    }
+    let good = device_config(
+        t.path(),
+        &t.path().join("slots"),
+        "mqtt://127.0.0.1:1883",
+        &[&key(1)],
+        None,
+    );
+    let out = tolk()
+        .args(["config", "check", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn install_cmd(cfg: &Path, bundle: &Path, job: &str) -> Command {
+    let mut c = tolk();
+    c.args([
+        "ota",
+        "install",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--job-id",
+        job,
+    ]);
+    c
+}
+
+#[test]
+fn row13_crash_loop_reverts_after_bounded_attempts() {
+    let k = key(1);
+    let (t, root) = device_with_v1(&k);
+    let cfg = device_config(t.path(), &root, "mqtt://127.0.0.1:1883", &[&k], None);
+    let b2 = bundle(&t.path().join("b2"), 2, &k);
+    // A model that kills the process on load, three times (ota.trial_attempts = 3).
+    for attempt in 1..=3 {
+        let out = install_cmd(&cfg, &b2, "crashy")
+            .env("TOLK_OTA_FAULT", "probe:abort")
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "attempt {attempt} should have crashed"
+        );
+        let st = read_state(&root);
+        assert_eq!(st.pending.as_ref().unwrap().attempts, attempt);
+        assert_eq!(st.active.as_ref().unwrap().version, 1);
+    }
+    // The next start gives up on it: ROLLED_BACK, v1 stays, the slot is freed.
+    let out = install_cmd(&cfg, &b2, "crashy").output().unwrap();
+    assert!(!out.status.success());
+    let st = read_state(&root);
+    assert!(st.pending.is_none());
+    let lj = st.last_job.unwrap();
+    assert_eq!(lj.status, JobStatus::RolledBack);
+    assert!(lj.reason.contains("crash loop"), "{}", lj.reason);
+    assert_active(&root, &k, 1);
+}
+
+/// Row 11: SIGKILL at every named install step, then at >= 50 random moments; after every kill
+/// exactly the old or the new model is active and its files verify, and the install completes
+/// on a later run.
+#[test]
+fn row11_power_loss_at_every_step_and_random_sigkills() {
+    use rand::Rng;
+    let k = key(1);
+    let (t, root) = device_with_v1(&k);
+    let cfg = device_config(t.path(), &root, "mqtt://127.0.0.1:1883", &[&k], None);
+    let versions: Vec<PathBuf> = (2..=90)
+        .map(|v| bundle(&t.path().join(format!("b{v}")), v, &k))
+        .collect();
+    let mut target = 2u64;
+    let mut active = 1u64;
+    let mut kills = 0;
+    let check = |active: &mut u64, target: u64| {
+        let st = read_state(&root);
+        let a = st.active.clone().expect("never no model");
+        assert!(
+            a.version == *active || a.version == target,
+            "active v{} is neither v{active} nor v{target}",
+            a.version
+        );
+        let (m, ..) = verify_bundle_dir(&root.join("slots").join(&a.slot), &[k.public()])
+            .unwrap_or_else(|e| panic!("active slot does not verify after a kill: {e}"));
+        assert_eq!(m.version, a.version);
+        *active = a.version;
+        st
+    };
+    // Deterministic seams after each step.
+    for step in [
+        "accepted",
+        "staged",
+        "verified",
+        "installed",
+        "trial",
+        "probe",
+        "committed",
+    ] {
+        let job = format!("job-{target}");
+        let out = install_cmd(&cfg, &versions[target as usize - 2], &job)
+            .env("TOLK_OTA_FAULT", format!("{step}:kill"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "seam {step} did not fire");
+        kills += 1;
+        check(&mut active, target);
+        // Restart: the same command completes the install (resuming where it stopped).
+        let out = install_cmd(&cfg, &versions[target as usize - 2], &job)
+            .output()
+            .unwrap();
+        let st = check(&mut active, target);
+        let lj = st.last_job.unwrap();
+        assert!(
+            lj.job_id == job && lj.status.is_terminal(),
+            "{step}: {lj:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if step != "committed" {
+            assert_eq!(active, target, "after {step}: {lj:?}");
+        }
+        target += 1;
+    }
+    // Random kills: time a full install, then kill at uniform moments inside it.
+    let start = Instant::now();
+    let out = install_cmd(
+        &cfg,
+        &versions[target as usize - 2],
+        &format!("job-{target}"),
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let full = start.elapsed();
+    check(&mut active, target);
+    target += 1;
+    let mut rng = rand::rng();
+    let mut random_kills = 0;
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    while random_kills < 50 {
+        let job = format!("job-{target}");
+        let mut child = install_cmd(&cfg, &versions[target as usize - 2], &job)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = full.mul_f64(rng.random_range(0.05..1.0));
+        std::thread::sleep(delay);
+        let finished_before = child.try_wait().unwrap().is_some();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if !finished_before {
+            random_kills += 1;
+            kills += 1;
+        }
+        let before = active;
+        let st = check(&mut active, target);
+        let phase = if active == target && before != target {
+            "new active"
+        } else if st.pending.is_some() {
+            "pending trial"
+        } else {
+            "old active"
+        };
+        *outcomes.entry(phase.into()).or_default() += 1;
+        let done = st
+            .last_job
+            .as_ref()
+            .is_some_and(|l| l.job_id == job && l.status.is_terminal());
+        if done || active == target {
+            target += 1;
+            assert!(
+                (target as usize - 2) < versions.len(),
+                "ran out of bundle versions"
+            );
+        }
+    }
+    // Finally let the current one complete.
+    let job = format!("job-{target}");
+    install_cmd(&cfg, &versions[target as usize - 2], &job)
+        .output()
+        .unwrap();
+    check(&mut active, target);
+    println!("row 11: {kills} SIGKILLs ({random_kills} random over a {full:?} install), outcomes {outcomes:?}; active v{active}, never neither");
+}
+
+// ---- fuzzing the device-side MQTT payload handlers ----
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+    /// Hostile job documents and blocks fed to the device's handlers (decode, then handle):
+    /// never a panic, never an activation, the active slot keeps verifying.
+    #[test]
+    fn hostile_payloads_never_activate(
+        docs in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 1..4),
+        blocks in proptest::collection::vec((0u32..4, 0u32..40, proptest::bool::ANY, proptest::collection::vec(proptest::num::u8::ANY, 0..1100)), 1..40),
+        garbage in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+    ) {
+        let (t, root) = fuzz_device();
+        let k = key(1);
+        let mut u = updater(&root, &[&k]);
+        // A valid, in-progress job so that blocks reach the writer.
+        let (m, s) = tolk_config::bundle::read_metadata(&t.join("b2")).unwrap();
+        u.handle_job(&JobDocument::install("fuzz", &m, &s, Transfer::Mqtt { block_size: 1024 })).unwrap();
+        for d in &docs {
+            if let Ok(doc) = JobDocument::decode(d) { u.handle_job(&doc).unwrap(); }
+        }
+        let _ = Block::decode(&garbage);
+        for (file, index, full, mut data) in blocks {
+            if full { data.resize(1024, 0); }
+            let enc = Block { job_id: "fuzz".into(), file, index, data }.encode();
+            if let Ok(b) = Block::decode(&enc) { u.handle_block(&b).unwrap(); }
+            u.install_if_complete().unwrap();
+        }
+        proptest::prop_assert_eq!(u.state().active.as_ref().unwrap().version, 1);
+        assert_active(&root, &k, 1);
+    }
+}
+
+/// One device with v1 active and a signed v2 next to it, shared by the fuzz cases.
+fn fuzz_device() -> (PathBuf, PathBuf) {
+    use std::sync::OnceLock;
+    static DEV: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (t, root) = DEV.get_or_init(|| {
+        let k = key(1);
+        let (t, root) = device_with_v1(&k);
+        bundle(&t.path().join("b2"), 2, &k);
+        (t, root)
+    });
+    (t.path().to_path_buf(), root.clone())
+}
+
+/// `tolk doctor` says what works and what to fix (broker reachable or not, slots verified).
+#[test]
+fn doctor_reports_broker_and_slots() {
+    let k = key(1);
+    let (t, root) = device_with_v1(&k);
+    let mut broker = Mosquitto::start(t.path(), None);
+    let cfg = device_config(t.path(), &root, &broker.url(), &[&k], None);
+    let run = || {
+        let out = tolk()
+            .args(["doctor", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run();
+    assert!(text.contains("ok    broker"), "{text}");
+    assert!(
+        text.contains("ok    model slots: slot a runs tiny-llama v1"),
+        "{text}"
+    );
+    broker.stop();
+    std::fs::write(root.join("slots/a/tokenizer.json"), b"tampered").unwrap();
+    let text = run();
+    assert!(text.contains("FAIL  broker"), "{text}");
+    assert!(
+        text.contains("FAIL  model slots: active slot a does not verify"),
+        "{text}"
+    );
+    assert!(text.contains("fix: "), "{text}");
+}
