@@ -28,6 +28,15 @@ impl TensorSpec {
     }
 }
 
+/// Reads and parses a JSON file (configs, indexes), naming the file in errors.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Json {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
 /// The safetensors files of a checkpoint folder, in a stable order.
 pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
@@ -44,11 +53,7 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
             ),
         ));
     }
-    let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
-        path: index.clone(),
-        source: e,
-    })?;
+    let value: serde_json::Value = read_json(&index)?;
     let map = value
         .get("weight_map")
         .and_then(|m| m.as_object())

@@ -149,11 +149,7 @@ impl HubertConfig {
 
     /// Reads a transformers `config.json` (HubertModel) and validates it.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let hf: HfHubertConfig = serde_json::from_str(&text).map_err(|e| ModelError::Json {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let hf: HfHubertConfig = crate::checkpoint::read_json(path)?;
         if let Some(t) = &hf.model_type {
             if t != "hubert" {
                 return Err(ModelError::config(

@@ -165,11 +165,7 @@ impl VocoderConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let value: Value = crate::checkpoint::read_json(path)?;
         Self::from_json(&value, path)
     }
 
