@@ -509,14 +509,8 @@ mod tests {
 
     #[test]
     fn long_hubert_input_uses_bounded_windows() {
-        use crate::units::hubert::{HubertConfig, HubertLoadOptions};
-        let mut c = HubertConfig::mhubert_base();
-        c.hidden_size = 32;
-        c.num_attention_heads = 4;
-        c.intermediate_size = 64;
-        c.conv_dim = vec![16; 7];
-        c.num_conv_pos_embeddings = 16;
-        c.num_conv_pos_embedding_groups = 4;
+        use crate::units::hubert::HubertLoadOptions;
+        let c = crate::units::hubert::tests::tiny_test_config();
         let model = Hubert::random(c, 2, 0, HubertLoadOptions::default()).unwrap();
         let feat = Arc::new(HubertFeaturizer::new(model));
         let km = crate::units::bench::random_kmeans(16, 32, 1, Device::Cpu).unwrap();

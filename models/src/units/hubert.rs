@@ -810,7 +810,19 @@ fn uses_old_weight_norm(dir: &Path) -> Result<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+
+    /// The mHuBERT-base layout at toy widths, for fast tests here and in `extractor`.
+    pub(crate) fn tiny_test_config() -> HubertConfig {
+        let mut c = HubertConfig::mhubert_base();
+        c.hidden_size = 32;
+        c.num_attention_heads = 4;
+        c.intermediate_size = 64;
+        c.conv_dim = vec![16; 7];
+        c.num_conv_pos_embeddings = 16;
+        c.num_conv_pos_embedding_groups = 4;
+        c
+    }
     use super::*;
 
     #[test]
@@ -829,13 +841,7 @@ mod tests {
 
     #[test]
     fn short_audio_is_an_error_not_a_panic() {
-        let mut c = HubertConfig::mhubert_base();
-        c.hidden_size = 32;
-        c.num_attention_heads = 4;
-        c.intermediate_size = 64;
-        c.conv_dim = vec![16; 7];
-        c.num_conv_pos_embeddings = 16;
-        c.num_conv_pos_embedding_groups = 4;
+        let c = tiny_test_config();
         let m = Hubert::random(c, 2, 0, HubertLoadOptions::default()).unwrap();
         for n in [0i64, 1, 399] {
             let w = Tensor::zeros([n], (Kind::Float, Device::Cpu));
