@@ -545,6 +545,37 @@ fn row17_key_rotation() {
     assert_eq!(last(&u).0, JobStatus::Succeeded);
 }
 
+#[test]
+fn row05_huge_version_recovers_by_full_key_rotation() {
+    let (compromised, fresh) = (key(1), key(2));
+    let (t, root) = device_with_v1(&compromised);
+    // A leaked key pushes the largest version the anti-rollback counter will ever see.
+    let huge = bundle(&t.path().join("huge"), 1 << 63, &compromised);
+    let mut u = updater(&root, &[&compromised]);
+    u.install_dir("huge", &huge).unwrap();
+    assert_eq!(last(&u).0, JobStatus::Succeeded);
+    assert_eq!(u.state().highest_version, 1 << 63);
+    // While the leaked key stays trusted (also beside a new one), nothing lower installs.
+    let b2 = bundle(&t.path().join("b2"), 2, &fresh);
+    let mut u = updater(&root, &[&compromised, &fresh]);
+    u.install_dir("b2", &b2).unwrap();
+    assert!(last(&u).1.contains("rollback refused"), "{:?}", last(&u));
+    // The operator rotates fully: only the fresh key is trusted. N + 1 from it installs, and
+    // the floor binds to the fresh key from then on (across restarts).
+    let mut u = updater(&root, &[&fresh]);
+    u.install_dir("b2-after-rotation", &b2).unwrap();
+    assert_eq!(last(&u).0, JobStatus::Succeeded, "{:?}", last(&u));
+    assert_active(&root, &fresh, 2);
+    let mut u = updater(&root, &[&fresh]);
+    assert_eq!(u.state().highest_version, 2);
+    let b1 = bundle(&t.path().join("fresh-v1"), 1, &fresh);
+    u.install_dir("b1", &b1).unwrap();
+    assert!(last(&u).1.contains("rollback refused"), "{:?}", last(&u));
+    let b3 = bundle(&t.path().join("b3"), 3, &fresh);
+    u.install_dir("b3", &b3).unwrap();
+    assert_eq!(last(&u).0, JobStatus::Succeeded);
+}
+
 // ---- the `tolk` binary: config CLI, crash loop, SIGKILL loop ----
 
 fn tolk() -> Command {

@@ -88,6 +88,12 @@ pub struct Pending {
 pub struct State {
     pub active: Option<SlotInfo>,
     pub highest_version: u64,
+    /// Ids of the keys trusted when `highest_version` was last raised. The anti-rollback floor
+    /// binds to them: after a full rotation (none of them trusted any more) the floor starts
+    /// again from 0, the recovery path when a compromised key pushed a huge version
+    /// (ota-threats row 5). An overlapping rotation keeps the floor.
+    #[serde(default)]
+    pub rollback_keys: Vec<String>,
     pub pending: Option<Pending>,
     pub last_job: Option<StatusReport>,
     pub stale: bool,
@@ -443,6 +449,19 @@ impl Updater {
         Ok(())
     }
 
+    /// The anti-rollback floor in force under the currently trusted keys (see
+    /// [`State::rollback_keys`]).
+    pub fn rollback_floor(&self) -> u64 {
+        let trusted: Vec<String> = self.settings.trusted.iter().map(|k| k.key_id()).collect();
+        let rotated_out = !self.state.rollback_keys.is_empty()
+            && !self.state.rollback_keys.iter().any(|k| trusted.contains(k));
+        if rotated_out {
+            0
+        } else {
+            self.state.highest_version
+        }
+    }
+
     fn check_manifest(&self, mbytes: &[u8], sbytes: &[u8]) -> Result<Manifest, BundleError> {
         let m = bundle::verify_manifest(mbytes, sbytes, &self.settings.trusted)?;
         Policy {
@@ -450,7 +469,7 @@ impl Updater {
             runtime_version: self.settings.runtime_version.clone(),
             now: (self.clock)(),
             max_clock_skew_s: self.settings.max_clock_skew_s,
-            highest_version: self.state.highest_version,
+            highest_version: self.rollback_floor(),
             max_bundle_bytes: self.settings.max_bundle_bytes,
         }
         .check(&m)?;
@@ -779,7 +798,9 @@ impl Updater {
         match outcome {
             Ok(r) => {
                 self.state.active = Some(p.info.clone());
-                self.state.highest_version = self.state.highest_version.max(p.info.version);
+                self.state.highest_version = self.rollback_floor().max(p.info.version);
+                self.state.rollback_keys =
+                    self.settings.trusted.iter().map(|k| k.key_id()).collect();
                 self.state.pending = None;
                 self.finish(report(
                     &p.job_id,
