@@ -6,7 +6,9 @@
 //! - [`tokenizer`]: Hugging Face `tokenizer.json` through the `tokenizers` crate;
 //! - [`sampling`]: greedy / temperature / top-k / top-p sampling with allowed-token masks;
 //! - [`generate`]: the prefill + decode loop used by the CLI, the benchmark and the runtime;
-//! - [`vocab`]: vocabulary extension with unit and task tokens.
+//! - [`vocab`]: vocabulary extension with unit and task tokens;
+//! - [`prompt`]: the sequence formats (ASR, S2TT, S2ST, chain of modality) shared by training
+//!   and the runtime.
 
 pub mod audio;
 pub mod checkpoint;
@@ -14,6 +16,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod llama;
+pub mod prompt;
 pub mod sampling;
 pub mod tokenizer;
 pub mod units;
