@@ -13,6 +13,21 @@ pub struct GenerateOptions {
     /// Generation ends after any of these (the stop token is included in the output).
     pub stop_tokens: Vec<u32>,
     pub mask: TokenMask,
+    /// Constrained phases: once this token is produced, later steps use this mask (chain of
+    /// modality: `<|units|>` ends the text phase and starts the unit phase).
+    pub phase_switch: Option<(u32, TokenMask)>,
+}
+
+impl GenerateOptions {
+    /// Unconstrained generation of up to `max_new_tokens`, ending at any of `stop_tokens`.
+    pub fn new(max_new_tokens: usize, stop_tokens: Vec<u32>) -> Self {
+        Self {
+            max_new_tokens,
+            stop_tokens,
+            mask: TokenMask::All,
+            phase_switch: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +100,9 @@ pub fn generate(
     let tokens = Tensor::from_slice(&ids).to_device(device).view([1, -1]);
     let hidden = model.forward_hidden(&tokens, Some(cache), None)?;
     let last = hidden.f_select(1, hidden.size()[1] - 1)?;
-    let (logits, offset) = step_logits(model, &last, &opts.mask)?;
-    let mut next = sampler.sample(&logits, offset, &opts.mask)?;
+    let mut mask = &opts.mask;
+    let (logits, offset) = step_logits(model, &last, mask)?;
+    let mut next = sampler.sample(&logits, offset, mask)?;
     let prefill_secs = start.elapsed().as_secs_f64();
     let mut out = Vec::with_capacity(opts.max_new_tokens);
     let decode_start = Instant::now();
@@ -109,8 +125,13 @@ pub fn generate(
             .to_device(device)
             .view([1, 1]);
         let hidden = model.forward_hidden(&input, Some(cache), None)?;
-        let (logits, offset) = step_logits(model, &hidden.f_select(1, 0)?, &opts.mask)?;
-        next = sampler.sample(&logits, offset, &opts.mask)?;
+        if let Some((switch, next_mask)) = &opts.phase_switch {
+            if next == *switch {
+                mask = next_mask;
+            }
+        }
+        let (logits, offset) = step_logits(model, &hidden.f_select(1, 0)?, mask)?;
+        next = sampler.sample(&logits, offset, mask)?;
     };
     Ok(Generation {
         tokens: out,

@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 use tolk_models::device::{dtype_name, parse_device, parse_dtype};
 use tolk_models::generate::{generate, step_logits, GenerateOptions};
 use tolk_models::llama::{Llama, LlamaConfig, LoadOptions};
-use tolk_models::sampling::{Sampler, SamplingConfig, TokenMask};
+use tolk_models::sampling::{Sampler, SamplingConfig};
 use tolk_models::tokenizer::Tokenizer;
 
 #[derive(Args, Clone)]
@@ -261,11 +261,7 @@ fn generate_cmd(
             .map(|&t| t as u32)
             .collect()
     };
-    let opts = GenerateOptions {
-        max_new_tokens,
-        stop_tokens,
-        mask: TokenMask::All,
-    };
+    let opts = GenerateOptions::new(max_new_tokens, stop_tokens);
     print!("{prompt}");
     std::io::stdout().flush()?;
     // Stream text as it comes: decode the whole output each time and print the new suffix, so
@@ -337,11 +333,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         .collect();
     let mut cache = model.new_cache(1, (args.prompt_tokens + args.new_tokens) as i64)?;
     let mut sampler = Sampler::new(SamplingConfig::greedy())?;
-    let gen_opts = GenerateOptions {
-        max_new_tokens: args.new_tokens,
-        stop_tokens: vec![],
-        mask: TokenMask::All,
-    };
+    let gen_opts = GenerateOptions::new(args.new_tokens, vec![]);
     // Warm-up, then timed runs.
     generate(
         &model,

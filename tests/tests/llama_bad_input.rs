@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use tch::Tensor;
 use tolk_models::generate::{generate, GenerateOptions};
 use tolk_models::llama::{Llama, LoadOptions};
-use tolk_models::sampling::{Sampler, SamplingConfig, TokenMask};
+use tolk_models::sampling::{Sampler, SamplingConfig};
 use tolk_models::tokenizer::Tokenizer;
 use tolk_models::ModelError;
 use tolk_tests::{read_tensors, reference_dir};
@@ -154,11 +154,7 @@ fn prompts_longer_than_the_cache_and_bad_ids_are_errors() {
     let model = Llama::load(&dir, LoadOptions::default()).unwrap();
     let mut cache = model.new_cache(1, 8).unwrap();
     let mut sampler = Sampler::new(SamplingConfig::greedy()).unwrap();
-    let opts = GenerateOptions {
-        max_new_tokens: 4,
-        stop_tokens: vec![],
-        mask: TokenMask::All,
-    };
+    let opts = GenerateOptions::new(4, vec![]);
     let prompt: Vec<u32> = (3..13).collect();
     let e = generate(&model, &mut cache, &mut sampler, &prompt, &opts, |_| {}).unwrap_err();
     assert!(

@@ -30,11 +30,7 @@ fn load(dir: &Path) -> Llama {
 fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut cache = model.new_cache(1, (prompt.len() + n) as i64).unwrap();
     let mut sampler = Sampler::new(SamplingConfig::greedy()).unwrap();
-    let opts = GenerateOptions {
-        max_new_tokens: n,
-        stop_tokens: vec![],
-        mask: TokenMask::All,
-    };
+    let opts = GenerateOptions::new(n, vec![]);
     let g = generate(model, &mut cache, &mut sampler, prompt, &opts, |_| {}).unwrap();
     assert_eq!(g.stop, StopReason::MaxTokens);
     g.tokens
@@ -308,4 +304,46 @@ fn unit_and_task_tokens_extend_tokenizer_and_model_together() {
         .forward(&Tensor::from_slice(&[49152i64 + 7, 504]).view([1, 2]), None)
         .unwrap();
     assert_eq!(logits.size(), [1, 2, 49152 + 1002]);
+}
+
+#[test]
+fn constrained_phases_switch_on_their_token() {
+    let model = load(
+        &reference_dir("llama_tiny")
+            .join("llama32_tied")
+            .join("model"),
+    );
+    let mut cache = model.new_cache(1, 80).unwrap();
+    let mut sampler = Sampler::new(SamplingConfig {
+        temperature: 3.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 11,
+    })
+    .unwrap();
+    // Phase 1: "text" ids 3..10 or the switch token 11; phase 2: "units" 20..30 or the end 31.
+    let opts = GenerateOptions {
+        mask: TokenMask::range(3..10).with(11..12),
+        phase_switch: Some((11, TokenMask::range(20..30).with(31..32))),
+        ..GenerateOptions::new(64, vec![31])
+    };
+    let g = generate(&model, &mut cache, &mut sampler, &[5, 6, 7], &opts, |_| {}).unwrap();
+    let switch = g
+        .tokens
+        .iter()
+        .position(|&t| t == 11)
+        .expect("the switch token was sampled");
+    assert!(
+        g.tokens[..switch].iter().all(|t| (3..10).contains(t)),
+        "{:?}",
+        g.tokens
+    );
+    assert!(
+        g.tokens[switch + 1..]
+            .iter()
+            .all(|t| (20..30).contains(t) || *t == 31),
+        "{:?}",
+        g.tokens
+    );
+    assert!(g.tokens.len() > switch + 1, "{:?}", g.tokens);
 }
