@@ -56,7 +56,11 @@ $(REF)/audio_features/reference.json: tests/reference/audio_features.py tests/re
 $(REF)/silero/reference.json: tests/reference/silero.py tests/reference/speech.py | setup
 	$(PY) tests/reference/silero.py $(REF)/silero
 
-reference: setup $(REF)/smollm2/reference.json $(REF)/llama_tiny/reference.json $(REF)/vocoder/reference.json $(REF)/hubert/reference.json $(REF)/kmeans/reference.json $(REF)/audio_features/reference.json $(REF)/silero/reference.json
+# Metric parity: sacrebleu BLEU/chrF, nltk METEOR (no WordNet), jiwer WER and a numpy MCD.
+$(REF)/metrics/reference.json: tests/reference/metrics.py | setup
+	$(PY) tests/reference/metrics.py $(REF)/metrics
+
+reference: setup $(REF)/smollm2/reference.json $(REF)/llama_tiny/reference.json $(REF)/vocoder/reference.json $(REF)/hubert/reference.json $(REF)/kmeans/reference.json $(REF)/audio_features/reference.json $(REF)/silero/reference.json $(REF)/metrics/reference.json
 
 demo: setup $(REF)/smollm2/reference.json
 	cargo build --release -p tolk-runtime

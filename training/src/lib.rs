@@ -5,4 +5,6 @@
 //! - [`publish`]: sending a signed bundle to one device over MQTT (`tolk-train publish`).
 
 pub mod bundle;
+pub mod corpus;
+pub mod metrics;
 pub mod publish;

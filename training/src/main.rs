@@ -28,6 +28,10 @@ enum Command {
         #[command(subcommand)]
         command: BundleCommand,
     },
+    /// Generate the synthetic English-French kiosk speech corpus (espeak-ng, 16 kHz, JSONL).
+    SynthCorpus(tolk_training::corpus::SynthCorpusArgs),
+    /// Score line-aligned hypotheses against references (BLEU, chrF, METEOR, WER).
+    Score(tolk_training::metrics::score::ScoreArgs),
     /// Send a signed bundle to one device over MQTT and follow the job to its end.
     Publish {
         /// Bundle folder holding manifest.json and manifest.sig.
@@ -106,6 +110,15 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Score(a) => {
+            println!("{}", tolk_training::metrics::score::score_files(&a)?);
+            Ok(())
+        }
+        Command::SynthCorpus(a) => {
+            let summary = tolk_training::corpus::build_corpus(&a.config())?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
         Command::Bundle {
             command:
                 BundleCommand::Sign {

@@ -1,0 +1,277 @@
+//! Speech synthesis with the `espeak-ng` command-line program (Debian package `espeak-ng`).
+//!
+//! Each utterance is one `espeak-ng -v VOICE -s SPEED -p PITCH -w TMP.wav TEXT` run (22.05 kHz
+//! mono 16-bit), conditioned to 16 kHz mono with `tolk_models::audio::condition::to_mono_16k`
+//! (the band-limited FFT resampler) and written as 16-bit PCM WAV. Jobs run on a bounded pool of
+//! worker threads, each waiting on one `espeak-ng` process at a time.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use tolk_models::audio::{self, wav};
+
+/// One utterance to synthesize.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynthJob {
+    pub text: String,
+    /// espeak-ng voice, optionally with a variant: `en-gb`, `fr-fr+f3`.
+    pub voice: String,
+    /// Words per minute (`-s`).
+    pub speed: u32,
+    /// Pitch 0..=99 (`-p`).
+    pub pitch: u32,
+    /// Output WAV (16 kHz mono 16-bit).
+    pub out: PathBuf,
+}
+
+impl SynthJob {
+    /// `en-gb+f3 s160 p45`: the settings as one manifest field.
+    pub fn settings(&self) -> String {
+        format!("{} s{} p{}", self.voice, self.speed, self.pitch)
+    }
+}
+
+/// Synthesis errors; each names the command that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error("cannot run `{command}`: {source} (install the Debian package espeak-ng, or pass --espeak PATH)")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error(
+        "espeak-ng voice {voice:?} is not installed (see `{command}` and `{command}=variant`)"
+    )]
+    UnknownVoice { voice: String, command: String },
+    #[error("`{command}` produced no audio")]
+    Empty { command: String },
+    #[error("`{command}`: {source}")]
+    Audio {
+        command: String,
+        #[source]
+        source: audio::AudioError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The espeak-ng program and how to call it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Espeak {
+    pub program: PathBuf,
+}
+
+impl Default for Espeak {
+    fn default() -> Self {
+        Self {
+            program: PathBuf::from("espeak-ng"),
+        }
+    }
+}
+
+fn quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_+./=:".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+impl Espeak {
+    fn command_line(&self, args: &[String]) -> String {
+        std::iter::once(self.program.display().to_string())
+            .chain(args.iter().cloned())
+            .map(|a| quote(&a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Runs the program; returns its standard output.
+    fn run(&self, args: &[String]) -> Result<String, SynthError> {
+        let command = self.command_line(args);
+        let out = Command::new(&self.program)
+            .args(args)
+            .output()
+            .map_err(|source| SynthError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(SynthError::Failed {
+                command,
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Voice names (language tags and file names, lower case) and variant names that
+    /// `espeak-ng --voices` lists. espeak-ng silently falls back to a near voice for a
+    /// misspelled one (`en-gb-scotlnd` speaks `en`), so names are checked against these lists.
+    pub fn list_voices(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), SynthError> {
+        let parse = |listing: String| -> BTreeSet<String> {
+            listing
+                .lines()
+                .skip(1)
+                .flat_map(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    let lang = cols.get(1).map(|s| s.to_lowercase());
+                    // Columns: Pty, Language, Age/Gender, VoiceName, File, Other languages.
+                    let file = cols
+                        .get(4)
+                        .and_then(|f| f.rsplit('/').next())
+                        .map(|s| s.to_lowercase());
+                    lang.into_iter().chain(file)
+                })
+                .collect()
+        };
+        let voices = parse(self.run(&["--voices".to_string()])?);
+        let variants = parse(self.run(&["--voices=variant".to_string()])?);
+        Ok((voices, variants))
+    }
+
+    /// Synthesizes one job; returns its duration in seconds (16 kHz samples / 16000).
+    pub fn synthesize(&self, job: &SynthJob) -> Result<f64, SynthError> {
+        let tmp = job.out.with_extension("espeak.wav");
+        let args = vec![
+            "-v".to_string(),
+            job.voice.clone(),
+            "-s".to_string(),
+            job.speed.to_string(),
+            "-p".to_string(),
+            job.pitch.to_string(),
+            "-w".to_string(),
+            tmp.display().to_string(),
+            "--".to_string(),
+            job.text.clone(),
+        ];
+        let command = self.command_line(&args);
+        self.run(&args)?;
+        let audio_err = |source| SynthError::Audio {
+            command: command.clone(),
+            source,
+        };
+        let raw = wav::read_wav(&tmp).map_err(audio_err)?;
+        std::fs::remove_file(&tmp).map_err(|source| SynthError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        if raw.samples.is_empty() {
+            return Err(SynthError::Empty { command });
+        }
+        let (mono, _) = audio::condition::to_mono_16k(&raw.samples, raw.sample_rate, raw.channels)
+            .map_err(audio_err)?;
+        wav::write_wav(
+            &job.out,
+            &mono,
+            audio::SAMPLE_RATE,
+            1,
+            wav::WavFormat::Pcm16,
+        )
+        .map_err(audio_err)?;
+        Ok(mono.len() as f64 / audio::SAMPLE_RATE as f64)
+    }
+
+    /// Checks that the program runs and that every voice exists, by synthesizing a short word
+    /// with each into `scratch` (a folder).
+    pub fn check_voices(&self, voices: &[String], scratch: &Path) -> Result<(), SynthError> {
+        self.run(&["--version".to_string()])?;
+        let (known, variants) = self.list_voices()?;
+        for v in voices {
+            let (base, variant) = match v.split_once('+') {
+                Some((b, var)) => (b, Some(var)),
+                None => (v.as_str(), None),
+            };
+            let listed = known.contains(&base.to_lowercase())
+                && variant.is_none_or(|var| variants.contains(&var.to_lowercase()));
+            if !listed {
+                return Err(SynthError::UnknownVoice {
+                    voice: v.clone(),
+                    command: self.command_line(&["--voices".to_string()]),
+                });
+            }
+        }
+        for (i, v) in voices.iter().enumerate() {
+            let job = SynthJob {
+                text: "ok".into(),
+                voice: v.clone(),
+                speed: 175,
+                pitch: 50,
+                out: scratch.join(format!("voice-check-{i}.wav")),
+            };
+            self.synthesize(&job)?;
+            std::fs::remove_file(&job.out).map_err(|source| SynthError::Io {
+                path: job.out.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Runs `jobs` on at most `workers` threads (each with one espeak-ng process at a time) and
+    /// returns the durations in job order. Stops at the first failure and returns it.
+    pub fn synthesize_all(
+        &self,
+        jobs: &[SynthJob],
+        workers: usize,
+    ) -> Result<Vec<f64>, SynthError> {
+        let workers = workers.clamp(1, jobs.len().max(1));
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let done = AtomicUsize::new(0);
+        let results: Mutex<Vec<Option<f64>>> = Mutex::new(vec![None; jobs.len()]);
+        let first_error: Mutex<Option<SynthError>> = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    if failed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { return };
+                    match self.synthesize(job) {
+                        Ok(d) => {
+                            results.lock().expect("results lock")[i] = Some(d);
+                            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n.is_multiple_of(500) || n == jobs.len() {
+                                tracing::info!(done = n, total = jobs.len(), "synthesized");
+                            }
+                        }
+                        Err(e) => {
+                            failed.store(true, Ordering::Relaxed);
+                            first_error.lock().expect("error lock").get_or_insert(e);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = first_error.into_inner().expect("error lock") {
+            return Err(e);
+        }
+        Ok(results
+            .into_inner()
+            .expect("results lock")
+            .into_iter()
+            .map(|d| d.expect("every job ran"))
+            .collect())
+    }
+}
