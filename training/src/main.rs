@@ -30,6 +30,10 @@ enum Command {
     },
     /// Generate the synthetic English-French kiosk speech corpus (espeak-ng, 16 kHz, JSONL).
     SynthCorpus(tolk_training::corpus::SynthCorpusArgs),
+    /// Extract speech units for every audio file of manifests (k-means loaded or fitted).
+    Units(tolk_training::units::UnitsArgs),
+    /// Train a byte-level BPE tokenizer on manifests' texts (models trained from scratch).
+    Tokenizer(tolk_training::units::TokenizerArgs),
     /// Score line-aligned hypotheses against references (BLEU, chrF, METEOR, WER).
     Score(tolk_training::metrics::score::ScoreArgs),
     /// Send a signed bundle to one device over MQTT and follow the job to its end.
@@ -112,6 +116,16 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Score(a) => {
             println!("{}", tolk_training::metrics::score::score_files(&a)?);
+            Ok(())
+        }
+        Command::Units(a) => {
+            let summary = tolk_training::units::run_units(&a)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::Tokenizer(a) => {
+            let summary = tolk_training::units::run_tokenizer(&a)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }
         Command::SynthCorpus(a) => {

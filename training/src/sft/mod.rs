@@ -1,0 +1,13 @@
+//! Supervised fine-tuning (PROST-LLM stage 1, `../shared/reference/method.md` section 1).
+//!
+//! - [`data`]: manifests + speech units -> training sequences for the three strategies
+//!   (vanilla, tri-task, chain of modality) in both directions, with the loss mask, and the
+//!   seeded, resumable [`data::Batcher`]. The sequence layout itself is defined once in
+//!   [`tolk_models::prompt`].
+
+pub mod data;
+
+pub use data::{
+    build_examples, Batch, BatchConfig, BatchPosition, Batcher, Direction, Example, SftData,
+    SftDataConfig, SftDataError, SkipReason, SkipReport, Strategy, UnitSource, IGNORE_INDEX,
+};
