@@ -60,41 +60,31 @@ const fn n(
 }
 
 impl Noun {
+    /// The noun after the article form its number, elision and gender call for:
+    /// `[plural, elided, feminine, masculine]`.
+    fn with_article(&self, [pl, elided, fem, masc]: [&str; 4]) -> String {
+        let article = if self.pl {
+            pl
+        } else if self.vowel {
+            elided
+        } else if self.fem {
+            fem
+        } else {
+            masc
+        };
+        format!("{article}{}", self.fr)
+    }
     /// `la gare`, `l'aéroport`, `les toilettes`.
     fn le(&self) -> String {
-        if self.pl {
-            format!("les {}", self.fr)
-        } else if self.vowel {
-            format!("l'{}", self.fr)
-        } else if self.fem {
-            format!("la {}", self.fr)
-        } else {
-            format!("le {}", self.fr)
-        }
+        self.with_article(["les ", "l'", "la ", "le "])
     }
     /// `à la gare`, `au musée`, `à l'hôtel`, `aux toilettes`.
     fn au(&self) -> String {
-        if self.pl {
-            format!("aux {}", self.fr)
-        } else if self.vowel {
-            format!("à l'{}", self.fr)
-        } else if self.fem {
-            format!("à la {}", self.fr)
-        } else {
-            format!("au {}", self.fr)
-        }
+        self.with_article(["aux ", "à l'", "à la ", "au "])
     }
     /// `de la gare`, `du musée`, `de l'hôtel`, `des toilettes`.
     fn du(&self) -> String {
-        if self.pl {
-            format!("des {}", self.fr)
-        } else if self.vowel {
-            format!("de l'{}", self.fr)
-        } else if self.fem {
-            format!("de la {}", self.fr)
-        } else {
-            format!("du {}", self.fr)
-        }
+        self.with_article(["des ", "de l'", "de la ", "du "])
     }
     /// `ma valise`, `mon sac`, `mon écharpe`, `mes clés`.
     fn mon(&self) -> String {
