@@ -3,9 +3,9 @@
 //! through the client. Every ConnAck re-subscribes (clean sessions lose subscriptions) and
 //! re-publishes the retained true state; the last will marks the device offline.
 
-use super::mqtt::{options, BrokerSettings};
+use super::mqtt::{options, spawn_event_pump, BrokerSettings, MqttEvent};
 use super::updater::{OtaError, Updater};
-use rumqttc::{Client, Event, Packet, QoS};
+use rumqttc::{Client, QoS};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -31,12 +31,6 @@ pub enum AgentError {
     Ota(#[from] OtaError),
 }
 
-enum Msg {
-    Connected,
-    Publish(String, Vec<u8>),
-    Disconnected(String),
-}
-
 fn offline_payload(device: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"status": "offline", "device": device})).unwrap()
 }
@@ -60,37 +54,8 @@ pub fn run(
         &opts.device_id,
         Some((topics.state.clone(), offline_payload(&opts.device_id))),
     )?;
-    let (client, mut connection) = Client::new(mopts, 256);
-    let (tx, rx) = mpsc::channel::<Msg>();
-    let poll_stop = stop.clone();
-    let poller = std::thread::Builder::new()
-        .name("mqtt-poll".into())
-        .spawn(move || {
-            for ev in connection.iter() {
-                if poll_stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let msg = match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => Msg::Connected,
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        Msg::Publish(p.topic, p.payload.to_vec())
-                    }
-                    Ok(_) => continue,
-                    Err(e) => {
-                        let m = Msg::Disconnected(e.to_string());
-                        if tx.send(m).is_err() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(300));
-                        continue;
-                    }
-                };
-                if tx.send(msg).is_err() {
-                    break;
-                }
-            }
-        })
-        .expect("spawn mqtt poller");
+    let (client, connection) = Client::new(mopts, 256);
+    let (rx, poller) = spawn_event_pump(connection, Some(stop.clone())).expect("spawn mqtt poller");
 
     let publish = |topic: &str, retain: bool, payload: Vec<u8>| {
         if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, retain, payload) {
@@ -111,7 +76,7 @@ pub fn run(
     while !stop.load(Ordering::Relaxed) {
         on_tick();
         match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(Msg::Connected) => {
+            Ok(MqttEvent::Connected) => {
                 tracing::info!("connected; subscribing");
                 connected = true;
                 for t in [&topics.job_notify, &topics.block_data] {
@@ -128,13 +93,13 @@ pub fn run(
                     on_ready();
                 }
             }
-            Ok(Msg::Disconnected(e)) => {
+            Ok(MqttEvent::Disconnected(e)) => {
                 if connected {
                     tracing::warn!(error = %e, "broker connection lost; reconnecting");
                 }
                 connected = false;
             }
-            Ok(Msg::Publish(topic, payload)) => {
+            Ok(MqttEvent::Publish(topic, payload)) => {
                 if topic == topics.job_notify {
                     if payload.is_empty() {
                         continue; // retained job cleared

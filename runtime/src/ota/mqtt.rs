@@ -1,5 +1,6 @@
 //! MQTT connection options shared by the device agent and the host publisher: broker URL,
-//! TLS (server CA, optional client certificate), credentials file, packet-size limits.
+//! TLS (server CA, optional client certificate), credentials file, packet-size limits, and the
+//! event pump that turns a connection into a channel of [`MqttEvent`]s.
 
 use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use std::path::{Path, PathBuf};
@@ -107,4 +108,55 @@ pub fn options(
         ));
     }
     Ok(o)
+}
+
+/// What the event pump passes on from a connection.
+#[derive(Debug)]
+pub enum MqttEvent {
+    /// (Re)connected: subscriptions must be made again.
+    Connected,
+    Publish(String, Vec<u8>),
+    /// The connection failed; rumqttc reconnects on the next poll.
+    Disconnected(String),
+}
+
+/// Polls `connection` on its own thread and forwards connection acks, incoming publishes and
+/// errors (then waits 300 ms before the reconnecting poll). Ends when the receiver is dropped or
+/// `stop` is set.
+pub fn spawn_event_pump(
+    mut connection: rumqttc::Connection,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) -> std::io::Result<(
+    std::sync::mpsc::Receiver<MqttEvent>,
+    std::thread::JoinHandle<()>,
+)> {
+    use rumqttc::{Event, Packet};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("mqtt-poll".into())
+        .spawn(move || {
+            for ev in connection.iter() {
+                if stop
+                    .as_ref()
+                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+                {
+                    break;
+                }
+                let (msg, failed) = match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => (MqttEvent::Connected, false),
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        (MqttEvent::Publish(p.topic, p.payload.to_vec()), false)
+                    }
+                    Ok(_) => continue,
+                    Err(e) => (MqttEvent::Disconnected(e.to_string()), true),
+                };
+                if tx.send(msg).is_err() {
+                    break;
+                }
+                if failed {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        })?;
+    Ok((rx, handle))
 }

@@ -4,8 +4,8 @@
 //! still gets it) and cleared once the job ends; blocks are served on request, so a device
 //! resumes after its own or the broker's restart by asking for what it misses.
 
-use super::mqtt::{options, BrokerSettings, MqttSetupError};
-use rumqttc::{Client, Event, Packet, QoS};
+use super::mqtt::{options, spawn_event_pump, BrokerSettings, MqttEvent, MqttSetupError};
+use rumqttc::{Client, QoS};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -87,11 +87,6 @@ pub enum PublishError {
     Client(String),
 }
 
-enum Msg {
-    Connected,
-    Publish(String, Vec<u8>),
-}
-
 /// What the publisher counted.
 #[derive(Debug, Clone, Default)]
 pub struct PublishStats {
@@ -123,27 +118,9 @@ pub fn publish(
         .expect("job serialises");
     let topics = Topics::new(&o.topic_prefix, &o.device);
     let client_id = format!("tolk-publisher-{}", rand::random::<u32>());
-    let (client, mut connection) = Client::new(options(&o.broker, &client_id, None)?, 512);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for ev in connection.iter() {
-            let msg = match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => Msg::Connected,
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    Msg::Publish(p.topic, p.payload.to_vec())
-                }
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::debug!(error = %e, "publisher connection error; retrying");
-                    std::thread::sleep(Duration::from_millis(300));
-                    continue;
-                }
-            };
-            if tx.send(msg).is_err() {
-                break;
-            }
-        }
-    });
+    let (client, connection) = Client::new(options(&o.broker, &client_id, None)?, 512);
+    let (rx, _pump) = spawn_event_pump(connection, None)
+        .map_err(|e| PublishError::Client(format!("starting the MQTT poller: {e}")))?;
     let cerr = |e: rumqttc::ClientError| PublishError::Client(e.to_string());
     let mut stats = PublishStats::default();
     let mut asked: std::collections::HashSet<(u32, u32)> = Default::default();
@@ -166,7 +143,7 @@ pub fn publish(
             }
         };
         match msg {
-            Msg::Connected => {
+            MqttEvent::Connected => {
                 stats.connects += 1;
                 client
                     .subscribe(topics.job_status.as_str(), QoS::AtLeastOnce)
@@ -183,7 +160,7 @@ pub fn publish(
                     )
                     .map_err(cerr)?;
             }
-            Msg::Publish(topic, payload) if topic == topics.job_status => {
+            MqttEvent::Publish(topic, payload) if topic == topics.job_status => {
                 let Ok(r) = serde_json::from_slice::<StatusReport>(&payload) else {
                     continue;
                 };
@@ -206,7 +183,7 @@ pub fn publish(
                     break Ok(r);
                 }
             }
-            Msg::Publish(topic, payload) if topic == topics.block_request => {
+            MqttEvent::Publish(topic, payload) if topic == topics.block_request => {
                 let Ok(req) = BlockRequest::decode(&payload) else {
                     continue;
                 };
@@ -266,7 +243,10 @@ pub fn publish(
                     }
                 }
             }
-            Msg::Publish(..) => {}
+            MqttEvent::Publish(..) => {}
+            MqttEvent::Disconnected(e) => {
+                tracing::debug!(error = %e, "publisher connection error; retrying")
+            }
         }
     };
     let _ = client.disconnect();
