@@ -94,11 +94,8 @@ pub fn generate(
         });
     }
     cache.reset();
-    let device = model.device();
-    let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
     let start = Instant::now();
-    let tokens = Tensor::from_slice(&ids).to_device(device).view([1, -1]);
-    let hidden = model.forward_hidden(&tokens, Some(cache), None)?;
+    let hidden = model.forward_hidden_ids(prompt, cache)?;
     let last = hidden.f_select(1, hidden.size()[1] - 1)?;
     let mut mask = &opts.mask;
     let (logits, offset) = step_logits(model, &last, mask)?;
@@ -121,10 +118,7 @@ pub fn generate(
         if cache.len() >= cache.capacity() {
             break StopReason::CacheFull;
         }
-        let input = Tensor::from_slice(&[next as i64])
-            .to_device(device)
-            .view([1, 1]);
-        let hidden = model.forward_hidden(&input, Some(cache), None)?;
+        let hidden = model.forward_hidden_ids(&[next], cache)?;
         if let Some((switch, next_mask)) = &opts.phase_switch {
             if next == *switch {
                 mask = next_mask;

@@ -338,6 +338,42 @@ impl Llama {
     pub fn forward_hidden(
         &self,
         tokens: &Tensor,
+        cache: Option<&mut KvCache>,
+        padding_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let vocab = self.cfg.vocab_size;
+        let (min, max) = (
+            tokens.f_min()?.int64_value(&[]),
+            tokens.f_max()?.int64_value(&[]),
+        );
+        if min < 0 || max >= vocab {
+            return Err(ModelError::InvalidArgument(format!(
+                "token ids must lie in 0..{vocab}, got {min}..={max}"
+            )));
+        }
+        self.forward_checked_ids(tokens, cache, padding_mask)
+    }
+
+    /// Hidden states `[1, T, hidden]` for one sequence of host-side ids continuing `cache`: the
+    /// ids are checked on the host, so a decode step needs no device reduction or sync for it.
+    pub fn forward_hidden_ids(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let vocab = self.cfg.vocab_size;
+        if let Some(&bad) = ids.iter().find(|&&t| t as i64 >= vocab) {
+            return Err(ModelError::InvalidArgument(format!(
+                "token ids must lie in 0..{vocab}, got {bad}"
+            )));
+        }
+        let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+        let tokens = Tensor::from_slice(&ids)
+            .f_to_device(self.device)?
+            .f_view([1, -1])?;
+        self.forward_checked_ids(&tokens, Some(cache), None)
+    }
+
+    /// [`Self::forward_hidden`] for token ids already known to be in range.
+    fn forward_checked_ids(
+        &self,
+        tokens: &Tensor,
         mut cache: Option<&mut KvCache>,
         padding_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
@@ -362,16 +398,6 @@ impl Llama {
                 needed: (past + t) as usize,
                 capacity: self.max_positions() as usize,
             });
-        }
-        let vocab = self.cfg.vocab_size;
-        let (min, max) = (
-            tokens.f_min()?.int64_value(&[]),
-            tokens.f_max()?.int64_value(&[]),
-        );
-        if min < 0 || max >= vocab {
-            return Err(ModelError::InvalidArgument(format!(
-                "token ids must lie in 0..{vocab}, got {min}..={max}"
-            )));
         }
         let mask = self.attention_mask(b, t, past, padding_mask)?;
         let mut x = Tensor::f_embedding(&self.embed_tokens, tokens, -1, false, false)?;
