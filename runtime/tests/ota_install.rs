@@ -728,9 +728,7 @@ fn row11_power_loss_at_every_step_and_random_sigkills() {
         kills += 1;
         check(&mut active, target);
         // Restart: the same command completes the install (resuming where it stopped).
-        let out = install_cmd(&cfg, &version(target), &job)
-            .output()
-            .unwrap();
+        let out = install_cmd(&cfg, &version(target), &job).output().unwrap();
         let st = check(&mut active, target);
         let lj = st.last_job.unwrap();
         assert!(
@@ -745,13 +743,9 @@ fn row11_power_loss_at_every_step_and_random_sigkills() {
     }
     // Random kills: time a full install, then kill at uniform moments inside it.
     let start = Instant::now();
-    let out = install_cmd(
-        &cfg,
-        &version(target),
-        &format!("job-{target}"),
-    )
-    .output()
-    .unwrap();
+    let out = install_cmd(&cfg, &version(target), &format!("job-{target}"))
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -808,9 +802,7 @@ fn row11_power_loss_at_every_step_and_random_sigkills() {
     }
     // Finally let the current one complete.
     let job = format!("job-{target}");
-    install_cmd(&cfg, &version(target), &job)
-        .output()
-        .unwrap();
+    install_cmd(&cfg, &version(target), &job).output().unwrap();
     check(&mut active, target);
     println!("row 11: {kills} SIGKILLs ({random_kills} random over a {full:?} install), outcomes {outcomes:?}; active v{active}, never neither");
 }

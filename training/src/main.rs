@@ -34,8 +34,15 @@ enum Command {
     Units(tolk_training::units::UnitsArgs),
     /// Train a byte-level BPE tokenizer on manifests' texts (models trained from scratch).
     Tokenizer(tolk_training::units::TokenizerArgs),
+    /// Supervised fine-tuning from a recipe (resumes from the output folder's last checkpoint).
+    Sft(tolk_training::sft::SftArgs),
     /// Score line-aligned hypotheses against references (BLEU, chrF, METEOR, WER).
     Score(tolk_training::metrics::score::ScoreArgs),
+    /// Train a unit HiFi-GAN vocoder for one language (recipe TOML, exact resume).
+    Vocoder(tolk_training::vocoder::VocoderArgs),
+    /// Evaluate a translator folder on a held-out manifest (BLEU, METEOR, unit error rate, MCD,
+    /// ASR-BLEU); writes report.md, report.json, hyps.txt and the wavs.
+    Eval(tolk_training::eval::EvalArgs),
     /// Send a signed bundle to one device over MQTT and follow the job to its end.
     Publish {
         /// Bundle folder holding manifest.json and manifest.sig.
@@ -116,6 +123,27 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Score(a) => {
             println!("{}", tolk_training::metrics::score::score_files(&a)?);
+            Ok(())
+        }
+        Command::Sft(a) => {
+            let recipe = a.recipe()?;
+            let summary = tolk_training::sft::train(&recipe, a.restart, a.stop_after)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::Vocoder(a) => {
+            let summary = tolk_training::vocoder::train_vocoder(&a)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::Eval(a) => {
+            let r = tolk_training::eval::run_eval(&a)?;
+            print!("{}", std::fs::read_to_string(a.out.join("report.md"))?);
+            eprintln!(
+                "{} utterances evaluated; report in {}",
+                r.utterances,
+                a.out.display()
+            );
             Ok(())
         }
         Command::Units(a) => {

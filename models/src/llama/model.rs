@@ -180,8 +180,10 @@ impl Llama {
         Self::from_tensors(cfg, tensors, opts)
     }
 
-    /// Builds the model from named tensors (checkpoint names). The tensors are used as they are
-    /// (shared storage), so a training loop may pass its trainable variables.
+    /// Builds the model from named tensors (checkpoint names). Norms, embeddings, o/down
+    /// projections and the LM head keep the given storage; q/k/v and gate/up are concatenated
+    /// into fused matrices (the per-projection tensors become views of them). A training loop
+    /// therefore trains [`Self::trainable_parameters`], not the tensors it passed in.
     pub fn from_tensors(
         cfg: LlamaConfig,
         mut tensors: HashMap<String, Tensor>,
@@ -553,6 +555,45 @@ impl Llama {
         }
         self.cfg.vocab_size += n;
         Ok(())
+    }
+
+    /// The distinct parameter tensors the forward pass reads (fused q/k/v and gate/up as one
+    /// tensor each), named after the checkpoint keys with `qkv_proj` / `gate_up_proj` for the
+    /// fused ones. They alias the model's storage: updating them in place (under `no_grad`)
+    /// updates the model and what [`Self::named_tensors`] / [`Self::save`] see.
+    pub fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.shallow_clone(),
+        )];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = layer_prefix(i as i64);
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_layernorm.shallow_clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.shallow_clone(),
+            ));
+            let linears = [
+                ("self_attn.qkv_proj", &l.qkv),
+                ("self_attn.o_proj", &l.o_proj),
+                ("mlp.gate_up_proj", &l.gate_up),
+                ("mlp.down_proj", &l.down_proj),
+            ];
+            for (name, lin) in linears {
+                out.push((format!("{p}.{name}.weight"), lin.weight.shallow_clone()));
+                if let Some(bias) = &lin.bias {
+                    out.push((format!("{p}.{name}.bias"), bias.shallow_clone()));
+                }
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.shallow_clone()));
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), head.shallow_clone()));
+        }
+        out
     }
 
     /// Named tensors in the checkpoint layout (the un-fused projections).

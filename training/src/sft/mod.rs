@@ -4,10 +4,18 @@
 //!   (vanilla, tri-task, chain of modality) in both directions, with the loss mask, and the
 //!   seeded, resumable [`data::Batcher`]. The sequence layout itself is defined once in
 //!   [`tolk_models::prompt`].
+//! - [`recipe`]: the TOML recipe; [`train`]: the loop (AdamW of [`optim`], warm-up + cosine,
+//!   clipping, accumulation, exact-resume checkpoints, evaluation, the [`plot`] of the losses).
 
 pub mod data;
+pub mod optim;
+pub mod plot;
+pub mod recipe;
+pub mod train;
 
 pub use data::{
     build_examples, Batch, BatchConfig, BatchPosition, Batcher, Direction, Example, SftData,
     SftDataConfig, SftDataError, SkipReason, SkipReport, Strategy, UnitSource, IGNORE_INDEX,
 };
+pub use recipe::SftRecipe;
+pub use train::{train, SftArgs, SftError, SftSummary};

@@ -1,0 +1,108 @@
+//! Loss curves as a PNG (plotters, bitmap backend).
+//!
+//! Text needs a TrueType font: DejaVu Sans from Debian's `fonts-dejavu-core` (or the file in
+//! `TOLK_PLOT_FONT`). Without one the curves are drawn without labels.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::train::LossPoint;
+
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+fn register_font() -> bool {
+    use std::sync::OnceLock;
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        let candidates = std::env::var("TOLK_PLOT_FONT")
+            .ok()
+            .into_iter()
+            .chain(FONT_PATHS.iter().map(|s| s.to_string()));
+        for path in candidates {
+            if let Ok(bytes) = std::fs::read(&path) {
+                // plotters keeps a `&'static [u8]`; the font lives for the process.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+/// Draws training (and dev) loss against the optimizer step into `path`.
+pub fn write_loss_plot(path: &Path, train: &[LossPoint], dev: &[LossPoint]) -> Result<(), String> {
+    if train.is_empty() && dev.is_empty() {
+        return Ok(());
+    }
+    let labels = register_font();
+    let tmp = path.with_extension("tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (900, 540)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let all = train.iter().chain(dev);
+        let max_step = all.clone().map(|p| p.step).max().unwrap_or(1).max(1);
+        let finite = all.map(|p| p.loss).filter(|l| l.is_finite());
+        let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), l| {
+            (a.min(l), b.max(l))
+        });
+        let (lo, hi) = if lo < hi {
+            (lo, hi)
+        } else {
+            (lo - 1.0, lo + 1.0)
+        };
+        let pad = (hi - lo) * 0.05;
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(15);
+        if labels {
+            builder
+                .caption("SFT loss (target tokens)", ("sans-serif", 22))
+                .x_label_area_size(40)
+                .y_label_area_size(60);
+        }
+        let mut chart = builder
+            .build_cartesian_2d(0u64..max_step, (lo - pad).max(0.0)..hi + pad)
+            .map_err(|e| e.to_string())?;
+        if labels {
+            chart
+                .configure_mesh()
+                .x_desc("optimizer step")
+                .y_desc("cross-entropy")
+                .draw()
+                .map_err(|e| e.to_string())?;
+        }
+        let series = [(train, BLUE, "train"), (dev, RED, "dev")];
+        for (points, color, name) in series {
+            if points.is_empty() {
+                continue;
+            }
+            let s = chart
+                .draw_series(LineSeries::new(
+                    points.iter().map(|p| (p.step, p.loss)),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| e.to_string())?;
+            if labels {
+                s.label(name).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            }
+        }
+        if labels {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| e.to_string())?;
+        }
+        root.present().map_err(|e| e.to_string())?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
