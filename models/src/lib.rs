@@ -8,7 +8,9 @@
 //! - [`generate`]: the prefill + decode loop used by the CLI, the benchmark and the runtime;
 //! - [`vocab`]: vocabulary extension with unit and task tokens;
 //! - [`prompt`]: the sequence formats (ASR, S2TT, S2ST, chain of modality) shared by training
-//!   and the runtime.
+//!   and the runtime;
+//! - [`translator`]: the speech translator engine (extractor + decoder + vocoders) and its
+//!   per-stream sessions.
 
 pub mod audio;
 pub mod checkpoint;
@@ -19,6 +21,7 @@ pub mod llama;
 pub mod prompt;
 pub mod sampling;
 pub mod tokenizer;
+pub mod translator;
 pub mod units;
 pub mod vocab;
 pub mod vocoder;

@@ -2,6 +2,11 @@
 //! discriminators (speechbrain's HifiganDiscriminator, seeded, under jik876/hifi-gan names), the
 //! least-squares and feature-matching losses, and the log-mel L1 loss (meldataset.py with
 //! torchaudio's Slaney filterbank). Data from `tests/reference/vocoder.py`.
+//!
+//! Then `tolk-train vocoder` end to end on a few seconds of espeak-ng speech with MFCC k-means
+//! units made at test time: the mel loss falls, the folder loads with `CodeHiFiGan::load` and
+//! speaks, bad files are skipped and counted, resume equals an uninterrupted run, bad recipes
+//! are clear errors.
 
 use std::collections::BTreeSet;
 use tch::nn::VarStore;
@@ -124,4 +129,329 @@ fn discriminator_trains() {
         vars.len()
     );
     assert_eq!(with_grad, vars.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+// `tolk-train vocoder` runs.
+
+mod train_runs {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::OnceLock;
+    use tch::{Device, Kind, Tensor};
+    use tolk_models::audio::condition::to_mono_16k;
+    use tolk_models::audio::wav::{read_wav, write_wav, WavFormat};
+    use tolk_models::vocoder::{CodeHiFiGan, SynthesisOptions};
+    use tolk_training::corpus::manifest::{write_manifest, ManifestEntry};
+    use tolk_training::units::{read_units, run_units, write_units, ExtractorKind, UnitsArgs};
+    use tolk_training::vocoder::{train_vocoder, Recipe, VocoderArgs};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+    }
+
+    const SENTENCES: &[&str] = &[
+        "Where is the train station, please?",
+        "The ticket office opens at nine in the morning.",
+        "Turn left after the museum and walk for five minutes.",
+        "How much does a return ticket to the airport cost?",
+        "The platform for the next train is number seven.",
+    ];
+
+    /// espeak-ng speech at 16 kHz, a manifest (English `audio`), MFCC + 16-means units; plus a
+    /// file without units and an unreadable file that has units, both to be skipped.
+    fn fixture() -> &'static Fixture {
+        static F: OnceLock<Fixture> = OnceLock::new();
+        F.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().to_path_buf();
+            std::fs::create_dir_all(root.join("audio")).unwrap();
+            let mut entries = Vec::new();
+            for (i, text) in SENTENCES.iter().enumerate() {
+                let raw = root.join(format!("raw{i}.wav"));
+                let st = Command::new("espeak-ng")
+                    .args(["-v", "en-us", "-s", "150", "-w"])
+                    .arg(&raw)
+                    .arg(text)
+                    .status()
+                    .expect("espeak-ng must be installed (deploy/host/setup.sh)");
+                assert!(st.success());
+                let w = read_wav(&raw).unwrap();
+                let (s16, _) = to_mono_16k(&w.samples, w.sample_rate, w.channels).unwrap();
+                let rel = format!("audio/{i}.wav");
+                write_wav(root.join(&rel), &s16, 16000, 1, WavFormat::Pcm16).unwrap();
+                let mut e = ManifestEntry::new(format!("u{i}"), "en", *text);
+                e.audio = Some(rel);
+                entries.push(e);
+            }
+            let manifest = root.join("train.jsonl");
+            write_manifest(&manifest, &entries).unwrap();
+            let units = root.join("units.jsonl");
+            run_units(&UnitsArgs {
+                manifests: vec![manifest.clone()],
+                extractor: ExtractorKind::Mfcc,
+                hubert: None,
+                layer: 11,
+                kmeans: None,
+                fit_kmeans: Some(16),
+                fit_frames: 5000,
+                fit_steps: 20,
+                seed: 0,
+                save_kmeans: None,
+                device: "cpu".into(),
+                jobs: Some(2),
+                out: units.clone(),
+                quiet: true,
+            })
+            .unwrap();
+            // Bad input: a valid file the units file does not know, and garbage with units.
+            std::fs::copy(root.join("audio/0.wav"), root.join("audio/nounits.wav")).unwrap();
+            std::fs::write(root.join("audio/garbage.wav"), b"RIFF not really a wav").unwrap();
+            let mut table = read_units(&units).unwrap();
+            table.insert("audio/garbage.wav", vec![1; 100]).unwrap();
+            write_units(&units, &table).unwrap();
+            for (id, a) in [
+                ("nounits", "audio/nounits.wav"),
+                ("garbage", "audio/garbage.wav"),
+            ] {
+                let mut e = ManifestEntry::new(id, "en", "bad");
+                e.audio = Some(a.into());
+                entries.push(e);
+            }
+            write_manifest(&manifest, &entries).unwrap();
+            Fixture { _dir: dir, root }
+        })
+    }
+
+    /// Training reseeds libtorch's global RNG (dropout) and sets its thread count: runs in one
+    /// process must not overlap, or they would draw from each other's RNG.
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static M: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        M.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn recipe_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../training/recipes/vocoder-tiny.toml")
+    }
+
+    /// The tiny recipe with `[train]` keys replaced, written to `dir/recipe.toml`.
+    fn recipe_with(dir: &Path, replace: &[(&str, &str)]) -> PathBuf {
+        let mut text = std::fs::read_to_string(recipe_path()).unwrap();
+        for (key, value) in replace {
+            let start = text
+                .find(&format!("\n{key} = "))
+                .unwrap_or_else(|| panic!("{key} not in the tiny recipe"))
+                + 1;
+            let end = start + text[start..].find('\n').unwrap();
+            text.replace_range(start..end, &format!("{key} = {value}"));
+        }
+        let p = dir.join("recipe.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn args(config: PathBuf, out: PathBuf) -> VocoderArgs {
+        let f = fixture();
+        VocoderArgs {
+            config,
+            manifest: Some(f.root.join("train.jsonl")),
+            units: Some(f.root.join("units.jsonl")),
+            language: Some("en".into()),
+            out,
+            steps: None,
+            device: "cpu".into(),
+            fresh: false,
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn tiny_run_mel_loss_falls_and_the_folder_speaks() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("vocoder-en");
+        // Mel-only, a higher rate: the falling loss is not hidden by the GAN's noise.
+        let cfg = recipe_with(
+            dir.path(),
+            &[
+                ("steps", "40"),
+                ("mel_only_steps", "36"),
+                ("log_every", "10"),
+                ("eval_every", "0"),
+            ],
+        );
+        let s = train_vocoder(&args(cfg, out.clone())).unwrap();
+        println!(
+            "tiny run: {} steps, {:.2} steps/s, mel {:?}, skipped {:?}",
+            s.step,
+            s.steps_per_second,
+            s.log.iter().map(|p| p.mel).collect::<Vec<_>>(),
+            s.skipped_files
+        );
+        assert_eq!(s.step, 40);
+        assert_eq!(s.skipped, 2, "{:?}", s.skipped_files);
+        let reasons: Vec<&str> = s.skipped_files.iter().map(|x| x.1.as_str()).collect();
+        assert!(
+            reasons.iter().any(|r| r.contains("no units")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("unreadable audio")),
+            "{reasons:?}"
+        );
+        let first = s.log[0].mel;
+        let last = s.log[s.log.len() - 2].mel.min(s.log[s.log.len() - 1].mel);
+        assert!(
+            last < 0.8 * first,
+            "mel loss should fall: first {first}, last {last}"
+        );
+        // The GAN steps ran and were finite.
+        let gan = s.log.last().unwrap();
+        assert!(
+            gan.disc > 0.0 && gan.fm > 0.0 && gan.disc.is_finite(),
+            "{gan:?}"
+        );
+
+        let m = CodeHiFiGan::load(&out, Device::Cpu, Kind::Float).unwrap();
+        assert!(m.has_duration_predictor());
+        let units = read_units(&fixture().root.join("units.jsonl")).unwrap();
+        let u: Vec<i64> = units
+            .get("audio/1.wav")
+            .unwrap()
+            .iter()
+            .map(|&x| x as i64)
+            .collect();
+        let wav = m.synthesize(&u, &SynthesisOptions::default()).unwrap();
+        assert_eq!(wav.size(), vec![u.len() as i64 * 320]);
+        let mut dedup = u.clone();
+        dedup.dedup();
+        let (wav2, durs) = m
+            .synthesize_with_durations(
+                &dedup,
+                &SynthesisOptions {
+                    dur_prediction: true,
+                    speaker: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(durs.len(), dedup.len());
+        for w in [&wav, &wav2] {
+            assert!(bool::try_from(w.isfinite().all()).unwrap());
+            assert!(w.abs().max().double_value(&[]) > 0.0);
+        }
+        // A held-out sample was written at the end.
+        assert!(out.join("train/samples/step-0000040.wav").is_file());
+    }
+
+    fn read_all(p: &Path) -> Vec<(String, Tensor)> {
+        let mut v = Tensor::read_safetensors(p).unwrap();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn resume_equals_an_uninterrupted_run() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        // 6 steps crossing into the GAN phase at step 2.
+        let cfg = recipe_with(
+            dir.path(),
+            &[
+                ("steps", "6"),
+                ("mel_only_steps", "2"),
+                ("checkpoint_every", "100"),
+                ("eval_every", "0"),
+            ],
+        );
+        let straight = dir.path().join("straight");
+        train_vocoder(&args(cfg.clone(), straight.clone())).unwrap();
+        let split = dir.path().join("split");
+        let mut a = args(cfg.clone(), split.clone());
+        a.steps = Some(3);
+        let s1 = train_vocoder(&a).unwrap();
+        assert_eq!((s1.step, s1.resumed_from), (3, None));
+        let s2 = train_vocoder(&args(cfg, split.clone())).unwrap();
+        assert_eq!((s2.step, s2.resumed_from), (6, Some(3)));
+        let mut worst: f64 = 0.0;
+        for f in [
+            "generator.safetensors",
+            "discriminator.safetensors",
+            "optimizer_g.safetensors",
+        ] {
+            let a = read_all(&straight.join("train/checkpoint").join(f));
+            let b = read_all(&split.join("train/checkpoint").join(f));
+            assert_eq!(a.len(), b.len());
+            for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+                assert_eq!(na, nb);
+                let d = (ta.to_kind(Kind::Double) - tb.to_kind(Kind::Double))
+                    .abs()
+                    .max()
+                    .double_value(&[]);
+                worst = worst.max(d);
+            }
+        }
+        println!("resume: worst |straight - resumed| over parameters and moments {worst:.3e}");
+        assert!(worst <= 1e-6, "{worst:e}");
+        let m1 = read_all(&straight.join("model.safetensors"));
+        let m2 = read_all(&split.join("model.safetensors"));
+        for ((_, a), (_, b)) in m1.iter().zip(&m2) {
+            assert!((a - b).abs().max().double_value(&[]) <= 1e-6);
+        }
+    }
+
+    #[test]
+    fn bad_recipes_are_clear_errors() {
+        let _serial = serial();
+        let e = Recipe::parse(
+            "[train]\nsteps = 3\nbatch_size = 1\nsegment_frames = 4\nstpes = 3\n",
+            Path::new("r.toml"),
+        )
+        .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("stpes") && msg.contains("r.toml"), "{msg}");
+        let e = Recipe::parse(
+            "[train]\nsteps = 3\nbatch_size = 1\nsegment_frames = 4\n[model]\nupsample_initial_channel = 100\n",
+            Path::new("r.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("upsample_initial_channel"),
+            "{e:#}"
+        );
+        // No data for the language.
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(recipe_path(), dir.path().join("out"));
+        a.language = Some("de".into());
+        let e = train_vocoder(&a).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("no audio in language \"de\""),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn a_diverging_run_stops_with_a_clear_error() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = recipe_with(
+            dir.path(),
+            &[
+                ("steps", "4"),
+                ("mel_only_steps", "4"),
+                ("learning_rate", "1e30"),
+                ("checkpoint_every", "1"),
+                ("eval_every", "0"),
+            ],
+        );
+        let out = dir.path().join("out");
+        let e = train_vocoder(&args(cfg, out.clone())).unwrap_err();
+        let msg = format!("{e:#}");
+        println!("{msg}");
+        assert!(msg.contains("diverged"), "{msg}");
+        // Whatever checkpoint was written before is intact and loadable.
+        if out.join("train/checkpoint/state.json").is_file() {
+            CodeHiFiGan::load(&out, Device::Cpu, Kind::Float).unwrap();
+        }
+    }
 }

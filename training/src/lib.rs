@@ -4,14 +4,19 @@
 //! - [`units`]: unit extraction for manifests, the units file, BPE tokenizers (`units`,
 //!   `tokenizer`);
 //! - [`sft`]: supervised fine-tuning data: examples per strategy, loss masks, batches;
+//! - [`eval`]: `tolk-train eval`, held-out BLEU / METEOR / unit error rate / MCD / ASR-BLEU of a
+//!   translator folder;
 //! - [`metrics`]: BLEU, chrF, METEOR, WER, MCD (`score`);
 //! - [`bundle`]: signing a bundle folder (`tolk-train bundle sign`); the manifest format itself
 //!   is defined once in `tolk_config::bundle`;
+//! - [`vocoder`]: training a unit HiFi-GAN vocoder per target language (`vocoder`);
 //! - [`publish`]: sending a signed bundle to one device over MQTT (`tolk-train publish`).
 
 pub mod bundle;
 pub mod corpus;
+pub mod eval;
 pub mod metrics;
 pub mod publish;
 pub mod sft;
 pub mod units;
+pub mod vocoder;

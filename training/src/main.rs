@@ -36,6 +36,8 @@ enum Command {
     Tokenizer(tolk_training::units::TokenizerArgs),
     /// Supervised fine-tuning from a recipe (resumes from the output folder's last checkpoint).
     Sft(tolk_training::sft::SftArgs),
+    /// Training throughput and numerics of the SFT step against the same step in PyTorch.
+    SftBench(tolk_training::sft::bench::SftBenchArgs),
     /// Score line-aligned hypotheses against references (BLEU, chrF, METEOR, WER).
     Score(tolk_training::metrics::score::ScoreArgs),
     /// Train a unit HiFi-GAN vocoder for one language (recipe TOML, exact resume).
@@ -143,6 +145,23 @@ fn main() -> Result<()> {
                 "{} utterances evaluated; report in {}",
                 r.utterances,
                 a.out.display()
+            );
+            Ok(())
+        }
+        Command::SftBench(a) => {
+            let r = tolk_training::sft::bench::run_bench(&a)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            eprintln!(
+                "{} params, {} threads, {} timed steps: tolk {:.0} target tok/s, PyTorch {:.0} \
+                 target tok/s ({:.2}x); max loss diff {:.2e}, max weight diff {:.2e}",
+                r.parameters,
+                r.threads,
+                r.timed_steps,
+                r.tolk_target_tokens_per_s,
+                r.torch_target_tokens_per_s,
+                r.speedup,
+                r.max_loss_diff,
+                r.max_weight_diff
             );
             Ok(())
         }

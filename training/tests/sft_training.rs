@@ -43,8 +43,11 @@ fn toy_data(dir: &Path) {
     build_corpus(&cfg).unwrap();
     let mut units = UnitsTable::new(NUM_UNITS, "characters");
     for set in ["train", "dev"] {
-        let m = read_manifest(dir.join("text").join(format!("{set}.jsonl")), ReadOptions::default())
-            .unwrap();
+        let m = read_manifest(
+            dir.join("text").join(format!("{set}.jsonl")),
+            ReadOptions::default(),
+        )
+        .unwrap();
         let entries: Vec<_> = m
             .entries
             .into_iter()
@@ -69,7 +72,11 @@ fn toy_data(dir: &Path) {
         .arg(dir.join("tokenizer.json"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn recipe(dir: &Path, out: &str, steps: u64, extra: &str) -> PathBuf {
@@ -177,8 +184,8 @@ fn short_run_learns_and_resumes_exactly() {
     // The final folder is a loadable Hugging Face model with the extended tokenizer.
     let final_dir = out.join("final");
     let model = tolk_models::llama::Llama::load(&final_dir, Default::default()).unwrap();
-    let tok = tolk_models::tokenizer::Tokenizer::from_file(&final_dir.join("tokenizer.json"))
-        .unwrap();
+    let tok =
+        tolk_models::tokenizer::Tokenizer::from_file(&final_dir.join("tokenizer.json")).unwrap();
     tolk_models::prompt::PromptFormat::from_tokenizer(&tok, NUM_UNITS).unwrap();
     assert_eq!(model.config().vocab_size as usize, tok.vocab_size());
     // Only the newest checkpoints are kept.
@@ -270,4 +277,33 @@ fn bad_recipes_and_data_are_clear_errors() {
     let text = std::fs::read_to_string(&r).unwrap();
     std::fs::write(&r, text.replace("units.jsonl", "units-src-only.jsonl")).unwrap();
     check(&r, "no training example could be built");
+}
+
+/// The SFT step (loss over target tokens, gradients through the fused projections, clipping,
+/// AdamW, schedule) against transformers' LlamaForCausalLM + torch.optim.AdamW on the same
+/// initial weights and batches (`tolk-train sft-bench`).
+#[test]
+fn sft_steps_match_pytorch() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    toy_data(dir);
+    let r = recipe(dir, "bench", 40, "");
+    let out = tolk_train()
+        .args(["sft-bench", "--recipe"])
+        .arg(&r)
+        .args(["--steps", "5", "--warmup", "1", "--threads", "1"])
+        .output()
+        .unwrap();
+    let rep = summary(&out);
+    let (dl, dw) = (
+        rep["max_loss_diff"].as_f64().unwrap(),
+        rep["max_weight_diff"].as_f64().unwrap(),
+    );
+    println!(
+        "tolk vs PyTorch over 5 steps: loss diff {dl:e}, weight diff {dw:e}; losses {} / {}",
+        rep["tolk_losses"], rep["torch_losses"]
+    );
+    assert_eq!(rep["torch_losses"].as_array().unwrap().len(), 5);
+    assert!(dl < 1e-4, "loss differs from PyTorch by {dl}");
+    assert!(dw < 1e-4, "weights differ from PyTorch by {dw}");
 }

@@ -11,7 +11,7 @@
 
 use super::hubert::Hubert;
 use super::kmeans::KMeans;
-use crate::audio::features::{Mfcc, MfccConfig};
+use crate::audio::features::{FbankConfig, Mfcc, MfccConfig};
 use crate::{ModelError, Result};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -121,6 +121,19 @@ impl Featurizer for MfccFeaturizer {
         self.mfcc
             .compute(samples)
             .map_err(|e| ModelError::InvalidArgument(format!("MFCC: {e}")))
+    }
+}
+
+/// The MFCC front end of MFCC units: Kaldi MFCC (13 coefficients, 25 ms window) with a 20 ms
+/// shift, so MFCC units come at 50 Hz like HuBERT's. Training (`tolk-train units`) and the
+/// runtime featurize with these settings, so both see the same units.
+pub fn mfcc_50hz_config() -> MfccConfig {
+    MfccConfig {
+        fbank: FbankConfig {
+            frame_shift_ms: 20.0,
+            ..FbankConfig::default()
+        },
+        ..MfccConfig::default()
     }
 }
 

@@ -12,8 +12,8 @@ pub mod hubert;
 pub mod kmeans;
 
 pub use extractor::{
-    FeatureStream, Featurizer, HubertFeaturizer, MfccFeaturizer, StreamOptions, UnitExtractor,
-    UnitStream,
+    mfcc_50hz_config, FeatureStream, Featurizer, HubertFeaturizer, MfccFeaturizer, StreamOptions,
+    UnitExtractor, UnitStream,
 };
 pub use hubert::{Hubert, HubertConfig, HubertLoadOptions};
 pub use kmeans::{dedup, fit_minibatch, Deduped, FitConfig, KMeans};

@@ -271,6 +271,56 @@ impl VocoderConfig {
         Ok(cfg)
     }
 
+    /// fairseq's `config.json` for this config (the keys [`Self::from_json`] reads back to an
+    /// equal config): what a trained vocoder folder holds beside `model.safetensors`.
+    pub fn to_json(&self) -> Value {
+        let mut v = serde_json::json!({
+            "resblock": match self.resblock {
+                ResBlockKind::One => "1",
+                ResBlockKind::Two => "2",
+            },
+            "upsample_rates": self.upsample_rates,
+            "upsample_kernel_sizes": self.upsample_kernel_sizes,
+            "upsample_initial_channel": self.upsample_initial_channel,
+            "resblock_kernel_sizes": self.resblock_kernel_sizes,
+            "resblock_dilation_sizes": self.resblock_dilation_sizes,
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "model_in_dim": self.model_in_dim,
+            "sampling_rate": self.sampling_rate,
+            "code_hop_size": self.hop_length(),
+            "f0": false,
+        });
+        let obj = v.as_object_mut().expect("an object");
+        if let Some(dp) = &self.duration_predictor {
+            obj.insert(
+                "dur_predictor_params".into(),
+                serde_json::json!({
+                    "encoder_embed_dim": dp.encoder_embed_dim,
+                    "var_pred_hidden_dim": dp.var_pred_hidden_dim,
+                    "var_pred_kernel_size": dp.var_pred_kernel_size,
+                    "var_pred_dropout": dp.var_pred_dropout,
+                }),
+            );
+        }
+        match self.speaker {
+            Some(SpeakerConditioning::Table { num_speakers }) => {
+                obj.insert("multispkr".into(), Value::Bool(true));
+                obj.insert("num_speakers".into(), num_speakers.into());
+            }
+            Some(SpeakerConditioning::Embedder { embedder_dim }) => {
+                obj.insert("multispkr".into(), Value::Bool(true));
+                obj.insert(
+                    "embedder_params".into(),
+                    serde_json::json!({"embedder_dim": embedder_dim}),
+                );
+                obj.insert("embedder_dim".into(), embedder_dim.into());
+            }
+            None => {}
+        }
+        v
+    }
+
     /// Checks that the numbers describe a generator we can build and stream.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |field: &str, msg: String| Err(ModelError::config(path, field, msg));
@@ -427,6 +477,23 @@ mod tests {
         let e = VocoderConfig::from_json(&json!({"upsample_kernel_sizes": [10, 8, 8, 4, 4]}), p)
             .unwrap_err();
         assert!(e.to_string().contains("kernel 10"), "{e}");
+    }
+
+    #[test]
+    fn to_json_round_trips() {
+        let p = Path::new("config.json");
+        for cfg in [
+            VocoderConfig::mhubert(),
+            VocoderConfig {
+                resblock: ResBlockKind::Two,
+                duration_predictor: None,
+                speaker: Some(SpeakerConditioning::Table { num_speakers: 3 }),
+                model_in_dim: 256,
+                ..VocoderConfig::mhubert_small()
+            },
+        ] {
+            assert_eq!(VocoderConfig::from_json(&cfg.to_json(), p).unwrap(), cfg);
+        }
     }
 
     #[test]

@@ -212,7 +212,13 @@ pub struct DiscriminatorP {
 
 impl DiscriminatorP {
     pub fn new(p: &Path, period: i64) -> Self {
-        let chans = [1, 32, 128, 512, 1024, 1024];
+        Self::with_divisor(p, period, 1)
+    }
+
+    /// As [`Self::new`] with every hidden channel count divided by `div` (1, 2, 4 or 8).
+    pub fn with_divisor(p: &Path, period: i64, div: i64) -> Self {
+        let c = |n: i64| n / div;
+        let chans = [1, c(32), c(128), c(512), c(1024), c(1024)];
         let convs = (0..5)
             .map(|j| {
                 let stride = if j < 4 { 3 } else { 1 };
@@ -229,7 +235,7 @@ impl DiscriminatorP {
                 )
             })
             .collect();
-        let conv_post = NormConv::new(&(p / "conv_post"), 1024, 1, 3, 1, 1, 1, false, true);
+        let conv_post = NormConv::new(&(p / "conv_post"), c(1024), 1, 3, 1, 1, 1, false, true);
         Self {
             period,
             convs,
@@ -260,15 +266,22 @@ pub struct DiscriminatorS {
 
 impl DiscriminatorS {
     pub fn new(p: &Path, spectral: bool) -> Self {
+        Self::with_divisor(p, spectral, 1)
+    }
+
+    /// As [`Self::new`] with every hidden channel count divided by `div` (1, 2, 4 or 8; the
+    /// groups stay HiFi-GAN's).
+    pub fn with_divisor(p: &Path, spectral: bool, div: i64) -> Self {
+        let c = |n: i64| n / div;
         // (in, out, kernel, stride, groups, padding)
         let layers = [
-            (1, 128, 15, 1, 1, 7),
-            (128, 128, 41, 2, 4, 20),
-            (128, 256, 41, 2, 16, 20),
-            (256, 512, 41, 4, 16, 20),
-            (512, 1024, 41, 4, 16, 20),
-            (1024, 1024, 41, 1, 16, 20),
-            (1024, 1024, 5, 1, 1, 2),
+            (1, c(128), 15, 1, 1, 7),
+            (c(128), c(128), 41, 2, 4, 20),
+            (c(128), c(256), 41, 2, 16, 20),
+            (c(256), c(512), 41, 4, 16, 20),
+            (c(512), c(1024), 41, 4, 16, 20),
+            (c(1024), c(1024), 41, 1, 16, 20),
+            (c(1024), c(1024), 5, 1, 1, 2),
         ];
         let convs = layers
             .iter()
@@ -277,7 +290,7 @@ impl DiscriminatorS {
                 NormConv::new(&(p / "convs" / j), i, o, k, s, pad, g, spectral, false)
             })
             .collect();
-        let conv_post = NormConv::new(&(p / "conv_post"), 1024, 1, 3, 1, 1, 1, spectral, false);
+        let conv_post = NormConv::new(&(p / "conv_post"), c(1024), 1, 3, 1, 1, 1, spectral, false);
         Self { convs, conv_post }
     }
 
@@ -296,12 +309,16 @@ impl MultiPeriodDiscriminator {
     pub const PERIODS: [i64; 5] = [2, 3, 5, 7, 11];
 
     pub fn new(p: &Path) -> Self {
+        Self::with_divisor(p, 1)
+    }
+
+    pub fn with_divisor(p: &Path, div: i64) -> Self {
         let d = p / "discriminators";
         Self {
             discriminators: Self::PERIODS
                 .iter()
                 .enumerate()
-                .map(|(i, &period)| DiscriminatorP::new(&(&d / i), period))
+                .map(|(i, &period)| DiscriminatorP::with_divisor(&(&d / i), period, div))
                 .collect(),
         }
     }
@@ -330,10 +347,14 @@ pub struct MultiScaleDiscriminator {
 
 impl MultiScaleDiscriminator {
     pub fn new(p: &Path) -> Self {
+        Self::with_divisor(p, 1)
+    }
+
+    pub fn with_divisor(p: &Path, div: i64) -> Self {
         let d = p / "discriminators";
         Self {
             discriminators: (0..3)
-                .map(|i| DiscriminatorS::new(&(&d / i), i == 0))
+                .map(|i| DiscriminatorS::with_divisor(&(&d / i), i == 0, div))
                 .collect(),
         }
     }
@@ -370,6 +391,21 @@ impl HifiGanDiscriminator {
             mpd: MultiPeriodDiscriminator::new(&(p / "mpd")),
             msd: MultiScaleDiscriminator::new(&(p / "msd")),
         }
+    }
+
+    /// Narrower discriminators for CPU training: every hidden channel count of MPD and MSD
+    /// divided by `div` (1 is HiFi-GAN's; 2, 4 or 8 keep the MSD groups valid; others are an
+    /// error).
+    pub fn with_divisor(p: &Path, div: i64) -> Result<Self> {
+        if ![1, 2, 4, 8].contains(&div) {
+            return Err(crate::ModelError::InvalidArgument(format!(
+                "discriminator channel divisor {div}: expected 1, 2, 4 or 8"
+            )));
+        }
+        Ok(Self {
+            mpd: MultiPeriodDiscriminator::with_divisor(&(p / "mpd"), div),
+            msd: MultiScaleDiscriminator::with_divisor(&(p / "msd"), div),
+        })
     }
 
     /// Scores and features of MPD then MSD (8 sub-discriminators).

@@ -92,6 +92,14 @@ impl VariancePredictor {
         self.project(&h)
     }
 
+    /// As [`Self::forward`] in training mode: dropout with probability `p` after each LayerNorm
+    /// (fairseq VariancePredictor's `dropout_module`).
+    pub fn forward_train(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        let h = Self::relu_norm(&self.conv1.forward(x)?, &self.ln1)?.f_dropout(p, p > 0.0)?;
+        let h = Self::relu_norm(&self.conv2.forward(&h)?, &self.ln2)?.f_dropout(p, p > 0.0)?;
+        self.project(&h)
+    }
+
     /// Look-ahead of the predictor in units: the right padding of its two convs.
     pub fn lookahead_units(&self) -> i64 {
         self.conv1.right_context() + self.conv2.right_context()

@@ -8,6 +8,8 @@
 //! - [`streaming`]: [`VocoderStream`], chunked synthesis equal to offline;
 //! - [`discriminators`], [`losses`]: what training a vocoder needs (HiFi-GAN MPD/MSD, mel L1,
 //!   feature matching, least-squares GAN losses);
+//! - [`trainable`]: [`TrainableGenerator`], the generator's parameters in a VarStore (weight
+//!   norm, HiFi-GAN init), exported as a folder [`CodeHiFiGan::load`] reads;
 //! - [`bench`]: real-time factor measurement for the CLI.
 
 pub mod config;
@@ -16,10 +18,12 @@ pub mod duration;
 pub mod generator;
 pub mod losses;
 pub mod streaming;
+pub mod trainable;
 
 pub use config::{DurationPredictorConfig, ResBlockKind, SpeakerConditioning, VocoderConfig};
 pub use generator::{tensor_specs, CodeHiFiGan, Speaker, SynthesisOptions};
 pub use streaming::{StreamTensor, VocoderStream};
+pub use trainable::TrainableGenerator;
 
 use crate::Result;
 use serde::Serialize;

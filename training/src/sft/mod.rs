@@ -7,6 +7,7 @@
 //! - [`recipe`]: the TOML recipe; [`train`]: the loop (AdamW of [`optim`], warm-up + cosine,
 //!   clipping, accumulation, exact-resume checkpoints, evaluation, the [`plot`] of the losses).
 
+pub mod bench;
 pub mod data;
 pub mod optim;
 pub mod plot;

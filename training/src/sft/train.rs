@@ -182,7 +182,7 @@ fn dtype_of(r: &SftRecipe) -> Kind {
 }
 
 /// The backbone, its tokenizer and the prompt format, fresh from the recipe.
-fn fresh_model(
+pub(crate) fn fresh_model(
     r: &SftRecipe,
     num_units: u32,
     device: Device,
@@ -240,7 +240,7 @@ fn fresh_model(
 
 /// Mean loss of one micro-batch's target tokens, as (sum of token losses, correct predictions,
 /// target tokens). Only positions with a label are sent through the LM head.
-fn batch_loss(
+pub(crate) fn batch_loss(
     model: &Llama,
     input_ids: &Tensor,
     labels: &Tensor,
@@ -308,7 +308,7 @@ pub fn evaluate(
 
 /// Reads the paired entries of `manifests` (audio files are not opened: units come from the
 /// units file).
-fn read_entries(manifests: &[PathBuf]) -> Result<Vec<ManifestEntry>> {
+pub(crate) fn read_entries(manifests: &[PathBuf]) -> Result<Vec<ManifestEntry>> {
     let mut out = Vec::new();
     for m in manifests {
         let man = read_manifest(m, ReadOptions { check_audio: false })

@@ -22,7 +22,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
-use tolk_models::audio::features::{FbankConfig, MfccConfig};
 use tolk_models::units::{
     fit_minibatch, Featurizer, FitConfig, Hubert, HubertFeaturizer, HubertLoadOptions, KMeans,
     MfccFeaturizer, UnitExtractor,
@@ -31,18 +30,8 @@ use tolk_models::units::{
 use super::file::{write_units, UnitsTable};
 use crate::corpus::manifest::{read_manifest, ReadOptions};
 
-/// The MFCC front end of MFCC units: Kaldi MFCC (13 coefficients, 25 ms window) with a 20 ms
-/// shift, so MFCC units come at 50 Hz like HuBERT's. The runtime must featurize with the same
-/// settings to reproduce the units.
-pub fn mfcc_50hz_config() -> MfccConfig {
-    MfccConfig {
-        fbank: FbankConfig {
-            frame_shift_ms: 20.0,
-            ..FbankConfig::default()
-        },
-        ..MfccConfig::default()
-    }
-}
+/// The MFCC settings of MFCC units (defined once in `tolk_models`, which the runtime uses).
+pub use tolk_models::units::mfcc_50hz_config;
 
 /// Which featurizer feeds the k-means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -1,0 +1,454 @@
+//! `tolk-train eval`: held-out figures of a translator folder (issue 6 item 4, method.md
+//! section 4).
+//!
+//! Every paired entry of the manifest in the asked direction (an entry the other way round is
+//! used through [`ManifestEntry::reversed`]) is decoded from its source units (the units file),
+//! and the run reports:
+//!
+//! - **S2TT BLEU** (sacreBLEU corpus BLEU, [`crate::metrics::bleu`]) and **METEOR** of the text
+//!   phase against `target_text` (modes with text);
+//! - **unit error rate**: Levenshtein distance between the predicted and the reference target
+//!   units, both deduplicated, summed over the set and divided by the summed reference length;
+//! - **MCD** ([`crate::metrics::mcd::mcd_from_audio`], Kaldi MFCC + DTW) between the synthesized
+//!   speech and the reference target speech, averaged over utterances;
+//! - for English output, **ASR-BLEU**: PocketSphinx ([`asr`]) transcribes the synthesized speech
+//!   and corpus BLEU is computed against `target_text` after [`asr::normalize_for_asr_bleu`]
+//!   (lower case, punctuation removed) on both sides; the same recognizer on the reference
+//!   target speech gives the **ceiling**.
+//!
+//! Writes `report.md` (a table), `report.json` (figures and per-utterance results), `hyps.txt`
+//! and `refs.txt` (line-aligned text), `asr_hyps.txt` / `asr_refs.txt` (English output) and
+//! `wavs/<id>.wav` (16-bit, 16 kHz).
+
+pub mod asr;
+pub mod tiny;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tolk_models::audio::condition::to_mono_16k;
+use tolk_models::audio::features::MfccConfig;
+use tolk_models::audio::wav::{read_wav, write_wav, WavFormat};
+use tolk_models::device::{parse_device, parse_dtype};
+use tolk_models::prompt::Lang;
+use tolk_models::translator::{Direction, Mode, Session, Stop, Translator};
+
+use crate::corpus::manifest::{read_manifest, ManifestEntry, ReadOptions};
+use crate::metrics::{bleu, mcd, meteor, wer};
+use crate::units::read_units;
+
+/// Arguments of `tolk-train eval`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    /// Translator folder (tolk-model.json, llm/, units/, vocoder-*/).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Held-out JSONL manifest (paired entries).
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// Units file covering the manifest's `audio` and `target_audio` (tolk-train units).
+    #[arg(long)]
+    pub units: PathBuf,
+    /// en-fr or fr-en.
+    #[arg(long, value_parser = parse_direction)]
+    pub direction: Direction,
+    /// Evaluate the first N entries of the direction only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// com, s2st or s2tt (default: the model's own: com for chain of modality, else s2st).
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: Option<Mode>,
+    /// Report folder (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Python with pocketsphinx (default: $TOLK_PYTHON, else the project's .venv).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Skip ASR-BLEU (no recognizer needed).
+    #[arg(long)]
+    pub no_asr: bool,
+}
+
+fn parse_direction(s: &str) -> Result<Direction, String> {
+    Direction::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match Mode::parse(s).map_err(|e| e.to_string())? {
+        Mode::Asr => Err("asr is not a translation mode (expected com, s2st or s2tt)".into()),
+        m => Ok(m),
+    }
+}
+
+/// One evaluated utterance.
+#[derive(Debug, Clone, Serialize)]
+pub struct UtteranceResult {
+    pub id: String,
+    pub reference: String,
+    pub hypothesis: String,
+    pub units: usize,
+    pub reference_units: usize,
+    pub unit_edits: usize,
+    pub stop: Stop,
+    pub text_truncated: bool,
+    pub audio_seconds: f64,
+    pub mcd: Option<f64>,
+    pub asr_hypothesis: Option<String>,
+    pub asr_reference: Option<String>,
+    pub decode_seconds: f64,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub model: String,
+    pub manifest: String,
+    pub direction: Direction,
+    pub mode: Mode,
+    pub utterances: usize,
+    /// Entries of the manifest not in this direction (unpaired or other languages).
+    pub skipped_entries: usize,
+    pub bleu: Option<f64>,
+    pub bleu_signature: Option<String>,
+    pub meteor: Option<f64>,
+    /// Summed unit edits / summed reference units (deduplicated units).
+    pub unit_error_rate: Option<f64>,
+    /// Mean MCD in dB over utterances with speech on both sides.
+    pub mcd: Option<f64>,
+    pub mcd_utterances: usize,
+    pub asr_bleu: Option<f64>,
+    /// ASR-BLEU of the reference target speech (the recognizer's ceiling).
+    pub asr_bleu_reference: Option<f64>,
+    pub asr_recognizer: Option<String>,
+    pub asr_normalization: Option<String>,
+    /// Decoding real-time factor: decode seconds / source audio seconds (when durations known).
+    pub decode_seconds: f64,
+    pub per_utterance: Vec<UtteranceResult>,
+}
+
+/// The entries of `entries` in `direction`, each turned that way round.
+pub fn entries_for(entries: &[ManifestEntry], direction: Direction) -> (Vec<ManifestEntry>, usize) {
+    let (src, tgt) = (direction.src().code(), direction.tgt().code());
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for e in entries {
+        let fits = |e: &ManifestEntry| {
+            e.language == src
+                && e.target_language.as_deref() == Some(tgt)
+                && e.target_text.is_some()
+        };
+        if fits(e) {
+            out.push(e.clone());
+        } else if let Some(r) = e.reversed().filter(fits) {
+            out.push(r);
+        } else {
+            skipped += 1;
+        }
+    }
+    (out, skipped)
+}
+
+fn dedup(units: &[u32]) -> Vec<u32> {
+    let mut v = units.to_vec();
+    v.dedup();
+    v
+}
+
+fn read_16k(path: &Path) -> Result<Vec<f32>> {
+    let w = read_wav(path).with_context(|| format!("reading {}", path.display()))?;
+    let (s, _) = to_mono_16k(&w.samples, w.sample_rate, w.channels)
+        .with_context(|| format!("converting {} to 16 kHz mono", path.display()))?;
+    Ok(s)
+}
+
+/// A file name for an utterance id.
+fn file_stem(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Runs `tolk-train eval`.
+pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
+    let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    let translator = Translator::load(&args.model, device, dtype)
+        .with_context(|| format!("loading the translator {}", args.model.display()))?;
+    let mode = args.mode.unwrap_or_else(|| translator.default_mode());
+    mode.task_for(translator.manifest().strategy)?;
+    if !translator.manifest().supports_direction(args.direction) {
+        bail!(
+            "{} does not translate {} (its directions: {:?})",
+            args.model.display(),
+            args.direction,
+            translator
+                .manifest()
+                .directions
+                .iter()
+                .map(|d| d.as_str())
+                .collect::<Vec<_>>()
+        );
+    }
+    let manifest = read_manifest(&args.manifest, ReadOptions { check_audio: true })
+        .with_context(|| format!("reading {}", args.manifest.display()))?;
+    let table = read_units(&args.units)?;
+    let k = translator.format().num_units;
+    if table.num_units != k {
+        bail!(
+            "{}: units file has num_units {} but the model has {k} units",
+            args.units.display(),
+            table.num_units
+        );
+    }
+    let (mut entries, skipped) = entries_for(&manifest.entries, args.direction);
+    if let Some(n) = args.limit {
+        entries.truncate(n);
+    }
+    if entries.is_empty() {
+        bail!(
+            "{} has no paired {} entries",
+            args.manifest.display(),
+            args.direction
+        );
+    }
+    let tgt = args.direction.tgt();
+    let english_speech = tgt == Lang::En && mode.has_units() && !args.no_asr;
+    // Find the recognizer before the long part.
+    let mut recognizer = if english_speech {
+        Some(asr::PocketSphinx::new(asr::find_python(
+            args.python.as_deref(),
+        )?)?)
+    } else {
+        None
+    };
+
+    std::fs::create_dir_all(args.out.join("wavs"))
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let translator = Arc::new(translator);
+    let mut session = Session::new(Arc::clone(&translator))?;
+    let mut results = Vec::new();
+    let mut synth_paths = Vec::new();
+    let mut ref_paths = Vec::new();
+    let mut total_decode = 0.0;
+    let (mut edits, mut ref_units_total) = (0usize, 0usize);
+    let pb = indicatif::ProgressBar::new(entries.len() as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("eval {bar:30} {pos}/{len} {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    for e in &entries {
+        let audio = e
+            .audio
+            .as_deref()
+            .with_context(|| format!("entry {}: no audio", e.id))?;
+        let src = table.get(audio).with_context(|| {
+            format!(
+                "entry {}: {} has no units in {}",
+                e.id,
+                audio,
+                args.units.display()
+            )
+        })?;
+        let out = session
+            .translate_units(src, args.direction, mode, |_| {})
+            .with_context(|| format!("decoding entry {}", e.id))?;
+        total_decode += out.timings.decode_s;
+        let reference = e.target_text.clone().unwrap_or_default();
+        let mut r = UtteranceResult {
+            id: e.id.clone(),
+            reference,
+            hypothesis: out.text.clone(),
+            units: out.units.len(),
+            reference_units: 0,
+            unit_edits: 0,
+            stop: out.stop,
+            text_truncated: out.text_truncated,
+            audio_seconds: 0.0,
+            mcd: None,
+            asr_hypothesis: None,
+            asr_reference: None,
+            decode_seconds: out.timings.decode_s,
+        };
+        if mode.has_units() {
+            let tgt_audio = e
+                .target_audio
+                .as_deref()
+                .with_context(|| format!("entry {}: no target audio", e.id))?;
+            let reference_units = table.get(tgt_audio).with_context(|| {
+                format!(
+                    "entry {}: {} has no units in {}",
+                    e.id,
+                    tgt_audio,
+                    args.units.display()
+                )
+            })?;
+            let (pred, reference_units) = (dedup(&out.units), dedup(reference_units));
+            r.unit_edits = wer::align(&reference_units, &pred).errors();
+            r.reference_units = reference_units.len();
+            edits += r.unit_edits;
+            ref_units_total += r.reference_units;
+
+            let pcm = translator.synthesize(&out.units, tgt)?;
+            r.audio_seconds = pcm.len() as f64 / 16_000.0;
+            let path = args
+                .out
+                .join("wavs")
+                .join(format!("{}.wav", file_stem(&e.id)));
+            write_wav(&path, &pcm, 16_000, 1, WavFormat::Pcm16)?;
+            synth_paths.push(path);
+            let ref_pcm = read_16k(&manifest.resolve(tgt_audio))?;
+            r.mcd = match mcd::mcd_from_audio(&ref_pcm, &pcm, MfccConfig::default()) {
+                Ok(m) => Some(m.mcd),
+                Err(err) => {
+                    tracing::warn!("entry {}: no MCD: {err}", e.id);
+                    None
+                }
+            };
+            if english_speech {
+                let p = args
+                    .out
+                    .join(".asr/reference")
+                    .join(format!("{}.wav", file_stem(&e.id)));
+                std::fs::create_dir_all(p.parent().unwrap_or(Path::new(".")))?;
+                write_wav(&p, &ref_pcm, 16_000, 1, WavFormat::Pcm16)?;
+                ref_paths.push(p);
+            }
+        }
+        results.push(r);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+
+    let refs: Vec<&str> = results.iter().map(|r| r.reference.as_str()).collect();
+    let hyps: Vec<&str> = results.iter().map(|r| r.hypothesis.as_str()).collect();
+    let (bleu_score, meteor_score) = if mode.has_text() {
+        (
+            Some(bleu::corpus_bleu(&hyps, &refs)?),
+            Some(meteor::corpus_meteor(&hyps, &refs)?.score),
+        )
+    } else {
+        (None, None)
+    };
+    let mcds: Vec<f64> = results.iter().filter_map(|r| r.mcd).collect();
+    let mut asr_bleu = None;
+    let mut asr_bleu_reference = None;
+    let mut recognizer_name = None;
+    if let Some(rec) = recognizer.as_mut() {
+        let work = args.out.join(".asr");
+        let h = rec.transcribe(&synth_paths, &work.join("system"))?;
+        let c = rec.transcribe(&ref_paths, &work.join("ceiling"))?;
+        let norm_refs: Vec<String> = refs
+            .iter()
+            .map(|r| asr::normalize_for_asr_bleu(r))
+            .collect();
+        let nh: Vec<String> = h.iter().map(|t| asr::normalize_for_asr_bleu(t)).collect();
+        let nc: Vec<String> = c.iter().map(|t| asr::normalize_for_asr_bleu(t)).collect();
+        asr_bleu = Some(bleu::corpus_bleu(&nh, &norm_refs)?.score);
+        asr_bleu_reference = Some(bleu::corpus_bleu(&nc, &norm_refs)?.score);
+        for ((r, h), c) in results.iter_mut().zip(nh).zip(nc) {
+            r.asr_hypothesis = Some(h);
+            r.asr_reference = Some(c);
+        }
+        recognizer_name = rec.name.clone();
+    }
+    let report = EvalReport {
+        model: args.model.display().to_string(),
+        manifest: args.manifest.display().to_string(),
+        direction: args.direction,
+        mode,
+        utterances: results.len(),
+        skipped_entries: skipped,
+        bleu: bleu_score.as_ref().map(|b| b.score),
+        bleu_signature: bleu_score.as_ref().map(|b| b.signature()),
+        meteor: meteor_score,
+        unit_error_rate: (mode.has_units() && ref_units_total > 0)
+            .then(|| edits as f64 / ref_units_total as f64),
+        mcd: (!mcds.is_empty()).then(|| mcds.iter().sum::<f64>() / mcds.len() as f64),
+        mcd_utterances: mcds.len(),
+        asr_bleu,
+        asr_bleu_reference,
+        asr_recognizer: recognizer_name,
+        asr_normalization: asr_bleu.map(|_| {
+            "lower-case; characters other than letters, digits and in-word apostrophes become \
+             spaces; whitespace collapsed (both sides)"
+                .to_string()
+        }),
+        decode_seconds: total_decode,
+        per_utterance: results,
+    };
+    write_report(&args.out, &report)?;
+    Ok(report)
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("n/a".to_string(), |v| format!("{v:.digits$}"))
+}
+
+/// Writes report.md, report.json, hyps.txt, refs.txt (and the ASR transcripts).
+pub fn write_report(out: &Path, r: &EvalReport) -> Result<()> {
+    let lines = |f: &dyn Fn(&UtteranceResult) -> String| {
+        r.per_utterance
+            .iter()
+            .map(|u| f(u) + "\n")
+            .collect::<String>()
+    };
+    let clean = |s: &str| s.replace(['\n', '\r'], " ");
+    std::fs::write(out.join("hyps.txt"), lines(&|u| clean(&u.hypothesis)))?;
+    std::fs::write(out.join("refs.txt"), lines(&|u| clean(&u.reference)))?;
+    if r.asr_bleu.is_some() {
+        std::fs::write(
+            out.join("asr_hyps.txt"),
+            lines(&|u| u.asr_hypothesis.clone().unwrap_or_default()),
+        )?;
+        std::fs::write(
+            out.join("asr_refs.txt"),
+            lines(&|u| u.asr_reference.clone().unwrap_or_default()),
+        )?;
+    }
+    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(r)?)?;
+    let mut md = format!(
+        "# Evaluation of `{}`\n\n{} utterances of `{}`, direction {}, mode {}.\n\n\
+         | metric | value |\n|---|---|\n",
+        r.model,
+        r.utterances,
+        r.manifest,
+        r.direction,
+        r.mode.as_str()
+    );
+    let mut row = |name: &str, v: String| md.push_str(&format!("| {name} | {v} |\n"));
+    row("S2TT BLEU (text phase)", fmt(r.bleu, 2));
+    row("METEOR (text phase)", fmt(r.meteor, 4));
+    row("unit error rate (dedup. units)", fmt(r.unit_error_rate, 4));
+    row(
+        &format!("MCD, dB ({} utterances)", r.mcd_utterances),
+        fmt(r.mcd, 2),
+    );
+    row("ASR-BLEU (synthesized speech)", fmt(r.asr_bleu, 2));
+    row(
+        "ASR-BLEU of the reference speech (ceiling)",
+        fmt(r.asr_bleu_reference, 2),
+    );
+    row("decoding time, s", format!("{:.2}", r.decode_seconds));
+    if let Some(sig) = &r.bleu_signature {
+        md.push_str(&format!("\nBLEU signature: `{sig}`\n"));
+    }
+    if let (Some(name), Some(norm)) = (&r.asr_recognizer, &r.asr_normalization) {
+        md.push_str(&format!(
+            "\nASR-BLEU: {name}; normalisation of hypotheses and references: {norm}.\n"
+        ));
+    }
+    std::fs::write(out.join("report.md"), md)?;
+    Ok(())
+}
