@@ -38,6 +38,8 @@ enum Command {
     Sft(tolk_training::sft::SftArgs),
     /// Training throughput and numerics of the SFT step against the same step in PyTorch.
     SftBench(tolk_training::sft::bench::SftBenchArgs),
+    /// Assemble a translator folder (tolk-model.json) from SFT, k-means and vocoder outputs.
+    Package(tolk_training::package::PackageArgs),
     /// Score line-aligned hypotheses against references (BLEU, chrF, METEOR, WER).
     Score(tolk_training::metrics::score::ScoreArgs),
     /// Train a unit HiFi-GAN vocoder for one language (recipe TOML, exact resume).
@@ -163,6 +165,11 @@ fn main() -> Result<()> {
                 r.max_loss_diff,
                 r.max_weight_diff
             );
+            Ok(())
+        }
+        Command::Package(a) => {
+            let s = tolk_training::package::package(&a)?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
             Ok(())
         }
         Command::Units(a) => {

@@ -59,24 +59,6 @@ pub struct SftBenchReport {
     pub max_weight_diff: f64,
 }
 
-fn python(explicit: Option<&PathBuf>) -> PathBuf {
-    if let Some(p) = explicit {
-        return p.clone();
-    }
-    if let Some(p) = std::env::var_os("TOLK_PYTHON") {
-        return p.into();
-    }
-    let mut dir = std::env::current_dir().ok();
-    while let Some(d) = dir {
-        let p = d.join(".venv/bin/python");
-        if p.exists() {
-            return p;
-        }
-        dir = d.parent().map(|p| p.to_path_buf());
-    }
-    "python3".into()
-}
-
 /// Runs the comparison.
 pub fn run_bench(a: &SftBenchArgs) -> Result<SftBenchReport, SftError> {
     let r = super::recipe::SftRecipe::from_file(&a.recipe).map_err(SftError::Recipe)?;
@@ -196,7 +178,8 @@ pub fn run_bench(a: &SftBenchArgs) -> Result<SftBenchReport, SftError> {
     }
 
     // PyTorch.
-    let py = python(a.python.as_ref());
+    let py = crate::eval::asr::find_python(a.python.as_deref())
+        .map_err(|e| SftError::Data(e.to_string()))?;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/sft_torch_loop.py");
     let out = std::process::Command::new(&py)
         .arg(&script)

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
-use tolk_models::prompt::{Lang, PromptFormat, Task};
+use tolk_models::prompt::{PromptFormat, Task};
 use tolk_models::tokenizer::Tokenizer;
 
 use crate::corpus::manifest::ManifestEntry;
@@ -58,51 +58,16 @@ impl UnitSource for HashMap<String, Vec<u32>> {
     }
 }
 
-/// SFT strategy of PROST-LLM (method.md section 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    /// S2ST only.
-    Vanilla,
-    /// ASR + S2TT + S2ST, one of each per utterance.
-    TriTask,
-    /// One chain-of-modality sequence per utterance.
-    ChainOfModality,
-}
+/// The SFT strategy (method.md section 1) and the direction are the translator manifest's types,
+/// so a trained model's `tolk-model.json` names them the same way.
+pub use tolk_models::translator::{Direction, Strategy};
 
-impl Strategy {
-    /// The tasks of one utterance, in the order their examples are built.
-    pub fn tasks(self) -> &'static [Task] {
-        match self {
-            Self::Vanilla => &[Task::S2st],
-            Self::TriTask => &[Task::Asr, Task::S2tt, Task::S2st],
-            Self::ChainOfModality => &[Task::ChainOfModality],
-        }
-    }
-}
-
-/// Translation direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Direction {
-    #[serde(rename = "en-fr")]
-    EnFr,
-    #[serde(rename = "fr-en")]
-    FrEn,
-}
-
-impl Direction {
-    pub fn src(self) -> Lang {
-        match self {
-            Self::EnFr => Lang::En,
-            Self::FrEn => Lang::Fr,
-        }
-    }
-
-    pub fn tgt(self) -> Lang {
-        match self {
-            Self::EnFr => Lang::Fr,
-            Self::FrEn => Lang::En,
-        }
+/// The tasks of one utterance under `strategy`, in the order their examples are built.
+pub fn strategy_tasks(strategy: Strategy) -> &'static [Task] {
+    match strategy {
+        Strategy::Vanilla => &[Task::S2st],
+        Strategy::TriTask => &[Task::Asr, Task::S2tt, Task::S2st],
+        Strategy::ChainOfModality => &[Task::ChainOfModality],
     }
 }
 
@@ -285,7 +250,7 @@ pub fn build_examples(
                 audio: e.target_audio.as_deref(),
                 text: e.target_text.as_deref().unwrap_or(""),
             };
-            for &task in config.strategy.tasks() {
+            for &task in strategy_tasks(config.strategy) {
                 match build_one(
                     e, task, direction, &source, &target, units, tokenizer, format, config,
                 )? {
