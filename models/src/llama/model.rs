@@ -562,42 +562,15 @@ impl Llama {
     /// fused ones. They alias the model's storage: updating them in place (under `no_grad`)
     /// updates the model and what [`Self::named_tensors`] / [`Self::save`] see.
     pub fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            self.embed_tokens.shallow_clone(),
-        )];
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = layer_prefix(i as i64);
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                l.input_layernorm.shallow_clone(),
-            ));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                l.post_attention_layernorm.shallow_clone(),
-            ));
-            let linears = [
-                ("self_attn.qkv_proj", &l.qkv),
-                ("self_attn.o_proj", &l.o_proj),
-                ("mlp.gate_up_proj", &l.gate_up),
-                ("mlp.down_proj", &l.down_proj),
-            ];
-            for (name, lin) in linears {
-                out.push((format!("{p}.{name}.weight"), lin.weight.shallow_clone()));
-                if let Some(bias) = &lin.bias {
-                    out.push((format!("{p}.{name}.bias"), bias.shallow_clone()));
-                }
-            }
-        }
-        out.push(("model.norm.weight".to_string(), self.norm.shallow_clone()));
-        if let Some(head) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), head.shallow_clone()));
-        }
-        out
+        self.collect_tensors(true)
     }
 
     /// Named tensors in the checkpoint layout (the un-fused projections).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        self.collect_tensors(false)
+    }
+
+    fn collect_tensors(&self, fused: bool) -> Vec<(String, Tensor)> {
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
             self.embed_tokens.shallow_clone(),
@@ -612,15 +585,24 @@ impl Llama {
                 format!("{p}.post_attention_layernorm.weight"),
                 l.post_attention_layernorm.shallow_clone(),
             ));
-            let linears = [
-                ("self_attn.q_proj", &l.q_proj),
-                ("self_attn.k_proj", &l.k_proj),
-                ("self_attn.v_proj", &l.v_proj),
-                ("self_attn.o_proj", &l.o_proj),
-                ("mlp.gate_proj", &l.gate_proj),
-                ("mlp.up_proj", &l.up_proj),
-                ("mlp.down_proj", &l.down_proj),
-            ];
+            let linears: Vec<(&str, &Linear)> = if fused {
+                vec![
+                    ("self_attn.qkv_proj", &l.qkv),
+                    ("self_attn.o_proj", &l.o_proj),
+                    ("mlp.gate_up_proj", &l.gate_up),
+                    ("mlp.down_proj", &l.down_proj),
+                ]
+            } else {
+                vec![
+                    ("self_attn.q_proj", &l.q_proj),
+                    ("self_attn.k_proj", &l.k_proj),
+                    ("self_attn.v_proj", &l.v_proj),
+                    ("self_attn.o_proj", &l.o_proj),
+                    ("mlp.gate_proj", &l.gate_proj),
+                    ("mlp.up_proj", &l.up_proj),
+                    ("mlp.down_proj", &l.down_proj),
+                ]
+            };
             for (name, lin) in linears {
                 out.push((format!("{p}.{name}.weight"), lin.weight.shallow_clone()));
                 if let Some(bias) = &lin.bias {

@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 use tolk_models::checkpoint::{read_safetensors, save_safetensors};
 use tolk_models::prompt::SpecialToken;
 
-use super::data::{build_examples, BatchConfig, Batcher, SftDataConfig};
+use super::data::{build_examples, BatchConfig, Batcher};
 use super::optim::{learning_rate, AdamW};
 use super::train::{batch_loss, fresh_model, read_entries, SftError};
 use crate::units::file::read_units;
@@ -104,13 +104,7 @@ pub fn run_bench(a: &SftBenchArgs) -> Result<SftBenchReport, SftError> {
         model.save(&work.join("model"))?;
     }
     let entries = read_entries(&r.data.train)?;
-    let data_cfg = SftDataConfig {
-        strategy: r.data.strategy,
-        directions: r.data.directions.clone(),
-        dedup_source: r.data.dedup_source,
-        dedup_target: r.data.dedup_target,
-        max_len: r.data.max_len,
-    };
+    let data_cfg = r.data.example_config();
     let data = build_examples(&entries, &units, &tok, &format, &data_cfg)?;
     let mut batcher = Batcher::new(
         &data.examples,

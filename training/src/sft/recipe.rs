@@ -42,6 +42,19 @@ pub struct DataSection {
     pub dev_limit: usize,
 }
 
+impl DataSection {
+    /// How the examples of this recipe are built.
+    pub fn example_config(&self) -> super::data::SftDataConfig {
+        super::data::SftDataConfig {
+            strategy: self.strategy,
+            directions: self.directions.clone(),
+            dedup_source: self.dedup_source,
+            dedup_target: self.dedup_target,
+            max_len: self.max_len,
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }

@@ -25,7 +25,7 @@ use tolk_models::tokenizer::Tokenizer;
 use tolk_models::vocab::unit_token_names;
 
 use super::data::{
-    build_examples, collate, BatchConfig, BatchPosition, Batcher, Example, SftDataConfig,
+    build_examples, collate, BatchConfig, BatchPosition, Batcher, Example,
 };
 use super::optim::{learning_rate, AdamW};
 use super::recipe::SftRecipe;
@@ -411,13 +411,7 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
     let units = read_units(&r.data.units)
         .map_err(|e| SftError::Data(format!("{}: {e}", r.data.units.display())))?;
     let num_units = units.num_units;
-    let data_cfg = SftDataConfig {
-        strategy: r.data.strategy,
-        directions: r.data.directions.clone(),
-        dedup_source: r.data.dedup_source,
-        dedup_target: r.data.dedup_target,
-        max_len: r.data.max_len,
-    };
+    let data_cfg = r.data.example_config();
 
     // Model: resumed or fresh.
     let resume_from = if restart {

@@ -418,7 +418,7 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
         if let Some(d) = model.duration_loss(&batch.unit_rows, dropout)? {
             dur_val = d.double_value(&[]);
             finite(dur_val, "duration", step, last_ckpt, &ckpt)?;
-            g_loss = g_loss + d * tr.duration_weight;
+            g_loss += d * tr.duration_weight;
         }
         if gan {
             // The discriminators only score here: no gradients for their weights.
@@ -470,7 +470,7 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
             w.fm / n,
             n / w.train_seconds.max(1e-9)
         ));
-        if step % tr.log_every == 0 || step == total_steps {
+        if step.is_multiple_of(tr.log_every) || step == total_steps {
             log.push(LogPoint {
                 step,
                 lr,
@@ -486,14 +486,14 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
             }
             w = Window::default();
         }
-        if (tr.eval_every > 0 && step % tr.eval_every == 0) || step == total_steps {
+        if (tr.eval_every > 0 && step.is_multiple_of(tr.eval_every)) || step == total_steps {
             let sample = samples.join(format!("step-{step:07}.wav"));
             if let Some(m) = evaluate(&gen, &mel, &data.eval, Some(&sample))? {
                 eval_log.push(EvalPoint { step, mel: m });
                 pb.println(format!("step {step}: held-out mel L1 {m:.4}"));
             }
         }
-        if step % tr.checkpoint_every == 0 || step == total_steps {
+        if step.is_multiple_of(tr.checkpoint_every) || step == total_steps {
             save_checkpoint(
                 &ckpt,
                 &gen,
