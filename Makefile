@@ -12,7 +12,7 @@ export TOLK_REFERENCE_DIR := $(ROOT)/target/reference
 REF := $(TOLK_REFERENCE_DIR)
 THREADS ?= $(shell nproc)
 
-.PHONY: setup reference demo test bench fmt lint clean-reference
+.PHONY: setup reference demo demo-model demo-eval sft-table test bench fmt lint clean-reference
 
 setup:
 	deploy/host/setup.sh
@@ -66,6 +66,38 @@ demo: setup $(REF)/smollm2/reference.json
 	cargo build --release -p tolk-runtime
 	target/release/tolk model generate $(REF)/smollm2/model \
 	  --prompt "Here is how to buy a train ticket at the station:" --max-new-tokens 64
+
+# The built-in demo model, reproduced from scratch (hours on a 2-core CPU; resumable: re-running
+# continues the SFT and vocoder trainings from their checkpoints). Data in data/demo, runs in runs/.
+DEMO_DATA := data/demo
+TRAIN := target/release/tolk-train
+demo-model: setup
+	cargo build --release -p tolk-training --bin tolk-train
+	test -f $(DEMO_DATA)/corpus/corpus.json || $(TRAIN) synth-corpus --out $(DEMO_DATA)/corpus --seed 1 \
+	  --pairs 6000 --dev 300 --test 300 --mono 300 --voices en-us,fr-fr
+	test -f $(DEMO_DATA)/units.jsonl || $(TRAIN) units --extractor mfcc --fit-kmeans 100 --fit-frames 100000 \
+	  --seed 1 $(foreach s,train dev test mono-en mono-fr,--manifest $(DEMO_DATA)/corpus/$(s).jsonl) \
+	  --save-kmeans $(DEMO_DATA)/kmeans100.safetensors --out $(DEMO_DATA)/units.jsonl
+	test -f $(DEMO_DATA)/tokenizer.json || $(TRAIN) tokenizer --manifest $(DEMO_DATA)/corpus/train.jsonl \
+	  --vocab-size 1000 --out $(DEMO_DATA)/tokenizer.json
+	$(TRAIN) sft --recipe training/recipes/sft-demo-com.toml
+	for l in fr en; do $(TRAIN) vocoder --config training/recipes/vocoder-demo.toml --quiet \
+	  --manifest $(DEMO_DATA)/corpus/train.jsonl --units $(DEMO_DATA)/units.jsonl --language $$l \
+	  --out runs/vocoder-$$l; done
+	$(TRAIN) package --llm runs/demo-com/final --kmeans $(DEMO_DATA)/kmeans100.safetensors \
+	  --vocoder en=runs/vocoder-en --vocoder fr=runs/vocoder-fr --out models/demo --dtype f16
+	$(MAKE) demo-eval
+
+# Held-out figures of models/demo (both directions; ASR-BLEU with PocketSphinx for English output).
+demo-eval: setup
+	cargo build --release -p tolk-training --bin tolk-train
+	for d in en-fr fr-en; do $(TRAIN) eval --model models/demo --manifest $(DEMO_DATA)/corpus/test.jsonl \
+	  --units $(DEMO_DATA)/units.jsonl --direction $$d --out runs/eval-demo-$$d; done
+
+# The strategy comparison of the README (vanilla / tri-task / chain of modality, same budget).
+sft-table: setup
+	cargo build --release -p tolk-training --bin tolk-train
+	for s in vanilla tri-task com; do $(TRAIN) sft --recipe training/recipes/sft-table-$$s.toml; done
 
 test: reference
 	cargo test --workspace --no-fail-fast

@@ -17,6 +17,7 @@ apt_packages=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-alsa
   libssl-dev openssl
+  fonts-dejavu-core
 )
 missing=()
 for p in "${apt_packages[@]}"; do

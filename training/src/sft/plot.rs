@@ -82,6 +82,16 @@ pub fn write_loss_plot(path: &Path, train: &[LossPoint], dev: &[LossPoint]) -> R
             if points.is_empty() {
                 continue;
             }
+            // Dev points are sparse: mark each one.
+            if name == "dev" {
+                chart
+                    .draw_series(
+                        points
+                            .iter()
+                            .map(|p| Circle::new((p.step, p.loss), 4, color.filled())),
+                    )
+                    .map_err(|e| e.to_string())?;
+            }
             let s = chart
                 .draw_series(LineSeries::new(
                     points.iter().map(|p| (p.step, p.loss)),
