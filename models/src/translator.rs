@@ -16,6 +16,7 @@
 pub mod decode;
 pub mod manifest;
 pub mod session;
+pub mod testing;
 
 pub use decode::{Event, Mode, Stop, TextStreamer, Timings, TranslationOutput};
 pub use manifest::{Direction, ModelManifest, Strategy, UnitsSpec, MANIFEST_FILE, MODEL_FORMAT};

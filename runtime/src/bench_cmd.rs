@@ -105,3 +105,201 @@ pub fn run_vocoder(cmd: VocoderCommand) -> Result<()> {
     }
     Ok(())
 }
+
+/// `tolk bench`: the translator over a set of utterances, offline and streaming.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Translator folder.
+    #[arg(long, default_value = "models/demo")]
+    model: std::path::PathBuf,
+    /// JSONL manifest (`audio` relative to the manifest's folder, `language` picks the
+    /// direction unless --direction is given).
+    #[arg(long)]
+    manifest: Option<std::path::PathBuf>,
+    /// WAV files (with --direction, default en-fr).
+    wavs: Vec<std::path::PathBuf>,
+    /// At most this many utterances.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long)]
+    direction: Option<String>,
+    /// com, s2st, s2tt or asr (default: the model's own mode).
+    #[arg(long)]
+    mode: Option<String>,
+    /// `energy`, or the path of silero_vad.jit (streaming runs).
+    #[arg(long, default_value = "energy")]
+    vad: String,
+    /// Print only JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct BenchRow {
+    id: String,
+    direction: String,
+    audio_s: f64,
+    offline_rtf: f64,
+    offline_first_text_s: Option<f64>,
+    offline_first_audio_s: Option<f64>,
+    streaming_utterances: usize,
+    streaming_rtf: Option<f64>,
+    streaming_first_text_s: Option<f64>,
+    streaming_first_audio_s: Option<f64>,
+}
+
+fn percentile(v: &[f64], p: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let i = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+    Some(s[i.min(s.len() - 1)])
+}
+
+fn bench_inputs(args: &BenchArgs) -> Result<Vec<(String, std::path::PathBuf, Option<String>)>> {
+    let mut v = Vec::new();
+    if let Some(m) = &args.manifest {
+        let text =
+            std::fs::read_to_string(m).map_err(|e| anyhow::anyhow!("{}: {e}", m.display()))?;
+        let base = m.parent().unwrap_or(std::path::Path::new("."));
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let j: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| anyhow::anyhow!("{} line {}: {e}", m.display(), i + 1))?;
+            let audio = j["audio"].as_str().ok_or_else(|| {
+                anyhow::anyhow!("{} line {}: no `audio` field", m.display(), i + 1)
+            })?;
+            let lang = j["language"].as_str().map(|s| s.to_string());
+            let id = j["id"].as_str().unwrap_or(audio).to_string();
+            v.push((id, base.join(audio), lang));
+        }
+    }
+    for w in &args.wavs {
+        v.push((w.display().to_string(), w.clone(), None));
+    }
+    anyhow::ensure!(!v.is_empty(), "give --manifest FILE or WAV files");
+    if let Some(n) = args.limit {
+        v.truncate(n);
+    }
+    Ok(v)
+}
+
+pub fn run_bench(args: BenchArgs) -> Result<()> {
+    use tolk_models::audio::condition::to_mono_16k;
+    use tolk_models::translator::{Direction, Mode};
+    use tolk_runtime::pipeline::{NullOut, PipelineOptions, Translating};
+    let tr = crate::translate_cmd::load_translator(&args.model)?;
+    let vad = crate::translate_cmd::parse_vad(&args.vad)?;
+    let mode = match &args.mode {
+        Some(m) => Mode::parse(m)?,
+        None => tr.default_mode(),
+    };
+    let mut rows = Vec::new();
+    for (id, path, lang) in bench_inputs(&args)? {
+        let direction = match (&args.direction, lang.as_deref()) {
+            (Some(d), _) => Direction::parse(d)?,
+            (None, Some("fr")) => Direction::FrEn,
+            _ => Direction::EnFr,
+        };
+        let wav = tolk_models::audio::wav::read_wav(&path)?;
+        let (audio, _) = to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)?;
+        let audio_s = audio.len() as f64 / 16_000.0;
+        // Offline: the whole file after it ended (extraction, decoding, then synthesis).
+        let t0 = std::time::Instant::now();
+        let off = tr.translate_audio(&audio, direction, mode)?;
+        let after_decode = t0.elapsed().as_secs_f64();
+        if mode.has_units() && !off.units.is_empty() {
+            tr.synthesize(&off.units, direction.tgt())?;
+        }
+        let offline_s = t0.elapsed().as_secs_f64();
+        let ft = off.timings.first_text_s.map(|t| t + off.timings.extract_s);
+        let fa = mode.has_units().then_some(offline_s);
+        let _ = after_decode;
+        // Streaming: the same audio through the front end in 20 ms chunks, translated at the
+        // endpoint; latencies count from the endpoint.
+        let opts = PipelineOptions::new(direction, mode, &tolk_config::VadConfig::default());
+        let mut t = Translating::new(tr.clone(), &vad, &opts, 16_000)?;
+        let mut reports = Vec::new();
+        let mut on = |_: tolk_runtime::pipeline::StreamEvent<'_>| {};
+        for c in audio.chunks(320) {
+            reports.extend(t.push(c, &mut NullOut, &mut on)?);
+        }
+        reports.extend(t.finish(&mut NullOut, &mut on)?);
+        let first = reports.first();
+        let row = BenchRow {
+            id,
+            direction: direction.as_str().into(),
+            audio_s,
+            offline_rtf: offline_s / audio_s.max(1e-6),
+            offline_first_text_s: ft,
+            offline_first_audio_s: fa,
+            streaming_utterances: reports.len(),
+            streaming_rtf: (!reports.is_empty()).then(|| {
+                reports.iter().map(|r| r.processing_s).sum::<f64>()
+                    / reports.iter().map(|r| r.duration_s).sum::<f64>().max(1e-6)
+            }),
+            streaming_first_text_s: first.and_then(|r| r.first_text_s),
+            streaming_first_audio_s: first.and_then(|r| r.first_audio_s),
+        };
+        if !args.json {
+            println!(
+                "{:<24} {:>6.2} s  offline RTF {:.3} text {:>7} audio {:>7} | streaming RTF {:>7} \
+                 text {:>7} audio {:>7} ({} utt.)",
+                row.id,
+                row.audio_s,
+                row.offline_rtf,
+                fmt_s(row.offline_first_text_s),
+                fmt_s(row.offline_first_audio_s),
+                row.streaming_rtf.map_or("-".into(), |r| format!("{r:.3}")),
+                fmt_s(row.streaming_first_text_s),
+                fmt_s(row.streaming_first_audio_s),
+                row.streaming_utterances
+            );
+        }
+        rows.push(row);
+    }
+    let col =
+        |f: &dyn Fn(&BenchRow) -> Option<f64>| -> Vec<f64> { rows.iter().filter_map(f).collect() };
+    let stats = |v: Vec<f64>| serde_json::json!({"n": v.len(), "p50": percentile(&v, 50.0), "p95": percentile(&v, 95.0)});
+    let summary = serde_json::json!({
+        "model": args.model,
+        "mode": mode.as_str(),
+        "threads": tch::get_num_threads(),
+        "offline": {
+            "rtf": stats(col(&|r| Some(r.offline_rtf))),
+            "first_text_s": stats(col(&|r| r.offline_first_text_s)),
+            "first_audio_s": stats(col(&|r| r.offline_first_audio_s)),
+        },
+        "streaming": {
+            "rtf": stats(col(&|r| r.streaming_rtf)),
+            "first_text_s": stats(col(&|r| r.streaming_first_text_s)),
+            "first_audio_s": stats(col(&|r| r.streaming_first_audio_s)),
+        },
+        "utterances": rows,
+    });
+    if !args.json {
+        println!("\n{:<30} {:>10} {:>10}", "", "p50", "p95");
+        for (name, key) in [("offline", "offline"), ("streaming", "streaming")] {
+            for m in ["rtf", "first_text_s", "first_audio_s"] {
+                let s = &summary[key][m];
+                println!(
+                    "{:<30} {:>10} {:>10}",
+                    format!("{name} {m}"),
+                    s["p50"].as_f64().map_or("-".into(), |v| format!("{v:.3}")),
+                    s["p95"].as_f64().map_or("-".into(), |v| format!("{v:.3}"))
+                );
+            }
+        }
+        println!();
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+fn fmt_s(v: Option<f64>) -> String {
+    v.map_or("-".into(), |s| format!("{:.0}ms", s * 1000.0))
+}

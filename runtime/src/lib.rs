@@ -5,3 +5,4 @@ pub mod audio;
 pub mod events;
 pub mod metrics;
 pub mod ota;
+pub mod pipeline;

@@ -3,9 +3,12 @@
 mod bench_cmd;
 mod model_cmd;
 mod ota_cmd;
+mod run_cmd;
+mod translate_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -18,6 +21,9 @@ struct Cli {
     /// Intra-op threads for libtorch (default: libtorch's choice, the physical cores).
     #[arg(long, global = true, env = "TOLK_THREADS")]
     threads: Option<i32>,
+    /// Write a Chrome trace (chrome://tracing, Perfetto) of the pipeline and model spans.
+    #[arg(long, global = true, value_name = "FILE")]
+    tracing: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +55,12 @@ enum Command {
         #[command(subcommand)]
         command: ota_cmd::OtaCommand,
     },
+    /// Translate a WAV file through the streaming pipeline: prints the text, writes the speech.
+    Translate(translate_cmd::TranslateArgs),
+    /// The kiosk daemon: live translation from the configured source to the configured sink.
+    Run(run_cmd::RunArgs),
+    /// Real-time factor and latency percentiles of a translator, offline and streaming.
+    Bench(bench_cmd::BenchArgs),
     /// Check CUDA, audio devices, GStreamer plugins, the broker and the model slots.
     Doctor {
         #[arg(long, default_value = "/etc/tolk/tolk.toml")]
@@ -60,11 +72,27 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("TOLK_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("TOLK_LOG").unwrap_or_else(|_| "warn".into());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    // The Chrome trace records every span down to debug level (stages, decoder and vocoder
+    // steps); the guard flushes the file when main returns.
+    let (chrome, _trace_guard) = match &cli.tracing {
+        Some(path) => {
+            let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new()
+                .file(path)
+                .include_args(true)
+                .build();
+            (
+                Some(layer.with_filter(tracing_subscriber::filter::LevelFilter::DEBUG)),
+                Some(guard),
+            )
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(fmt).with(chrome).init();
     if let Some(n) = cli.threads {
         anyhow::ensure!(n > 0, "--threads must be positive");
         tch::set_num_threads(n);
@@ -75,6 +103,9 @@ fn main() -> Result<()> {
         Command::Vocoder { command } => bench_cmd::run_vocoder(command),
         Command::Config { command } => ota_cmd::run_config(command),
         Command::Ota { command } => ota_cmd::run_ota(command),
+        Command::Translate(args) => translate_cmd::run(args),
+        Command::Run(args) => run_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run_bench(args),
         Command::Doctor {
             config,
             require_cuda,

@@ -106,7 +106,11 @@ pub fn package(a: &PackageArgs) -> Result<PackageSummary> {
     for f in ["config.json", "tokenizer.json"] {
         copy(&a.llm.join(f), &tmp.join("llm").join(f))?;
     }
-    convert(&a.kmeans, &tmp.join("units/kmeans.safetensors"), Kind::Float)?;
+    convert(
+        &a.kmeans,
+        &tmp.join("units/kmeans.safetensors"),
+        Kind::Float,
+    )?;
     let mut names = BTreeMap::new();
     for (lang, dir) in &vocoders {
         let name = format!("vocoder-{lang}");

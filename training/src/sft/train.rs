@@ -24,9 +24,7 @@ use tolk_models::prompt::{PromptFormat, SpecialToken};
 use tolk_models::tokenizer::Tokenizer;
 use tolk_models::vocab::unit_token_names;
 
-use super::data::{
-    build_examples, collate, BatchConfig, BatchPosition, Batcher, Example,
-};
+use super::data::{build_examples, collate, BatchConfig, BatchPosition, Batcher, Example};
 use super::optim::{learning_rate, AdamW};
 use super::recipe::SftRecipe;
 use crate::corpus::manifest::{read_manifest, ManifestEntry, ReadOptions};

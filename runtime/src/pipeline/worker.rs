@@ -1,0 +1,338 @@
+//! The model side: one utterance's units in, subtitle text and PCM out as they are decoded.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tolk_models::translator::{tensor_to_pcm, Direction, Event, Mode, Session, Stop, Translator};
+use tolk_models::vocoder::VocoderStream;
+
+use super::frontend::{FrontEnd, FrontEvent, Utterance, VadKind};
+use super::output::PcmOut;
+use super::{PipelineError, PipelineOptions, Result};
+
+/// What the worker reports while it translates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output<'a> {
+    /// More subtitle text (the deltas concatenate to the final text).
+    Text { delta: &'a str },
+    /// The text is complete.
+    TextEnd { text: &'a str },
+    /// A PCM chunk (16 kHz mono) starting at `offset` samples into the utterance's output, already
+    /// handed to the [`PcmOut`].
+    Audio { pcm: &'a [f32], offset: u64 },
+}
+
+/// The outcome of one utterance. Latencies count from the endpoint ([`Utterance::ended_at`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct UtteranceReport {
+    pub id: u64,
+    pub direction: Direction,
+    pub mode: Mode,
+    pub text: String,
+    /// Target units (empty for text-only modes).
+    pub units: Vec<u32>,
+    pub source_units: usize,
+    /// PCM samples produced (16 kHz).
+    pub samples_out: u64,
+    pub duration_s: f64,
+    /// End of speech to the first text delta / first PCM chunk / everything out.
+    pub first_text_s: Option<f64>,
+    pub first_audio_s: Option<f64>,
+    pub done_s: f64,
+    /// Unit extraction + decoding + vocoding time.
+    pub processing_s: f64,
+    /// `processing_s / duration_s`.
+    pub rtf: f64,
+    pub stop: Stop,
+    /// Why audio output stopped early, if it did.
+    pub output_error: Option<String>,
+}
+
+/// Decodes utterances with its own [`Session`] and streams units into a vocoder.
+pub struct UtteranceTranslator {
+    session: Session,
+    direction: Direction,
+    mode: Mode,
+    chunk_units: usize,
+}
+
+impl UtteranceTranslator {
+    pub fn new(
+        translator: Arc<Translator>,
+        direction: Direction,
+        mode: Mode,
+        chunk_units: usize,
+    ) -> Result<Self> {
+        // Fail early on a mode or direction the model cannot do.
+        mode.task_for(translator.manifest().strategy)?;
+        if !translator.manifest().supports_direction(direction) {
+            return Err(PipelineError::Options(format!(
+                "the model at {} does not translate {direction}",
+                translator.dir().display()
+            )));
+        }
+        if mode.has_units() {
+            translator.vocoder(direction.tgt())?;
+        }
+        Ok(Self {
+            session: Session::new(translator)?,
+            direction,
+            mode,
+            chunk_units: chunk_units.max(1),
+        })
+    }
+
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn translator(&self) -> &Arc<Translator> {
+        self.session.translator()
+    }
+
+    /// Translates `utt`: text deltas and PCM chunks go to `on` as they come, PCM also to `out`.
+    pub fn translate(
+        &mut self,
+        utt: &Utterance,
+        out: &mut dyn PcmOut,
+        on: &mut dyn FnMut(Output<'_>),
+    ) -> Result<UtteranceReport> {
+        let _span =
+            tracing::info_span!("utterance", id = utt.id, units = utt.units.len()).entered();
+        let t0 = Instant::now();
+        let since_end = |t: Instant| t.duration_since(utt.ended_at).as_secs_f64();
+        let mut vocoder: Option<VocoderStream> = if self.mode.has_units() {
+            Some(
+                self.session
+                    .translator()
+                    .vocoder_stream(self.direction.tgt())?,
+            )
+        } else {
+            None
+        };
+        let mut pending: Vec<i64> = Vec::with_capacity(self.chunk_units);
+        let mut first_text: Option<f64> = None;
+        let mut first_audio: Option<f64> = None;
+        let mut samples_out = 0u64;
+        let mut error: Option<PipelineError> = None;
+        let mut output_error: Option<String> = None;
+        let chunk = self.chunk_units;
+
+        // Vocodes `units` (or flushes) and hands the PCM on.
+        let mut emit_audio = |voc: &mut VocoderStream,
+                              units: &[i64],
+                              flush: bool,
+                              samples_out: &mut u64,
+                              first_audio: &mut Option<f64>,
+                              output_error: &mut Option<String>,
+                              on: &mut dyn FnMut(Output<'_>)|
+         -> Result<()> {
+            let pcm = {
+                let _s = tracing::debug_span!("vocoder", units = units.len(), flush).entered();
+                let mut pcm = Vec::new();
+                if !units.is_empty() {
+                    if let Some(y) = voc.step(units)? {
+                        pcm = tensor_to_pcm(&y)?;
+                    }
+                }
+                if flush {
+                    if let Some(y) = voc.flush()? {
+                        pcm.extend(tensor_to_pcm(&y)?);
+                    }
+                }
+                pcm
+            };
+            if pcm.is_empty() {
+                return Ok(());
+            }
+            if output_error.is_none() {
+                if let Err(e) = out.write(&pcm) {
+                    tracing::warn!(utterance = utt.id, "audio output: {e}");
+                    *output_error = Some(e.to_string());
+                }
+            }
+            first_audio.get_or_insert_with(|| since_end(Instant::now()));
+            on(Output::Audio {
+                pcm: &pcm,
+                offset: *samples_out,
+            });
+            *samples_out += pcm.len() as u64;
+            Ok(())
+        };
+
+        let result = {
+            let _d = tracing::info_span!("decode").entered();
+            self.session
+                .translate_units(&utt.units, self.direction, self.mode, |ev: Event<'_>| {
+                    if error.is_some() {
+                        return;
+                    }
+                    match ev {
+                        Event::Text { delta } => {
+                            first_text.get_or_insert_with(|| since_end(Instant::now()));
+                            on(Output::Text { delta });
+                        }
+                        Event::TextEnd { text } => on(Output::TextEnd { text }),
+                        Event::Unit(u) => {
+                            pending.push(u as i64);
+                            if pending.len() >= chunk {
+                                if let Some(v) = vocoder.as_mut() {
+                                    let units = std::mem::take(&mut pending);
+                                    if let Err(e) = emit_audio(
+                                        v,
+                                        &units,
+                                        false,
+                                        &mut samples_out,
+                                        &mut first_audio,
+                                        &mut output_error,
+                                        on,
+                                    ) {
+                                        error = Some(e);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                })
+        };
+        let res = result?;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if let Some(v) = vocoder.as_mut() {
+            let units = std::mem::take(&mut pending);
+            emit_audio(
+                v,
+                &units,
+                true,
+                &mut samples_out,
+                &mut first_audio,
+                &mut output_error,
+                on,
+            )?;
+        }
+        if output_error.is_none() {
+            if let Err(e) = out.end_of_utterance() {
+                output_error = Some(e.to_string());
+            }
+        }
+        let work_s = t0.elapsed().as_secs_f64();
+        let processing_s = work_s + utt.extract_s;
+        let duration_s = utt.duration_s().max(1e-6);
+        Ok(UtteranceReport {
+            id: utt.id,
+            direction: self.direction,
+            mode: self.mode,
+            text: res.text,
+            units: res.units,
+            source_units: utt.units.len(),
+            samples_out,
+            duration_s: utt.duration_s(),
+            first_text_s: first_text,
+            first_audio_s: first_audio,
+            done_s: since_end(Instant::now()),
+            processing_s,
+            rtf: processing_s / duration_s,
+            stop: res.stop,
+            output_error,
+        })
+    }
+}
+
+/// [`FrontEnd`] and [`UtteranceTranslator`] composed synchronously: audio in, and at each
+/// endpoint the utterance is translated before `push` returns. For hosts that bring their own
+/// threading (the GStreamer element's streaming thread, benchmarks); the kiosk daemon uses
+/// [`super::Pipeline`], which puts a bounded queue and a worker thread between the two.
+pub struct Translating {
+    pub front: FrontEnd,
+    pub worker: UtteranceTranslator,
+}
+
+/// What [`Translating`] reports.
+#[derive(Debug)]
+pub enum StreamEvent<'a> {
+    /// Speech started.
+    Start {
+        id: u64,
+        start_s: f64,
+    },
+    /// Speech ended; translation follows.
+    End(&'a Utterance),
+    Output(&'a Utterance, Output<'a>),
+    Done(&'a Utterance, &'a UtteranceReport),
+    /// The utterance could not be translated (e.g. too short to hold a unit).
+    Failed(&'a Utterance, &'a PipelineError),
+}
+
+impl Translating {
+    pub fn new(
+        translator: Arc<Translator>,
+        vad: &VadKind,
+        opts: &PipelineOptions,
+        input_rate: u32,
+    ) -> Result<Self> {
+        Ok(Self {
+            front: FrontEnd::new(translator.clone(), vad, opts, input_rate)?,
+            worker: UtteranceTranslator::new(
+                translator,
+                opts.direction,
+                opts.mode,
+                opts.vocoder_chunk_units,
+            )?,
+        })
+    }
+
+    /// Pushes source-rate mono samples; translates every utterance that ends in them.
+    pub fn push(
+        &mut self,
+        samples: &[f32],
+        out: &mut dyn PcmOut,
+        on: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> Result<Vec<UtteranceReport>> {
+        let evs = self.front.push(samples)?;
+        self.handle(evs, out, on)
+    }
+
+    /// Ends the stream (an open utterance is translated).
+    pub fn finish(
+        &mut self,
+        out: &mut dyn PcmOut,
+        on: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> Result<Vec<UtteranceReport>> {
+        let evs = self.front.finish()?;
+        self.handle(evs, out, on)
+    }
+
+    fn handle(
+        &mut self,
+        evs: Vec<FrontEvent>,
+        out: &mut dyn PcmOut,
+        on: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> Result<Vec<UtteranceReport>> {
+        let mut reports = Vec::new();
+        for ev in evs {
+            match ev {
+                FrontEvent::Start { id, start_s } => on(StreamEvent::Start { id, start_s }),
+                FrontEvent::Utterance(u) => {
+                    on(StreamEvent::End(&u));
+                    match self
+                        .worker
+                        .translate(&u, out, &mut |o| on(StreamEvent::Output(&u, o)))
+                    {
+                        Ok(r) => {
+                            on(StreamEvent::Done(&u, &r));
+                            reports.push(r);
+                        }
+                        Err(e) => on(StreamEvent::Failed(&u, &e)),
+                    }
+                }
+            }
+        }
+        Ok(reports)
+    }
+}
