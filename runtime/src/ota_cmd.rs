@@ -10,7 +10,7 @@ use tolk_config::bundle::SigningKey;
 use tolk_config::Config;
 use tolk_runtime::ota::agent::{self, AgentOptions};
 use tolk_runtime::ota::mqtt::{options, BrokerSettings};
-use tolk_runtime::ota::{LlamaProbe, Settings, Updater};
+use tolk_runtime::ota::{ModelProbe, Settings, Updater};
 
 #[derive(Subcommand)]
 pub enum ConfigCommand {
@@ -73,7 +73,7 @@ pub fn run_config(cmd: ConfigCommand) -> Result<()> {
 }
 
 fn open_updater(cfg: &Config) -> Result<Updater> {
-    let probe = LlamaProbe::new(Duration::from_millis(
+    let probe = ModelProbe::new(Duration::from_millis(
         cfg.ota.probe_latency_budget_ms as u64,
     ));
     Ok(Updater::open(

@@ -17,7 +17,7 @@ use tolk_runtime::audio::{AudioSink, AudioSource, RingOptions};
 use tolk_runtime::events::{Event, EventRecord, EventSink, JsonLines};
 use tolk_runtime::metrics::{Metrics, MetricsServer};
 use tolk_runtime::ota::mqtt::{options, spawn_event_pump, BrokerSettings};
-use tolk_runtime::ota::{LlamaProbe, Settings, Updater};
+use tolk_runtime::ota::{ModelProbe, Settings, Updater};
 use tolk_runtime::pipeline::{FeedEnd, NullOut, PcmOut, Pipeline, PipelineOptions, SinkOut};
 
 use crate::translate_cmd::{load_translator, parse_vad};
@@ -110,7 +110,7 @@ fn model_dir(args: &RunArgs, cfg: &Config) -> PathBuf {
     if let Some(m) = &args.model {
         return m.clone();
     }
-    let probe = LlamaProbe::new(Duration::from_millis(
+    let probe = ModelProbe::new(Duration::from_millis(
         cfg.ota.probe_latency_budget_ms as u64,
     ));
     match Updater::open(

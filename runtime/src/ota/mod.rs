@@ -20,5 +20,5 @@ pub mod probe;
 pub mod publish;
 pub mod updater;
 
-pub use probe::{HealthProbe, LlamaProbe, ProbeReport};
+pub use probe::{HealthProbe, LlamaProbe, ModelProbe, ProbeReport, TranslatorProbe};
 pub use updater::{Settings, State, Updater, RUNTIME_VERSION};

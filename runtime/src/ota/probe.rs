@@ -1,8 +1,8 @@
 //! Health probe of a model before it becomes active (ota-threats.md row 12).
 //!
-//! The translation engine will implement [`HealthProbe`] with a built-in utterance; until then
-//! [`LlamaProbe`] loads the Llama decoder of the bundle beside the running one, runs a short
-//! prompt and checks shapes, finiteness and latency.
+//! [`ModelProbe`] picks by content: a translator bundle gets [`TranslatorProbe`] (the whole
+//! speech-to-speech chain on a built-in signal), a bare Llama decoder [`LlamaProbe`] (a short
+//! prompt; shapes, finiteness, latency).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -88,5 +88,101 @@ impl HealthProbe for LlamaProbe {
                 latency.as_millis()
             ),
         })
+    }
+}
+
+/// Probes a translator bundle (`tolk-model.json` at the slot root): loads the whole translator
+/// (extractor, decoder, vocoders) beside the running one, translates a built-in one-second test
+/// signal in every direction of its manifest, and checks that decoding ends or stops at its caps
+/// and that the synthesized speech is finite, within the latency budget.
+pub struct TranslatorProbe {
+    pub budget: Duration,
+}
+
+impl TranslatorProbe {
+    /// A one-second 16 kHz signal with speech-like energy: a vowel-ish harmonic stack whose pitch
+    /// glides, so the extractor yields varied units.
+    fn test_signal() -> Vec<f32> {
+        (0..16_000)
+            .map(|i| {
+                let t = i as f32 / 16_000.0;
+                let f0 = 120.0 + 60.0 * t;
+                (1..=8)
+                    .map(|h| (std::f32::consts::TAU * f0 * h as f32 * t).sin() / h as f32)
+                    .sum::<f32>()
+                    * 0.2
+            })
+            .collect()
+    }
+}
+
+impl HealthProbe for TranslatorProbe {
+    fn probe(&self, slot: &Path) -> Result<ProbeReport, String> {
+        use tolk_models::translator::Translator;
+        let start = Instant::now();
+        let tr = Translator::load(slot, tch::Device::Cpu, Kind::Float)
+            .map_err(|e| format!("health probe: load: {e}"))?;
+        let signal = Self::test_signal();
+        let mut parts = Vec::new();
+        for &dir in &tr.manifest().directions {
+            let out = tr
+                .translate_audio(&signal, dir, tr.default_mode())
+                .map_err(|e| format!("health probe: {dir}: {e}"))?;
+            if !out.units.is_empty() {
+                let pcm = tr
+                    .synthesize(&out.units, dir.tgt())
+                    .map_err(|e| format!("health probe: {dir}: vocoder: {e}"))?;
+                if pcm.is_empty() || pcm.iter().any(|x| !x.is_finite()) {
+                    return Err(format!(
+                        "health probe: {dir}: the vocoder output is empty or not finite"
+                    ));
+                }
+            }
+            parts.push(format!(
+                "{dir}: {} text tokens, {} units",
+                out.text_ids.len(),
+                out.units.len()
+            ));
+        }
+        let latency = start.elapsed();
+        if latency > self.budget {
+            return Err(format!(
+                "health probe: latency {} ms above the budget of {} ms",
+                latency.as_millis(),
+                self.budget.as_millis()
+            ));
+        }
+        Ok(ProbeReport {
+            latency,
+            summary: format!("{} in {} ms", parts.join("; "), latency.as_millis()),
+        })
+    }
+}
+
+/// The probe for whatever a bundle holds: a translator folder (`tolk-model.json`) gets
+/// [`TranslatorProbe`], a bare Llama decoder [`LlamaProbe`].
+pub struct ModelProbe {
+    pub budget: Duration,
+}
+
+impl ModelProbe {
+    pub fn new(budget: Duration) -> Self {
+        Self { budget }
+    }
+}
+
+impl HealthProbe for ModelProbe {
+    fn probe(&self, slot: &Path) -> Result<ProbeReport, String> {
+        if slot
+            .join(tolk_models::translator::MANIFEST_FILE)
+            .is_file()
+        {
+            TranslatorProbe {
+                budget: self.budget,
+            }
+            .probe(slot)
+        } else {
+            LlamaProbe::new(self.budget).probe(slot)
+        }
     }
 }
