@@ -37,6 +37,8 @@ pub struct Config {
     pub audio: AudioSection,
     #[serde(default)]
     pub vad: VadConfig,
+    #[serde(default)]
+    pub pipeline: PipelineSection,
     pub models: ModelsSection,
     pub mqtt: MqttSection,
     pub ota: OtaPolicy,
@@ -122,6 +124,34 @@ impl Default for VadConfig {
             min_silence_ms: 600,
             pre_roll_ms: 200,
             max_utterance_ms: 15_000,
+        }
+    }
+}
+
+/// Decoding mode names accepted in `pipeline.mode`.
+pub const PIPELINE_MODES: &[&str] = &["auto", "com", "s2st", "s2tt", "asr"];
+
+/// The translation pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSection {
+    /// `auto` (the model's own: chain of modality for a CoM model), `com`, `s2st`, `s2tt`, `asr`.
+    pub mode: String,
+    /// Utterances waiting for the model before the oldest is dropped (overload policy).
+    pub max_queued_utterances: u32,
+    /// Silero VAD TorchScript file; absent: the built-in energy VAD.
+    pub vad_model: Option<PathBuf>,
+    /// Translator folder used while no OTA slot holds an active model.
+    pub fallback_model: PathBuf,
+}
+
+impl Default for PipelineSection {
+    fn default() -> Self {
+        Self {
+            mode: "auto".into(),
+            max_queued_utterances: 4,
+            vad_model: None,
+            fallback_model: PathBuf::from("/usr/share/tolk/models/demo"),
         }
     }
 }
@@ -433,6 +463,18 @@ impl Config {
             },
         );
 
+        let p = &self.pipeline;
+        c.check(
+            PIPELINE_MODES.contains(&p.mode.as_str()),
+            "pipeline.mode",
+            || format!("{:?} is not one of {PIPELINE_MODES:?}", p.mode),
+        );
+        c.check(
+            (1..=64).contains(&p.max_queued_utterances),
+            "pipeline.max_queued_utterances",
+            || format!("{} is not in 1..=64", p.max_queued_utterances),
+        );
+
         c.check(
             self.models.slot_dir.is_absolute(),
             "models.slot_dir",
@@ -600,6 +642,8 @@ mod tests {
         cfg.metrics.bind = "everywhere".into();
         cfg.ota.block_size = 1 << 20;
         cfg.mqtt.client_key = None;
+        cfg.pipeline.mode = "fast".into();
+        cfg.pipeline.max_queued_utterances = 0;
         let errs = cfg.validate().unwrap_err();
         let paths: Vec<&str> = errs.0.iter().map(|p| p.path.as_str()).collect();
         for want in [
@@ -610,6 +654,8 @@ mod tests {
             "metrics.bind",
             "ota.block_size",
             "mqtt.client_key",
+            "pipeline.mode",
+            "pipeline.max_queued_utterances",
         ] {
             assert!(paths.contains(&want), "{want} missing from {errs}");
         }

@@ -1,5 +1,5 @@
 //! The speech translator engine: unit extractor + Llama decoder + unit vocoders, loaded once
-//! from a translator folder (`notes/translator-layout.md`) and shared (`Arc`) by any number of
+//! from a translator folder (the README section "The translator folder") and shared (`Arc`) by any number of
 //! per-stream [`Session`]s.
 //!
 //! ```text

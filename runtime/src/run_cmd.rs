@@ -39,11 +39,11 @@ pub struct RunArgs {
     #[arg(long)]
     events: bool,
     /// Waiting utterances before the oldest is dropped.
-    #[arg(long, default_value_t = tolk_runtime::pipeline::DEFAULT_QUEUE_LIMIT)]
-    queue: usize,
+    #[arg(long)]
+    queue: Option<usize>,
     /// `energy`, or the path of silero_vad.jit.
-    #[arg(long, default_value = "energy")]
-    vad: String,
+    #[arg(long)]
+    vad: Option<String>,
     /// Do not publish events over MQTT.
     #[arg(long)]
     no_mqtt: bool,
@@ -118,11 +118,23 @@ fn model_dir(args: &RunArgs, cfg: &Config) -> PathBuf {
         Settings::from_config(cfg),
         Box::new(probe),
     ) {
-        Ok(u) => u.active_dir().unwrap_or_else(|| "models/demo".into()),
+        Ok(u) => u
+            .active_dir()
+            .unwrap_or_else(|| cfg.pipeline.fallback_model.clone()),
         Err(e) => {
-            tracing::warn!("model slots: {e}; using models/demo");
-            "models/demo".into()
+            let fallback = cfg.pipeline.fallback_model.clone();
+            tracing::warn!("model slots: {e}; using {}", fallback.display());
+            fallback
         }
+    }
+}
+
+/// `--vad`, else the config's `pipeline.vad_model`, else the energy VAD.
+fn vad_choice(args: &RunArgs, cfg: &Config) -> String {
+    match (&args.vad, &cfg.pipeline.vad_model) {
+        (Some(v), _) => v.clone(),
+        (None, Some(p)) => p.display().to_string(),
+        (None, None) => "energy".into(),
     }
 }
 
@@ -153,12 +165,14 @@ pub fn run(args: RunArgs) -> Result<()> {
             Direction::parse(&format!("{}-{}", d.source, d.target))?
         }
     };
-    let mode = match &args.mode {
-        Some(m) => Mode::parse(m)?,
-        None => tr.default_mode(),
+    let mode = match args.mode.as_deref().unwrap_or(cfg.pipeline.mode.as_str()) {
+        "auto" => tr.default_mode(),
+        m => Mode::parse(m)?,
     };
     let mut opts = PipelineOptions::new(direction, mode, &cfg.vad);
-    opts.queue_limit = args.queue;
+    opts.queue_limit = args
+        .queue
+        .unwrap_or(cfg.pipeline.max_queued_utterances as usize);
 
     let metrics = Arc::new(Metrics::new());
     let _server = match MetricsServer::start(&cfg.metrics.bind, metrics.clone()) {
@@ -197,7 +211,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let events: Arc<dyn EventSink> = Arc::new(Tee(sinks));
     let mut p = Pipeline::start(
         tr,
-        parse_vad(&args.vad)?,
+        parse_vad(&vad_choice(&args, &cfg))?,
         opts,
         out,
         events.clone(),

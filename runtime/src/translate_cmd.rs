@@ -23,7 +23,7 @@ pub struct TranslateArgs {
     /// Output WAV (16 kHz mono, 16-bit).
     #[arg(short, long)]
     output: PathBuf,
-    /// Translator folder (notes/translator-layout.md).
+    /// Translator folder (the README section "The translator folder").
     #[arg(long, default_value = "models/demo")]
     model: PathBuf,
     #[arg(long, default_value = "en-fr")]

@@ -26,5 +26,8 @@ fn translator_bundles_are_probed_end_to_end() {
     let err = ModelProbe::new(Duration::from_secs(60))
         .probe(&dir)
         .unwrap_err();
-    assert!(err.contains("load") && err.contains("model.safetensors"), "{err}");
+    assert!(
+        err.contains("load") && err.contains("model.safetensors"),
+        "{err}"
+    );
 }

@@ -6,6 +6,7 @@
 //! - [`sft`]: supervised fine-tuning data: examples per strategy, loss masks, batches;
 //! - [`eval`]: `tolk-train eval`, held-out BLEU / METEOR / unit error rate / MCD / ASR-BLEU of a
 //!   translator folder;
+//! - [`preference`]: DPO / SimPO losses and LoRA adapters (peft format);
 //! - [`package`]: assembling a translator folder from SFT, k-means and vocoder outputs;
 //! - [`metrics`]: BLEU, chrF, METEOR, WER, MCD (`score`);
 //! - [`bundle`]: signing a bundle folder (`tolk-train bundle sign`); the manifest format itself
@@ -18,6 +19,7 @@ pub mod corpus;
 pub mod eval;
 pub mod metrics;
 pub mod package;
+pub mod preference;
 pub mod publish;
 pub mod sft;
 pub mod units;

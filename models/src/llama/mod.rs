@@ -6,10 +6,12 @@
 
 mod config;
 mod kv_cache;
+pub mod lora;
 mod model;
 mod rope;
 
 pub use config::{LlamaConfig, RopeScaling};
 pub use kv_cache::KvCache;
+pub use lora::{LoraAdapters, LoraPair, LoraTarget};
 pub use model::{Llama, LoadOptions};
 pub use rope::{inverse_frequencies, RotaryTables};

@@ -5,6 +5,7 @@
 
 use super::config::LlamaConfig;
 use super::kv_cache::KvCache;
+use super::lora::{LoraAdapters, LoraTarget};
 use super::rope::RotaryTables;
 use crate::checkpoint::{load_checked, save_safetensors, TensorSpec};
 use crate::{ModelError, Result};
@@ -343,6 +344,21 @@ impl Llama {
         cache: Option<&mut KvCache>,
         padding_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.forward_hidden_lora(tokens, cache, padding_mask, None)
+    }
+
+    /// [`Self::forward_hidden`] with low-rank adapters added to the projections they cover
+    /// (see [`super::lora`]); `None` is the base model, at no extra cost.
+    pub fn forward_hidden_lora(
+        &self,
+        tokens: &Tensor,
+        cache: Option<&mut KvCache>,
+        padding_mask: Option<&Tensor>,
+        lora: Option<&LoraAdapters>,
+    ) -> Result<Tensor> {
+        if let Some(l) = lora {
+            l.check(&self.cfg)?;
+        }
         let vocab = self.cfg.vocab_size;
         let (min, max) = (
             tokens.f_min()?.int64_value(&[]),
@@ -353,7 +369,7 @@ impl Llama {
                 "token ids must lie in 0..{vocab}, got {min}..={max}"
             )));
         }
-        self.forward_checked_ids(tokens, cache, padding_mask)
+        self.forward_checked_ids(tokens, cache, padding_mask, lora)
     }
 
     /// Hidden states `[1, T, hidden]` for one sequence of host-side ids continuing `cache`: the
@@ -369,7 +385,7 @@ impl Llama {
         let tokens = Tensor::from_slice(&ids)
             .f_to_device(self.device)?
             .f_view([1, -1])?;
-        self.forward_checked_ids(&tokens, Some(cache), None)
+        self.forward_checked_ids(&tokens, Some(cache), None, None)
     }
 
     /// [`Self::forward_hidden`] for token ids already known to be in range.
@@ -378,6 +394,7 @@ impl Llama {
         tokens: &Tensor,
         mut cache: Option<&mut KvCache>,
         padding_mask: Option<&Tensor>,
+        lora: Option<&LoraAdapters>,
     ) -> Result<Tensor> {
         let size = tokens.size();
         let [b, t] = size[..] else {
@@ -406,14 +423,35 @@ impl Llama {
         for (i, layer) in self.layers.iter().enumerate() {
             let _span = tracing::trace_span!("llama_layer", layer = i).entered();
             let h = self.rms_norm(&x, &layer.input_layernorm)?;
-            let h = self.attention(layer, i, &h, past, cache.as_deref_mut(), mask.as_ref())?;
+            let h = self.attention(
+                layer,
+                i,
+                &h,
+                past,
+                cache.as_deref_mut(),
+                mask.as_ref(),
+                lora,
+            )?;
             x = x.f_add(&h)?;
             let h = self.rms_norm(&x, &layer.post_attention_layernorm)?;
-            let gu = layer.gate_up.forward(&h)?;
             let inter = self.cfg.intermediate_size;
+            let mut gu = layer.gate_up.forward(&h)?;
+            if let Some(l) = lora {
+                let parts = [(LoraTarget::Gate, inter), (LoraTarget::Up, inter)];
+                if let Some(d) = l.fused_delta(i, &parts, &h)? {
+                    gu = gu.f_add(&d)?;
+                }
+            }
             let gate = gu.f_narrow(-1, 0, inter)?;
             let up = gu.f_narrow(-1, inter, inter)?;
-            let h = layer.down_proj.forward(&gate.f_silu()?.f_mul(&up)?)?;
+            let act = gate.f_silu()?.f_mul(&up)?;
+            let mut h = layer.down_proj.forward(&act)?;
+            if let Some(Some(d)) = lora
+                .map(|l| l.delta(i, LoraTarget::Down, &act))
+                .transpose()?
+            {
+                h = h.f_add(&d)?;
+            }
             x = x.f_add(&h)?;
         }
         if let Some(c) = cache {
@@ -468,6 +506,7 @@ impl Llama {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         layer: &DecoderLayer,
@@ -476,6 +515,7 @@ impl Llama {
         past: i64,
         cache: Option<&mut KvCache>,
         mask: Option<&Tensor>,
+        lora: Option<&LoraAdapters>,
     ) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
         let (nh, nkv, d) = (
@@ -483,7 +523,17 @@ impl Llama {
             self.cfg.num_key_value_heads,
             self.cfg.head_dim,
         );
-        let qkv = layer.qkv.forward(x)?;
+        let mut qkv = layer.qkv.forward(x)?;
+        if let Some(l) = lora {
+            let parts = [
+                (LoraTarget::Q, nh * d),
+                (LoraTarget::K, nkv * d),
+                (LoraTarget::V, nkv * d),
+            ];
+            if let Some(delta) = l.fused_delta(index, &parts, x)? {
+                qkv = qkv.f_add(&delta)?;
+            }
+        }
         // q and k are adjacent in the fused output: rotate them in one pass.
         let qk = qkv
             .f_narrow(-1, 0, (nh + nkv) * d)?
@@ -505,7 +555,14 @@ impl Llama {
         let out =
             Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None, nkv != nh)?;
         let out = out.f_transpose(1, 2)?.f_reshape([b, t, nh * d])?;
-        layer.o_proj.forward(&out)
+        let y = layer.o_proj.forward(&out)?;
+        match lora
+            .map(|l| l.delta(index, LoraTarget::O, &out))
+            .transpose()?
+        {
+            Some(Some(delta)) => Ok(y.f_add(&delta)?),
+            _ => Ok(y),
+        }
     }
 
     /// Logits `[.., vocab]` for hidden states from [`Self::forward_hidden`].

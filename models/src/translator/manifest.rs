@@ -1,4 +1,4 @@
-//! `tolk-model.json`: the manifest of a translator folder (`notes/translator-layout.md`).
+//! `tolk-model.json`: the manifest of a translator folder (the README section "The translator folder").
 //!
 //! Parsing is strict (unknown keys are errors, serde's message names the key) and
 //! [`ModelManifest::validate`] checks the values, each failure a [`ModelError::Config`] naming

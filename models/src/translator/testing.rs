@@ -1,4 +1,4 @@
-//! A tiny translator folder with random weights, in the layout of `notes/translator-layout.md`,
+//! A tiny translator folder with random weights, in the layout of the README section "The translator folder",
 //! **for tests and benchmarks only**: everything that loads a translator (`tolk-train eval`, the
 //! engine, the runtime pipeline, `tolk translate`) can run without a trained model. It decodes
 //! well-formed but meaningless output. `tolk_training::eval::tiny` re-exports this module.

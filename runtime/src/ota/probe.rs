@@ -173,10 +173,7 @@ impl ModelProbe {
 
 impl HealthProbe for ModelProbe {
     fn probe(&self, slot: &Path) -> Result<ProbeReport, String> {
-        if slot
-            .join(tolk_models::translator::MANIFEST_FILE)
-            .is_file()
-        {
+        if slot.join(tolk_models::translator::MANIFEST_FILE).is_file() {
             TranslatorProbe {
                 budget: self.budget,
             }
