@@ -24,6 +24,10 @@ $(REF)/smollm2/reference.json: tests/reference/smollm2.py | setup
 $(REF)/llama_tiny/reference.json: tests/reference/llama_tiny.py | setup
 	$(PY) tests/reference/llama_tiny.py $(REF)/llama_tiny
 
+# LoRA: a tiny random Llama with peft adapters (B random), their logits, merged and disabled.
+$(REF)/lora_peft/reference.json: tests/reference/lora_peft.py | setup
+	$(PY) tests/reference/lora_peft.py $(REF)/lora_peft
+
 # Unit HiFi-GAN: speechbrain reference (fairseq names) and the fairseq-checkpoint converter's output.
 $(REF)/vocoder/reference.json: tests/reference/vocoder.py models/convert/fairseq_vocoder.py | setup
 	$(PY) tests/reference/vocoder.py $(REF)/vocoder
@@ -60,12 +64,20 @@ $(REF)/silero/reference.json: tests/reference/silero.py tests/reference/speech.p
 $(REF)/metrics/reference.json: tests/reference/metrics.py | setup
 	$(PY) tests/reference/metrics.py $(REF)/metrics
 
-reference: setup $(REF)/smollm2/reference.json $(REF)/llama_tiny/reference.json $(REF)/vocoder/reference.json $(REF)/hubert/reference.json $(REF)/kmeans/reference.json $(REF)/audio_features/reference.json $(REF)/silero/reference.json $(REF)/metrics/reference.json
+reference: setup $(REF)/smollm2/reference.json $(REF)/llama_tiny/reference.json $(REF)/vocoder/reference.json $(REF)/hubert/reference.json $(REF)/kmeans/reference.json $(REF)/audio_features/reference.json $(REF)/silero/reference.json $(REF)/metrics/reference.json $(REF)/lora_peft/reference.json
 
-demo: setup $(REF)/smollm2/reference.json
+# The main job: English and French held-out utterances through the streaming pipeline of the
+# built-in demo model (models/demo); subtitles and latencies printed, translated speech written.
+demo: setup
 	cargo build --release -p tolk-runtime
-	target/release/tolk model generate $(REF)/smollm2/model \
-	  --prompt "Here is how to buy a train ticket at the station:" --max-new-tokens 64
+	mkdir -p target/demo
+	@echo "== English -> French (models/demo/samples/en.wav; references in models/demo/samples/README.md)"
+	target/release/tolk translate models/demo/samples/en.wav -o target/demo/en-to-fr.wav \
+	  --model models/demo --direction en-fr
+	@echo "== French -> English (models/demo/samples/fr.wav)"
+	target/release/tolk translate models/demo/samples/fr.wav -o target/demo/fr-to-en.wav \
+	  --model models/demo --direction fr-en
+	@echo "translated speech: target/demo/en-to-fr.wav, target/demo/fr-to-en.wav"
 
 # The built-in demo model, reproduced from scratch (hours on a 2-core CPU; resumable: re-running
 # continues the SFT and vocoder trainings from their checkpoints). Data in data/demo, runs in runs/.

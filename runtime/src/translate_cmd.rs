@@ -97,6 +97,16 @@ pub fn run(args: TranslateArgs) -> Result<()> {
     if !args.events {
         for r in &sum.reports {
             println!("{}", r.text);
+            let ms = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{:.0} ms", s * 1e3));
+            eprintln!(
+                "  [{} {:.1} s of speech] first text {}, first audio {} after the end of speech; \
+                 real-time factor {:.2}",
+                r.direction,
+                r.duration_s,
+                ms(r.first_text_s),
+                ms(r.first_audio_s),
+                r.rtf
+            );
         }
     }
     eprintln!(

@@ -97,17 +97,29 @@ pub struct LoraPair {
 }
 
 impl LoraPair {
-    /// `B (A dropout(x)) * scaling`.
+    /// `B (A dropout(x)) * scaling`. Like peft, the input is cast to the adapters' dtype (f32
+    /// adapters on a half-precision model) and the result back to the input's.
     fn delta(&self, x: &Tensor, dropout: f64, training: bool, scaling: f64) -> Result<Tensor> {
         let x = if training && dropout > 0.0 {
             x.f_dropout(dropout, true)?
         } else {
             x.shallow_clone()
         };
+        let kind = x.kind();
+        let x = if self.a.kind() != kind {
+            x.f_to_kind(self.a.kind())?
+        } else {
+            x
+        };
         let low = x.f_linear::<&Tensor>(&self.a, None)?;
-        Ok(low
+        let out = low
             .f_linear::<&Tensor>(&self.b, None)?
-            .f_mul_scalar(scaling)?)
+            .f_mul_scalar(scaling)?;
+        Ok(if out.kind() != kind {
+            out.f_to_kind(kind)?
+        } else {
+            out
+        })
     }
 }
 

@@ -850,6 +850,35 @@ mod tests {
     }
 
     #[test]
+    fn f32_adapters_on_a_bf16_model() {
+        let cfg = tiny();
+        let lora = Lora::new(&cfg, LoraConfig::default(), Device::Cpu, 1).unwrap();
+        randomize_b(&lora, 4);
+        let f32_model = Llama::random(cfg.clone(), LoadOptions::default(), 3).unwrap();
+        let run = |dtype: Kind| {
+            let opts = LoadOptions {
+                dtype,
+                ..Default::default()
+            };
+            let tensors: HashMap<String, Tensor> = f32_model
+                .named_tensors()
+                .into_iter()
+                .map(|(n, t)| (n, t.to_kind(dtype).copy()))
+                .collect();
+            let model = Llama::from_tensors(cfg.clone(), tensors, opts).unwrap();
+            let h = model
+                .forward_hidden_lora(&tokens(), None, None, Some(lora.adapters()))
+                .unwrap();
+            assert_eq!(h.kind(), dtype);
+            h.to_kind(Kind::Float)
+        };
+        let (full, half) = (run(Kind::Float), run(Kind::BFloat16));
+        let scale = full.abs().max().double_value(&[]);
+        let d = (&full - &half).abs().max().double_value(&[]);
+        assert!(d <= 0.05 * scale, "bf16 differs by {d} (scale {scale})");
+    }
+
+    #[test]
     fn dropout_only_in_training() {
         let cfg = tiny();
         let mut lora = Lora::new(

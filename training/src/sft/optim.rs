@@ -138,7 +138,7 @@ impl AdamW {
             let denom = p.exp_avg_sq.sqrt() / bc2_sqrt + self.eps;
             let _ = w.addcdiv_(&(&p.exp_avg * (-lr / bc1)), &denom);
             if let Some(m) = &p.master {
-                let _ = p.tensor.copy_(m);
+                p.tensor.copy_(m);
             }
         }
     }

@@ -1,0 +1,153 @@
+//! End to end on the built-in demo model (`models/demo`, committed): held-out sentences of the
+//! synthetic corpus's test split (`models/demo/heldout.jsonl`; never seen in training), spoken
+//! by espeak-ng at test time with the voice, speed and pitch the corpus used, joined with
+//! silence and pushed through the streaming kiosk pipeline (VAD, endpointing, streaming unit
+//! extraction, chain-of-modality decoding, chunked vocoding), in both directions.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tolk_models::audio::resample::resample;
+use tolk_models::audio::wav::read_wav;
+use tolk_models::translator::{Direction, Mode, Translator};
+use tolk_runtime::audio::{AudioSource, Pacing, RingOptions};
+use tolk_runtime::events::Collect;
+use tolk_runtime::metrics::Metrics;
+use tolk_runtime::pipeline::{FeedEnd, MemoryOut, Pipeline, PipelineOptions, VadKind};
+
+const SR: u32 = 16_000;
+/// Sentence-level exact matches (case and punctuation aside) the test demands per direction: the
+/// README reports the demo model's held-out figures; this is a floor under them.
+const MIN_EXACT: f64 = 0.5;
+
+fn demo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/demo")
+}
+
+/// espeak-ng with a corpus voice description (`en-us s134 p69`), at 16 kHz.
+fn speak(text: &str, voice: &str, dir: &Path) -> Vec<f32> {
+    let mut parts = voice.split_whitespace();
+    let name = parts.next().unwrap();
+    let mut cmd = Command::new("espeak-ng");
+    cmd.args(["-v", name]);
+    for p in parts {
+        let (flag, value) = p.split_at(1);
+        cmd.args([format!("-{flag}"), value.to_string()]);
+    }
+    let wav = dir.join("s.wav");
+    let st = cmd
+        .arg("-w")
+        .arg(&wav)
+        .arg("--")
+        .arg(text)
+        .status()
+        .expect("espeak-ng is installed (deploy/host/setup.sh)");
+    assert!(st.success());
+    let a = read_wav(&wav).unwrap();
+    resample(&a.samples, a.sample_rate, SR).unwrap()
+}
+
+fn normalise(s: &str) -> String {
+    s.to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn run_direction(tr: &Arc<Translator>, direction: Direction) {
+    let t = tempfile::tempdir().unwrap();
+    let held: Vec<serde_json::Value> = std::fs::read_to_string(demo_dir().join("heldout.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (src, src_voice, tgt) = match direction {
+        Direction::EnFr => ("text", "voice", "target_text"),
+        Direction::FrEn => ("target_text", "target_voice", "text"),
+    };
+    let mut audio = vec![0.0f32; SR as usize / 2];
+    for h in &held {
+        audio.extend(speak(
+            h[src].as_str().unwrap(),
+            h[src_voice].as_str().unwrap(),
+            t.path(),
+        ));
+        audio.extend(std::iter::repeat_n(0.0, SR as usize));
+    }
+    let seconds = audio.len() as f64 / SR as f64;
+    let mut opts = PipelineOptions::new(
+        direction,
+        Mode::ChainOfModality,
+        &tolk_config::VadConfig::default(),
+    );
+    // Audio arrives faster than real time here: keep every utterance (a live kiosk drops the
+    // oldest beyond the limit instead; tests/pipeline.rs checks that policy).
+    opts.queue_limit = usize::MAX;
+    let mut p = Pipeline::start(
+        tr.clone(),
+        VadKind::energy(),
+        opts,
+        MemoryOut::default(),
+        Arc::new(Collect::default()),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let mut source = AudioSource::memory(audio, SR, Pacing::Fast, RingOptions::default());
+    assert_eq!(
+        p.feed(&mut source, &AtomicBool::new(false)).unwrap(),
+        FeedEnd::Finished
+    );
+    let mut sum = p.finish(true);
+    sum.reports.sort_by_key(|r| r.id);
+    assert!(sum.failed.is_empty(), "{:?}", sum.failed);
+    assert_eq!(
+        sum.reports.len(),
+        held.len(),
+        "one translation per sentence ({seconds:.1} s of audio)"
+    );
+    let mut exact = 0;
+    for (r, h) in sum.reports.iter().zip(&held) {
+        let want = h[tgt].as_str().unwrap();
+        let ok = normalise(&r.text) == normalise(want);
+        exact += ok as usize;
+        println!(
+            "{direction} {} {:>5} | {} | ref: {want} (first audio {:.0} ms)",
+            h["id"].as_str().unwrap(),
+            if ok { "exact" } else { "" },
+            r.text,
+            r.first_audio_s.unwrap_or(f64::NAN) * 1e3
+        );
+        assert!(!r.units.is_empty(), "no speech units for {}", h["id"]);
+        assert!(r.samples_out > 0);
+    }
+    let frac = exact as f64 / held.len() as f64;
+    println!("{direction}: {exact}/{} exact", held.len());
+    assert!(
+        frac >= MIN_EXACT,
+        "{direction}: {exact}/{} exact matches",
+        held.len()
+    );
+    let pcm = sum.output.samples();
+    assert_eq!(tr.sample_rate(), SR as i64);
+    assert!(pcm.iter().all(|x| x.is_finite()));
+    let rms = (pcm.iter().map(|x| x * x).sum::<f32>() / pcm.len() as f32).sqrt();
+    assert!(rms > 0.01, "translated speech is silent (RMS {rms})");
+}
+
+#[test]
+fn held_out_sentences_both_directions() {
+    let tr = Arc::new(Translator::load(&demo_dir(), tch::Device::Cpu, tch::Kind::Float).unwrap());
+    run_direction(&tr, Direction::EnFr);
+    run_direction(&tr, Direction::FrEn);
+}
