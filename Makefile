@@ -107,9 +107,20 @@ demo-eval: setup
 	  --units $(DEMO_DATA)/units.jsonl --direction $$d --out runs/eval-demo-$$d; done
 
 # The strategy comparison of the README (vanilla / tri-task / chain of modality, same budget).
+# Needs the demo data and vocoders (make demo-model). Reports in runs/table-*/eval-*/report.md.
 sft-table: setup
 	cargo build --release -p tolk-training --bin tolk-train
-	for s in vanilla tri-task com; do $(TRAIN) sft --recipe training/recipes/sft-table-$$s.toml; done
+	for s in vanilla tri-task com; do \
+	  $(TRAIN) sft --recipe training/recipes/sft-table-$$s.toml; \
+	  $(TRAIN) package --llm runs/table-$$s/final --kmeans $(DEMO_DATA)/kmeans100.safetensors \
+	    --vocoder en=runs/vocoder-en --vocoder fr=runs/vocoder-fr --out runs/table-$$s/translator --dtype f32; \
+	  case $$s in vanilla) modes=s2st;; tri-task) modes="s2tt s2st";; com) modes=com;; esac; \
+	  for d in en-fr fr-en; do for m in $$modes; do \
+	    $(TRAIN) eval --model runs/table-$$s/translator --manifest $(DEMO_DATA)/corpus/test.jsonl \
+	      --units $(DEMO_DATA)/units.jsonl --direction $$d --mode $$m --limit 60 --no-asr \
+	      --out runs/table-$$s/eval-$$d-$$m; \
+	  done; done; \
+	done
 
 test: reference
 	cargo test --workspace --no-fail-fast
