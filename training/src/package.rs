@@ -14,7 +14,8 @@ use tolk_models::translator::{
     Direction, ModelManifest, Strategy, Translator, UnitsSpec, MANIFEST_FILE, MODEL_FORMAT,
 };
 
-/// `tolk-train package` arguments.
+/// `tolk-train package` arguments. The output folder keeps files that are not part of the
+/// translator (for example `models/demo/samples/`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct PackageArgs {
     /// The SFT output's `final/` folder (Hugging Face Llama + tokenizer.json + sft.json).
@@ -26,7 +27,7 @@ pub struct PackageArgs {
     /// `LANG=DIR` vocoder folder per target language (`tolk-train vocoder` output).
     #[arg(long = "vocoder", required = true)]
     pub vocoders: Vec<String>,
-    /// Output translator folder (replaced).
+    /// Output translator folder (its translator entries are replaced, other files kept).
     #[arg(long)]
     pub out: PathBuf,
     /// Storage dtype of floating-point weights: f16, bf16 or f32.
@@ -135,7 +136,7 @@ pub fn package(a: &PackageArgs) -> Result<PackageSummary> {
             kmeans: "units/kmeans.safetensors".into(),
         },
         llm: "llm".into(),
-        vocoders: names,
+        vocoders: names.clone(),
         max_text_tokens: a.max_text_tokens,
         max_target_units: a.max_target_units,
     };
@@ -145,12 +146,33 @@ pub fn package(a: &PackageArgs) -> Result<PackageSummary> {
     )?;
     Translator::load(&tmp, Device::Cpu, Kind::Float)
         .with_context(|| format!("the packaged folder {} does not load", tmp.display()))?;
-    if a.out.exists() {
-        std::fs::remove_dir_all(&a.out)?;
+    // Replace the translator's own entries only: other files in the folder (samples, notes)
+    // stay. The manifest goes last, so a reader never sees it before the files it names.
+    std::fs::create_dir_all(&a.out)?;
+    let mut entries: Vec<_> = std::fs::read_dir(&tmp)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|n| n == MANIFEST_FILE);
+    for name in entries {
+        let dst = a.out.join(&name);
+        if dst.is_dir() {
+            std::fs::remove_dir_all(&dst)?;
+        } else if dst.exists() {
+            std::fs::remove_file(&dst)?;
+        }
+        std::fs::rename(tmp.join(&name), &dst)?;
     }
-    std::fs::rename(&tmp, &a.out)?;
+    std::fs::remove_dir(&tmp)?;
     let mut files = BTreeMap::new();
-    let mut stack = vec![a.out.clone()];
+    let mut stack: Vec<PathBuf> = names
+        .values()
+        .chain(["llm".to_string(), "units".to_string()].iter())
+        .map(|n| a.out.join(n))
+        .collect();
+    files.insert(
+        MANIFEST_FILE.to_string(),
+        std::fs::metadata(a.out.join(MANIFEST_FILE))?.len(),
+    );
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d)? {
             let e = e?;

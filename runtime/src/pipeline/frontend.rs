@@ -85,8 +85,9 @@ impl Utterance {
 /// What one push produced.
 #[derive(Debug, Clone)]
 pub enum FrontEvent {
-    /// Speech started (confirmed); `start_s` is the detected start, pre-roll excluded.
-    Start { id: u64, start_s: f64 },
+    /// Speech started (confirmed); `start_s` is the detected start, pre-roll excluded, and
+    /// `sample` the same start in 16 kHz samples since the start of the stream.
+    Start { id: u64, start_s: f64, sample: u64 },
     /// Speech ended: the utterance to translate.
     Utterance(Utterance),
 }
@@ -250,6 +251,7 @@ impl FrontEnd {
                     out.push(FrontEvent::Start {
                         id,
                         start_s: sample as f64 / SAMPLE_RATE as f64,
+                        sample,
                     });
                 }
                 SpeechEvent::End { sample, reason } => {

@@ -269,7 +269,7 @@ impl<O: PcmOut + 'static> Pipeline<O> {
 fn handle<O>(sh: &Shared<O>, evs: Vec<FrontEvent>) {
     for ev in evs {
         match ev {
-            FrontEvent::Start { id, start_s } => sh.emit(Event::UtteranceStart {
+            FrontEvent::Start { id, start_s, .. } => sh.emit(Event::UtteranceStart {
                 utterance: id,
                 direction: sh.direction.clone(),
                 start_s,

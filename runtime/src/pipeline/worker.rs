@@ -49,6 +49,21 @@ pub struct UtteranceReport {
     pub output_error: Option<String>,
 }
 
+/// Whether `translator` can decode `mode` in `direction` (with a vocoder when it speaks).
+fn check_task(translator: &Translator, direction: Direction, mode: Mode) -> Result<()> {
+    mode.task_for(translator.manifest().strategy)?;
+    if !translator.manifest().supports_direction(direction) {
+        return Err(PipelineError::Options(format!(
+            "the model at {} does not translate {direction}",
+            translator.dir().display()
+        )));
+    }
+    if mode.has_units() {
+        translator.vocoder(direction.tgt())?;
+    }
+    Ok(())
+}
+
 /// Decodes utterances with its own [`Session`] and streams units into a vocoder.
 pub struct UtteranceTranslator {
     session: Session,
@@ -65,22 +80,23 @@ impl UtteranceTranslator {
         chunk_units: usize,
     ) -> Result<Self> {
         // Fail early on a mode or direction the model cannot do.
-        mode.task_for(translator.manifest().strategy)?;
-        if !translator.manifest().supports_direction(direction) {
-            return Err(PipelineError::Options(format!(
-                "the model at {} does not translate {direction}",
-                translator.dir().display()
-            )));
-        }
-        if mode.has_units() {
-            translator.vocoder(direction.tgt())?;
-        }
+        check_task(&translator, direction, mode)?;
         Ok(Self {
             session: Session::new(translator)?,
             direction,
             mode,
             chunk_units: chunk_units.max(1),
         })
+    }
+
+    /// Direction and mode of the next utterances (checked as in [`Self::new`]).
+    pub fn set_task(&mut self, direction: Direction, mode: Mode) -> Result<()> {
+        if (direction, mode) != (self.direction, self.mode) {
+            check_task(self.session.translator(), direction, mode)?;
+            self.direction = direction;
+            self.mode = mode;
+        }
+        Ok(())
     }
 
     pub fn direction(&self) -> Direction {
@@ -317,7 +333,7 @@ impl Translating {
         let mut reports = Vec::new();
         for ev in evs {
             match ev {
-                FrontEvent::Start { id, start_s } => on(StreamEvent::Start { id, start_s }),
+                FrontEvent::Start { id, start_s, .. } => on(StreamEvent::Start { id, start_s }),
                 FrontEvent::Utterance(u) => {
                     on(StreamEvent::End(&u));
                     match self

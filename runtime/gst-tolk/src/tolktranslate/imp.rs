@@ -2,17 +2,21 @@
 //!
 //! ```text
 //!            streaming thread (sink pad)                         src pad task (worker)
-//! buffers -> VAD + endpointing -> unit extraction  --Job-->  decode (text deltas -> messages,
-//!            (Front, per 512-sample window)     bounded queue   final text -> tag event)
-//!                                                              units -> chunked vocoder -> buffers
+//! buffers -> tolk_runtime FrontEnd: VAD +   --Job-->  tolk_runtime UtteranceTranslator: decode
+//!            endpointing + unit extraction  bounded    (text deltas -> messages, final text ->
+//!            (per 512-sample window)        queue      tag event), units -> chunked vocoder ->
+//!                                                      buffers (SrcOut)
 //! ```
 //!
+//! The speech front end and the decoder are the kiosk pipeline's (`tolk_runtime::pipeline`);
+//! the element adds the GStreamer side: input timestamps, the job queue, messages and buffers.
 //! The sink pad's chain function only runs the cheap per-window work (VAD, MFCC/HuBERT units of
 //! the open utterance, fed with a short lag so that the hangover after the endpoint is not
 //! extracted). At the endpoint the utterance's units go into a bounded job queue; the src pad's
-//! task (a GStreamer-owned thread) decodes them with a `Session` and pushes PCM as the vocoder
-//! produces it. Serialized events (stream-start, caps, segment, tags, EOS) travel through the
-//! same queue, so they stay in order with the audio.
+//! task (a GStreamer-owned thread) decodes them and pushes PCM as the vocoder produces it.
+//! Serialized events (stream-start, caps, segment, tags, EOS) travel through the same queue, so
+//! they stay in order with the audio (which is why the element keeps its own job queue rather
+//! than the runtime's utterance-only `UtteranceQueue`).
 //!
 //! Overload policy (`overload` property): with `drop-oldest` a full queue (`queue-size`
 //! utterances waiting) drops its oldest utterance, posting a warning and a `tolk-dropped`
@@ -37,12 +41,14 @@ use gstreamer::subclass::prelude::*;
 use gstreamer_audio as gst_audio;
 
 use tch::{Device, Kind};
-use tolk_models::audio::endpoint::{EndReason, EndpointConfig, Endpointer, SpeechEvent};
-use tolk_models::audio::vad::{EnergyVad, SileroVad, VoiceActivity};
-use tolk_models::translator::{
-    tensor_to_pcm, Direction, Event as DecodeEvent, Mode, Session, Translator, UnitsSpec,
+use tolk_models::audio::endpoint::EndpointConfig;
+use tolk_models::audio::vad::SileroVad;
+use tolk_models::translator::{Direction, Mode, Translator};
+use tolk_runtime::events::EndCause;
+use tolk_runtime::pipeline::{
+    FrontEnd, FrontEvent as RtFrontEvent, Output as WorkerOutput, PcmOut, PipelineError,
+    PipelineOptions, Utterance as RtUtterance, UtteranceTranslator, VadKind, MAX_UTTERANCE_S,
 };
-use tolk_models::units::{StreamOptions, UnitExtractor, UnitStream};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -77,11 +83,11 @@ impl MulDiv for u64 {
     }
 }
 
-fn end_reason_str(reason: EndReason) -> &'static str {
-    match reason {
-        EndReason::Silence => "silence",
-        EndReason::MaxLengthAtPause | EndReason::MaxLengthForced => "max-length",
-        EndReason::EndOfStream => "end-of-stream",
+fn end_cause_str(cause: EndCause) -> &'static str {
+    match cause {
+        EndCause::Silence => "silence",
+        EndCause::MaxLength => "max-length",
+        EndCause::SourceEnded => "end-of-stream",
     }
 }
 
@@ -220,102 +226,78 @@ struct Engine {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Streaming-thread side: VAD, endpointing, unit extraction
+// Streaming-thread side: the runtime's speech front end (VAD, endpointing, unit extraction)
 
 /// One finished utterance, waiting for the decoder.
 struct Utterance {
-    id: u64,
+    /// The front end's utterance (with the element's id): units, end cause, and when the
+    /// endpoint was detected (latencies count from there).
+    utt: RtUtterance,
     /// Stream times of the speech start and end (input timeline).
     start: gst::ClockTime,
     end: gst::ClockTime,
-    reason: EndReason,
-    units: Vec<u32>,
     direction: Direction,
     mode: Mode,
-    /// When the endpoint was detected (latencies count from here).
-    detected: Instant,
 }
 
-/// The utterance being spoken.
-struct OpenSegment {
-    id: u64,
-    start: u64,
-    /// Absolute sample up to which the unit stream has been fed.
-    fed: u64,
-    units: Vec<u32>,
-}
-
+/// What the front end reports, on the input timeline.
 enum FrontEvent {
     Start {
         id: u64,
         at: gst::ClockTime,
     },
+    /// `utt.id` is the element's utterance id.
     End {
-        id: u64,
         start: gst::ClockTime,
         end: gst::ClockTime,
-        reason: EndReason,
-        units: Vec<u32>,
+        utt: RtUtterance,
     },
 }
 
+/// [`FrontEnd`] of `tolk-runtime` (the kiosk's front end: VAD + endpointer, streaming unit
+/// extraction lagging by the endpointer's delay, so that an utterance's units are exactly the
+/// offline units of its segment) plus what the element adds: input timestamps, the liveness of
+/// upstream and the element-wide utterance numbering.
 struct Front {
-    endpointer: Endpointer<Box<dyn VoiceActivity>>,
-    extractor: Arc<UnitExtractor>,
-    units: UnitStream<Arc<UnitExtractor>>,
-    /// Recent input; `history[0]` is absolute sample `history_start`.
-    history: VecDeque<f32>,
-    history_start: u64,
-    /// Samples of history kept (longest utterance + 1 s): every segment start the endpointer
-    /// can still report lies inside.
-    keep: u64,
-    /// The unit stream is fed up to `now - lag`: the hangover after an endpoint is not
-    /// extracted (a cut at an earlier pause falls back to offline extraction).
-    lag: u64,
-    seg: Option<OpenSegment>,
+    inner: FrontEnd,
+    /// Element utterance id of the open segment, with the front end's id it maps to.
+    open: Option<(u64, u64)>,
     /// Input time of sample 0.
     base: Option<gst::ClockTime>,
     /// Whether upstream is live (asked once per stream).
     live: Option<bool>,
-    non_finite: u64,
-    scratch: Vec<f32>,
 }
 
 impl Front {
     fn new(engine: &Engine, s: &Settings) -> Result<Self, String> {
-        let vad: Box<dyn VoiceActivity> = match &engine.silero {
-            Some(v) => Box::new(v.stream().map_err(|e| e.to_string())?),
-            None => Box::new(EnergyVad::default()),
+        let vad = match &engine.silero {
+            Some(v) => VadKind::Silero(v.clone()),
+            None => VadKind::energy(),
         };
-        let cfg = EndpointConfig {
-            threshold: s.vad_threshold,
-            min_speech_ms: MIN_SPEECH_MS,
-            min_silence_ms: s.min_silence_ms as f64,
-            max_speech_s: s.max_utterance_ms as f64 / 1000.0,
-            ..EndpointConfig::default()
+        let opts = PipelineOptions {
+            direction: s.direction.into(),
+            mode: engine.translator.default_mode(),
+            endpoint: EndpointConfig {
+                threshold: s.vad_threshold,
+                min_speech_ms: MIN_SPEECH_MS,
+                min_silence_ms: s.min_silence_ms as f64,
+                // The runtime's limit (a session's cache holds 30 s of source units).
+                max_speech_s: (s.max_utterance_ms as f64 / 1000.0).min(MAX_UTTERANCE_S),
+                ..EndpointConfig::default()
+            },
+            // Segments start at the detected start of speech.
+            pre_roll_ms: 0,
+            queue_limit: s.queue_size.max(1) as usize,
+            vocoder_chunk_units: VOCODE_CHUNK_UNITS,
+            workers: 1,
         };
-        let endpointer = Endpointer::new(vad, cfg).map_err(|e| e.to_string())?;
-        let extractor = engine.translator.extractor().clone();
-        let opts = if matches!(engine.translator.manifest().units, UnitsSpec::Hubert { .. }) {
-            StreamOptions::hubert_default()
-        } else {
-            StreamOptions::frame_local()
-        };
-        let units = extractor.stream(opts);
-        let window = tolk_models::audio::vad::WINDOW as u64;
+        let inner = FrontEnd::new(engine.translator.clone(), &vad, &opts, RATE)
+            .map_err(|e| e.to_string())?;
         Ok(Self {
-            endpointer,
-            extractor,
-            units,
-            history: VecDeque::new(),
-            history_start: 0,
-            keep: s.max_utterance_ms as u64 * RATE as u64 / 1000 + RATE as u64,
-            lag: s.min_silence_ms as u64 * RATE as u64 / 1000 + 2 * window,
-            seg: None,
+            inner,
+            open: None,
             base: None,
             live: None,
-            non_finite: 0,
-            scratch: Vec::new(),
         })
     }
 
@@ -323,141 +305,60 @@ impl Front {
         self.base.unwrap_or(gst::ClockTime::ZERO) + samples_to_time(sample)
     }
 
-    fn copy_history(&mut self, from: u64, to: u64) {
-        let a = (from - self.history_start) as usize;
-        let b = (to - self.history_start) as usize;
-        self.scratch.clear();
-        self.scratch.extend(self.history.range(a..b));
+    /// Input samples that were NaN or infinite (replaced by 0) in this stream.
+    fn non_finite(&self) -> usize {
+        self.inner.non_finite_samples()
     }
 
-    fn feed(&mut self, to: u64) -> Result<(), String> {
-        let Some(fed) = self.seg.as_ref().map(|s| s.fed) else {
-            return Ok(());
-        };
-        if to <= fed {
-            return Ok(());
+    fn convert(&mut self, events: Vec<RtFrontEvent>, next_id: &AtomicU64) -> Vec<FrontEvent> {
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            match ev {
+                RtFrontEvent::Start { id, sample, .. } => {
+                    let el = next_id.fetch_add(1, Ordering::Relaxed);
+                    self.open = Some((id, el));
+                    out.push(FrontEvent::Start {
+                        id: el,
+                        at: self.time_of(sample),
+                    });
+                }
+                RtFrontEvent::Utterance(mut u) => {
+                    u.id = match self.open.take() {
+                        Some((fid, el)) if fid == u.id => el,
+                        _ => next_id.fetch_add(1, Ordering::Relaxed),
+                    };
+                    out.push(FrontEvent::End {
+                        start: self.time_of(u.start_sample),
+                        end: self.time_of(u.end_sample.max(u.start_sample)),
+                        utt: u,
+                    });
+                }
+            }
         }
-        self.copy_history(fed, to);
-        let u = self.units.push(&self.scratch).map_err(|e| e.to_string())?;
-        let seg = self.seg.as_mut().expect("checked above");
-        seg.units.extend(u.into_iter().map(|u| u as u32));
-        seg.fed = to;
-        Ok(())
+        out
     }
 
-    fn handle(
-        &mut self,
-        ev: SpeechEvent,
-        next_id: &AtomicU64,
-        out: &mut Vec<FrontEvent>,
-    ) -> Result<(), String> {
-        match ev {
-            SpeechEvent::Start { sample } => {
-                let id = next_id.fetch_add(1, Ordering::Relaxed);
-                self.units.reset();
-                self.seg = Some(OpenSegment {
-                    id,
-                    start: sample.max(self.history_start),
-                    fed: sample.max(self.history_start),
-                    units: Vec::new(),
-                });
-                out.push(FrontEvent::Start {
-                    id,
-                    at: self.time_of(sample),
-                });
-            }
-            SpeechEvent::End { sample, reason } => {
-                let Some(seg) = self.seg.as_ref() else {
-                    return Ok(());
-                };
-                let (id, start, fed) = (seg.id, seg.start, seg.fed);
-                let end = sample.max(start);
-                let units = if fed <= end {
-                    self.feed(end)?;
-                    let rest = self.units.finish().map_err(|e| e.to_string())?;
-                    let mut units = self.seg.take().map(|s| s.units).unwrap_or_default();
-                    units.extend(rest.into_iter().map(|u| u as u32));
-                    units
-                } else {
-                    // Cut at a pause before what was already fed: extract the segment offline.
-                    self.seg = None;
-                    self.copy_history(start, end);
-                    self.extractor
-                        .extract(&self.scratch)
-                        .map_err(|e| e.to_string())?
-                        .into_iter()
-                        .map(|u| u as u32)
-                        .collect()
-                };
-                self.units.reset();
-                out.push(FrontEvent::End {
-                    id,
-                    start: self.time_of(start),
-                    end: self.time_of(end),
-                    reason,
-                    units,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Consumes 16 kHz samples (non-finite ones replaced by 0).
-    fn push(
-        &mut self,
-        samples: &mut [f32],
-        next_id: &AtomicU64,
-    ) -> Result<Vec<FrontEvent>, String> {
-        for x in samples.iter_mut() {
-            if !x.is_finite() {
-                *x = 0.0;
-                self.non_finite += 1;
-            }
-        }
-        self.history.extend(samples.iter().copied());
-        let res = self.endpointer.push(samples).map_err(|e| e.to_string())?;
-        let total = self.endpointer.samples();
-        let mut out = Vec::new();
-        for ev in res.events {
-            self.handle(ev, next_id, &mut out)?;
-        }
-        if self.seg.is_some() {
-            self.feed(total.saturating_sub(self.lag))?;
-        }
-        let mut keep_from = total.saturating_sub(self.keep);
-        if let Some(seg) = &self.seg {
-            keep_from = keep_from.min(seg.start);
-        }
-        if keep_from > self.history_start {
-            let n = ((keep_from - self.history_start) as usize).min(self.history.len());
-            self.history.drain(..n);
-            self.history_start += n as u64;
-        }
-        Ok(out)
+    /// Consumes 16 kHz samples (non-finite ones are replaced by 0).
+    fn push(&mut self, samples: &[f32], next_id: &AtomicU64) -> Result<Vec<FrontEvent>, String> {
+        let ev = self.inner.push(samples).map_err(|e| e.to_string())?;
+        Ok(self.convert(ev, next_id))
     }
 
     /// End of stream: closes an open utterance, then starts over (a new stream follows a flush).
     fn finish(&mut self, next_id: &AtomicU64) -> Result<Vec<FrontEvent>, String> {
-        let res = self.endpointer.finish().map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        for ev in res.events {
-            self.handle(ev, next_id, &mut out)?;
-        }
+        let res = self.inner.finish().map_err(|e| e.to_string());
+        let out = res.map(|ev| self.convert(ev, next_id));
         self.reset();
-        Ok(out)
+        out
     }
 
     fn reset(&mut self) {
-        let _ = self.endpointer.reset();
-        self.units.reset();
-        self.history.clear();
-        self.history_start = 0;
-        self.seg = None;
+        self.inner.reset_stream();
+        self.open = None;
         self.base = None;
         self.live = None;
     }
 }
-
 // ---------------------------------------------------------------------------------------------
 // Worker side: the job queue and the decoder
 
@@ -515,8 +416,8 @@ impl Shared {
 
 /// Decoder state, used by the src pad task only.
 struct Worker {
-    translator: Arc<Translator>,
-    session: Session,
+    /// The runtime's decoder: units in, text deltas and vocoded PCM out.
+    translator: UtteranceTranslator,
     out: Output,
 }
 
@@ -537,6 +438,60 @@ impl Default for Output {
             offset: 0,
             discont: true,
         }
+    }
+}
+
+/// The src pad as the decoder's [`PcmOut`]: one buffer per PCM chunk, back to back within an
+/// utterance, from `pts` on. A refused push is kept in `flow` and ends the utterance's audio.
+struct SrcOut<'a> {
+    imp: &'a TolkTranslate,
+    out: &'a mut Output,
+    pts: gst::ClockTime,
+    flow: Option<gst::FlowError>,
+}
+
+impl PcmOut for SrcOut<'_> {
+    fn write(&mut self, pcm: &[f32]) -> tolk_runtime::pipeline::Result<()> {
+        if self.imp.shared.flushing.load(Ordering::Relaxed) {
+            self.flow.get_or_insert(gst::FlowError::Flushing);
+        }
+        if let Some(f) = self.flow {
+            return Err(PipelineError::Output(format!("{f:?}")));
+        }
+        if pcm.is_empty() {
+            return Ok(());
+        }
+        let out = &mut *self.out;
+        let n = pcm.len() as u64;
+        let mut bytes = Vec::with_capacity(pcm.len() * 4);
+        for x in pcm {
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        let mut buffer = gst::Buffer::from_mut_slice(bytes);
+        let dur = samples_to_time(out.offset + n) - samples_to_time(out.offset);
+        {
+            let b = buffer.get_mut().expect("a new buffer is writable");
+            b.set_pts(self.pts);
+            b.set_duration(dur);
+            b.set_offset(out.offset);
+            b.set_offset_end(out.offset + n);
+            if out.discont {
+                b.set_flags(gst::BufferFlags::DISCONT);
+                out.discont = false;
+            }
+        }
+        self.pts += dur;
+        out.offset += n;
+        out.next_pts = Some(self.pts);
+        if let Err(f) = self.imp.srcpad.push(buffer) {
+            self.flow = Some(f);
+            return Err(PipelineError::Output(format!("{f:?}")));
+        }
+        Ok(())
+    }
+
+    fn end_of_utterance(&mut self) -> tolk_runtime::pipeline::Result<()> {
+        Ok(())
     }
 }
 
@@ -635,17 +590,17 @@ impl TolkTranslate {
                 )
             ));
         }
-        resolve_mode(s.mode, t)
+        let mode = resolve_mode(s.mode, t)
             .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{}", e)))?;
         let front = Front::new(engine, &s)
             .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{}", e)))?;
-        let session = Session::new(t.clone()).map_err(|e| {
+        let translator = UtteranceTranslator::new(t.clone(), direction, mode, VOCODE_CHUNK_UNITS)
+            .map_err(|e| {
             gst::error_msg!(gst::LibraryError::Init, ("cannot create a session: {}", e))
         })?;
         *lock(&self.front) = Some(front);
         *lock(&self.worker) = Some(Worker {
-            translator: t.clone(),
-            session,
+            translator,
             out: Output::default(),
         });
         Ok(())
@@ -771,7 +726,7 @@ impl TolkTranslate {
         if let Some(flow) = self.shared.lock().flow {
             return Err(flow);
         }
-        let mut samples = {
+        let samples = {
             let map = buffer.map_readable().map_err(|_| {
                 gst::element_imp_error!(self, gst::CoreError::Failed, ("cannot map a buffer"));
                 gst::FlowError::Error
@@ -798,8 +753,8 @@ impl TolkTranslate {
             if front.base.is_none() {
                 front.base = Some(buffer.pts().unwrap_or(gst::ClockTime::ZERO));
             }
-            let before = front.non_finite;
-            let ev = front.push(&mut samples, &self.next_id).map_err(|e| {
+            let before = front.non_finite();
+            let ev = front.push(&samples, &self.next_id).map_err(|e| {
                 gst::element_imp_error!(
                     self,
                     gst::StreamError::Failed,
@@ -807,7 +762,7 @@ impl TolkTranslate {
                 );
                 gst::FlowError::Error
             })?;
-            if before == 0 && front.non_finite > 0 {
+            if before == 0 && front.non_finite() > 0 {
                 gst::element_imp_warning!(
                     self,
                     gst::StreamError::Format,
@@ -834,24 +789,18 @@ impl TolkTranslate {
                             .build(),
                     );
                 }
-                FrontEvent::End {
-                    id,
-                    start,
-                    end,
-                    reason,
-                    units,
-                } => {
+                FrontEvent::End { start, end, utt } => {
                     self.post(
                         gst::Structure::builder("tolk-speech")
                             .field("event", "end")
-                            .field("utterance", id)
+                            .field("utterance", utt.id)
                             .field("stream-time", end.nseconds())
                             .field("speech-start", start.nseconds())
-                            .field("reason", end_reason_str(reason))
-                            .field("units", units.len() as u32)
+                            .field("reason", end_cause_str(utt.cause))
+                            .field("units", utt.units.len() as u32)
                             .build(),
                     );
-                    if units.is_empty() {
+                    if utt.units.is_empty() {
                         continue;
                     }
                     let u = {
@@ -865,14 +814,11 @@ impl TolkTranslate {
                             gst::FlowError::Error
                         })?;
                         Utterance {
-                            id,
+                            utt,
                             start,
                             end,
-                            reason,
-                            units,
                             direction: s.direction.into(),
                             mode,
-                            detected: Instant::now(),
                         }
                     };
                     self.enqueue_utterance(u)?;
@@ -931,13 +877,13 @@ impl TolkTranslate {
                 gst::CoreError::TooLazy,
                 (
                     "decoder overloaded: dropped utterance {} ({} waiting at most)",
-                    old.id,
+                    old.utt.id,
                     limit
                 )
             );
             self.post(
                 gst::Structure::builder("tolk-dropped")
-                    .field("utterance", old.id)
+                    .field("utterance", old.utt.id)
                     .field("direction", old.direction.as_str())
                     .field("speech-start", old.start.nseconds())
                     .field("speech-end", old.end.nseconds())
@@ -1028,49 +974,41 @@ impl TolkTranslate {
         }
     }
 
-    /// Decodes one utterance: subtitles as messages, the final text as a tag event, audio as it
-    /// is vocoded.
+    /// Decodes one utterance with the runtime's [`UtteranceTranslator`]: subtitles as messages,
+    /// the final text as a tag event, audio as it is vocoded.
     fn translate(&self, u: Utterance) -> Result<(), gst::FlowError> {
         let mut guard = lock(&self.worker);
         let Some(w) = guard.as_mut() else {
             return Err(gst::FlowError::Flushing);
         };
-        let Worker {
-            translator,
-            session,
-            out,
-        } = w;
+        let Worker { translator, out } = w;
         let t0 = Instant::now();
-        let since_end = |at: Instant| at.duration_since(u.detected).as_secs_f64() * 1000.0;
+        let since_end = |at: Instant| at.duration_since(u.utt.ended_at).as_secs_f64() * 1000.0;
         let queued_ms = since_end(t0);
-        let mut vocoder = if u.mode.has_units() {
-            Some(
-                translator
-                    .vocoder_stream(u.direction.tgt())
-                    .map_err(|e| self.decode_error(&e))?,
-            )
-        } else {
-            None
-        };
+        translator
+            .set_task(u.direction, u.mode)
+            .map_err(|e| self.decode_error(&e))?;
         // Output timeline: at the end of speech, never before the previous output.
-        let mut pts = match out.next_pts {
+        let pts = match out.next_pts {
             Some(p) if p >= u.end => p,
             prev => {
                 out.discont = true;
                 u.end.max(prev.unwrap_or(gst::ClockTime::ZERO))
             }
         };
+        let mut src = SrcOut {
+            imp: self,
+            out,
+            pts,
+            flow: None,
+        };
         let mut text = String::new();
         let mut first_text_ms: Option<f64> = None;
-        let mut first_audio_ms: Option<f64> = None;
         let mut final_posted = false;
-        let mut pending: Vec<i64> = Vec::with_capacity(VOCODE_CHUNK_UNITS);
-        let mut samples_out = 0u64;
-        let mut failure: Option<gst::FlowError> = None;
 
         let post_subtitle = |text: &str, delta: &str, is_final: bool, first_ms: Option<f64>| {
             let mut b = gst::Structure::builder("tolk-subtitle")
-                .field("utterance", u.id)
+                .field("utterance", u.utt.id)
                 .field("direction", u.direction.as_str())
                 .field("mode", u.mode.as_str())
                 .field("text", text)
@@ -1084,130 +1022,59 @@ impl TolkTranslate {
             }
             self.post(b.build());
         };
-        // One buffer of PCM, back to back with the previous one of the utterance.
-        let push_pcm = |pcm: &[f32],
-                        out: &mut Output,
-                        pts: &mut gst::ClockTime,
-                        first_audio_ms: &mut Option<f64>,
-                        samples_out: &mut u64|
-         -> Result<(), gst::FlowError> {
-            if pcm.is_empty() {
-                return Ok(());
-            }
-            let n = pcm.len() as u64;
-            let mut bytes = Vec::with_capacity(pcm.len() * 4);
-            for x in pcm {
-                bytes.extend_from_slice(&x.to_le_bytes());
-            }
-            let mut buffer = gst::Buffer::from_mut_slice(bytes);
-            let dur = samples_to_time(out.offset + n) - samples_to_time(out.offset);
-            {
-                let b = buffer.get_mut().expect("a new buffer is writable");
-                b.set_pts(*pts);
-                b.set_duration(dur);
-                b.set_offset(out.offset);
-                b.set_offset_end(out.offset + n);
-                if out.discont {
-                    b.set_flags(gst::BufferFlags::DISCONT);
-                    out.discont = false;
-                }
-            }
-            *pts += dur;
-            out.offset += n;
-            out.next_pts = Some(*pts);
-            first_audio_ms.get_or_insert_with(|| since_end(Instant::now()));
-            *samples_out += n;
-            self.srcpad.push(buffer).map(|_| ())
-        };
 
-        let result = session.translate_units(&u.units, u.direction, u.mode, |ev| {
-            if failure.is_some() || self.shared.flushing.load(Ordering::Relaxed) {
+        let report = translator.translate(&u.utt, &mut src, &mut |o| {
+            if self.shared.flushing.load(Ordering::Relaxed) {
                 return;
             }
-            match ev {
-                DecodeEvent::Text { delta } => {
+            match o {
+                WorkerOutput::Text { delta } => {
                     text.push_str(delta);
                     let first = *first_text_ms.get_or_insert_with(|| since_end(Instant::now()));
                     post_subtitle(&text, delta, false, Some(first));
                 }
-                DecodeEvent::TextEnd { text: full } => {
+                WorkerOutput::TextEnd { text: full } => {
                     final_posted = true;
                     let rest = full.strip_prefix(text.as_str()).unwrap_or("").to_string();
                     text = full.to_string();
                     post_subtitle(&text, &rest, true, first_text_ms);
                     self.push_text_tag(&text, u.direction);
                 }
-                DecodeEvent::Unit(x) => {
-                    pending.push(x as i64);
-                    if pending.len() < VOCODE_CHUNK_UNITS {
-                        return;
-                    }
-                    if let Some(v) = vocoder.as_mut() {
-                        let r = v
-                            .step(&pending)
-                            .and_then(|t| t.map(|t| tensor_to_pcm(&t)).transpose());
-                        match r {
-                            Ok(Some(pcm)) => {
-                                if let Err(f) = push_pcm(
-                                    &pcm,
-                                    out,
-                                    &mut pts,
-                                    &mut first_audio_ms,
-                                    &mut samples_out,
-                                ) {
-                                    failure = Some(f);
-                                }
-                            }
-                            Ok(None) => {}
-                            Err(e) => failure = Some(self.decode_error(&e)),
-                        }
-                    }
-                    pending.clear();
-                }
+                // Already pushed downstream by `SrcOut`.
+                WorkerOutput::Audio { .. } => {}
             }
         });
-        let result = result.map_err(|e| self.decode_error(&e))?;
-        if let Some(f) = failure {
+        let flow = src.flow;
+        let report = report.map_err(|e| self.decode_error(&e))?;
+        if let Some(f) = flow {
             return Err(f);
         }
         if self.shared.flushing.load(Ordering::Relaxed) {
             return Err(gst::FlowError::Flushing);
         }
-        if let Some(mut v) = vocoder {
-            let mut tail = Vec::new();
-            if !pending.is_empty() {
-                if let Some(t) = v.step(&pending).map_err(|e| self.decode_error(&e))? {
-                    tail.extend(tensor_to_pcm(&t).map_err(|e| self.decode_error(&e))?);
-                }
-            }
-            if let Some(t) = v.flush().map_err(|e| self.decode_error(&e))? {
-                tail.extend(tensor_to_pcm(&t).map_err(|e| self.decode_error(&e))?);
-            }
-            push_pcm(&tail, out, &mut pts, &mut first_audio_ms, &mut samples_out)?;
-        }
         if u.mode.has_text() && !final_posted {
-            let rest = result
+            let rest = report
                 .text
                 .strip_prefix(text.as_str())
                 .unwrap_or("")
                 .to_string();
-            post_subtitle(&result.text, &rest, true, first_text_ms);
-            self.push_text_tag(&result.text, u.direction);
+            post_subtitle(&report.text, &rest, true, first_text_ms);
+            self.push_text_tag(&report.text, u.direction);
         }
         let mut b = gst::Structure::builder("tolk-utterance-done")
-            .field("utterance", u.id)
+            .field("utterance", u.utt.id)
             .field("direction", u.direction.as_str())
             .field("mode", u.mode.as_str())
-            .field("reason", end_reason_str(u.reason))
-            .field("source-units", u.units.len() as u32)
-            .field("target-units", result.units.len() as u32)
-            .field("samples", samples_out)
-            .field("stop", format!("{:?}", result.stop).to_lowercase())
+            .field("reason", end_cause_str(u.utt.cause))
+            .field("source-units", u.utt.units.len() as u32)
+            .field("target-units", report.units.len() as u32)
+            .field("samples", report.samples_out)
+            .field("stop", format!("{:?}", report.stop).to_lowercase())
             .field("queued-ms", queued_ms)
             .field("decode-ms", t0.elapsed().as_secs_f64() * 1000.0)
             .field("latency-ms", since_end(Instant::now()));
-        if let Some(f) = first_audio_ms {
-            b = b.field("first-audio-ms", f);
+        if let Some(f) = report.first_audio_s {
+            b = b.field("first-audio-ms", f * 1000.0);
         }
         self.post(b.build());
         Ok(())
@@ -1531,16 +1398,14 @@ mod tests {
         let ids = AtomicU64::new(0);
         let mut events = Vec::new();
         for c in audio.chunks(chunk) {
-            events.extend(front.push(&mut c.to_vec(), &ids).unwrap());
+            events.extend(front.push(c, &ids).unwrap());
         }
         events.extend(front.finish(&ids).unwrap());
         let ns = |t: gst::ClockTime| t.nseconds() / 62_500; // 1 sample = 62.5 us
         events
             .into_iter()
             .filter_map(|e| match e {
-                FrontEvent::End {
-                    start, end, units, ..
-                } => Some((ns(start), ns(end), units)),
+                FrontEvent::End { start, end, utt } => Some((ns(start), ns(end), utt.units)),
                 FrontEvent::Start { .. } => None,
             })
             .collect()
