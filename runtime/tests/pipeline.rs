@@ -76,15 +76,15 @@ fn opts() -> PipelineOptions {
     o
 }
 
-/// Runs `audio` (16 kHz) through a synchronous [`Translating`] in chunks of `chunk` samples.
-fn run_sync(
-    audio: &[f32],
-    chunk: usize,
-) -> (
+/// Segments (start, end, units), reports and output PCM of one synchronous run.
+type SyncRun = (
     Vec<(u64, u64, Vec<u32>)>,
     Vec<tolk_runtime::pipeline::UtteranceReport>,
     Vec<f32>,
-) {
+);
+
+/// Runs `audio` (16 kHz) through a synchronous [`Translating`] in chunks of `chunk` samples.
+fn run_sync(audio: &[f32], chunk: usize) -> SyncRun {
     let mut t = Translating::new(translator(), &VadKind::energy(), &opts(), SR as u32).unwrap();
     let mut out = MemoryOut::default();
     let mut segs = Vec::new();
