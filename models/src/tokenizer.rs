@@ -104,3 +104,54 @@ impl Tokenizer {
         &self.path
     }
 }
+
+/// A byte-level BPE tokenizer as trained by [`train_byte_level_bpe`].
+pub type ByteLevelBpe = tokenizers::TokenizerImpl<
+    tokenizers::models::bpe::BPE,
+    tokenizers::normalizers::NormalizerWrapper,
+    tokenizers::pre_tokenizers::PreTokenizerWrapper,
+    tokenizers::processors::PostProcessorWrapper,
+    tokenizers::decoders::DecoderWrapper,
+>;
+
+/// Trains a byte-level BPE for a model trained from scratch: NFC normalization, GPT-2 style
+/// byte-level pre-tokenizer without a prefix space, the 256 bytes as initial alphabet, `special`
+/// tokens given the first ids in order. Errors are the `tokenizers` crate's message.
+pub fn train_byte_level_bpe<I, S>(
+    texts: I,
+    vocab_size: usize,
+    min_frequency: u64,
+    special: &[String],
+) -> std::result::Result<ByteLevelBpe, String>
+where
+    I: Iterator<Item = S> + Send,
+    S: AsRef<str> + Send,
+{
+    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+    use tokenizers::normalizers::unicode::NFC;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let byte_level = ByteLevel::new(false, true, true);
+    let mut trainer = BpeTrainerBuilder::new()
+        .show_progress(false)
+        .vocab_size(vocab_size)
+        .min_frequency(min_frequency)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .special_tokens(
+            special
+                .iter()
+                .map(|s| AddedToken::from(s.clone(), true))
+                .collect(),
+        )
+        .build();
+    let mut tok: ByteLevelBpe = tokenizers::TokenizerBuilder::new()
+        .with_model(BPE::default())
+        .with_normalizer(Some(NFC.into()))
+        .with_pre_tokenizer(Some(byte_level.into()))
+        .with_post_processor(Some(byte_level.into()))
+        .with_decoder(Some(byte_level.into()))
+        .build()
+        .map_err(|e| format!("building the tokenizer: {e}"))?;
+    tok.train(&mut trainer, texts)
+        .map_err(|e| format!("training BPE: {e}"))?;
+    Ok(tok)
+}

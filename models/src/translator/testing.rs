@@ -6,13 +6,6 @@
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
-use tokenizers::decoders::DecoderWrapper;
-use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
-use tokenizers::normalizers::{unicode::NFC, NormalizerWrapper};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::processors::PostProcessorWrapper;
-use tokenizers::{AddedToken, TokenizerBuilder, TokenizerImpl};
 
 use super::{Direction, ModelManifest, Strategy, UnitsSpec, MANIFEST_FILE, MODEL_FORMAT};
 use crate::checkpoint::save_safetensors;
@@ -132,40 +125,10 @@ fn tok_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
     }
 }
 
-type Bpe = TokenizerImpl<
-    BPE,
-    NormalizerWrapper,
-    PreTokenizerWrapper,
-    PostProcessorWrapper,
-    DecoderWrapper,
->;
-
-/// Trains the tiny byte-level BPE (the setup of `tolk-train tokenizer`: NFC, byte-level
-/// pre-tokenizer without prefix space, the 256 bytes as alphabet, special tokens first) and
-/// saves it as `path`.
+/// Trains the tiny byte-level BPE (the setup of `tolk-train tokenizer`) and saves it as `path`.
 fn write_tiny_bpe(path: &Path, vocab_size: usize) -> Result<()> {
-    let byte_level = ByteLevel::new(false, true, true);
-    let mut trainer = BpeTrainerBuilder::new()
-        .show_progress(false)
-        .vocab_size(vocab_size)
-        .min_frequency(1)
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .special_tokens(
-            SPECIAL_TOKENS
-                .iter()
-                .map(|s| AddedToken::from(s.to_string(), true))
-                .collect(),
-        )
-        .build();
-    let mut tok: Bpe = TokenizerBuilder::new()
-        .with_model(BPE::default())
-        .with_normalizer(Some(NFC.into()))
-        .with_pre_tokenizer(Some(byte_level.into()))
-        .with_post_processor(Some(byte_level.into()))
-        .with_decoder(Some(byte_level.into()))
-        .build()
-        .map_err(|e| tok_err(path, e))?;
-    tok.train(&mut trainer, TEXTS.iter().map(|s| s.to_string()))
+    let special: Vec<String> = SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
+    let tok = crate::tokenizer::train_byte_level_bpe(TEXTS.iter(), vocab_size, 1, &special)
         .map_err(|e| tok_err(path, e))?;
     tok.save(path, true).map_err(|e| tok_err(path, e))?;
     Ok(())

@@ -11,13 +11,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use tokenizers::decoders::DecoderWrapper;
-use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
-use tokenizers::normalizers::{unicode::NFC, NormalizerWrapper};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::processors::PostProcessorWrapper;
-use tokenizers::{AddedToken, Model, TokenizerBuilder, TokenizerImpl};
+use tokenizers::Model;
+use tolk_models::tokenizer::{train_byte_level_bpe, ByteLevelBpe};
 
 use crate::corpus::manifest::{read_manifest, ReadOptions};
 
@@ -54,21 +50,13 @@ pub struct TokenizerSummary {
     pub mean_tokens_per_text: f64,
 }
 
-type Bpe = TokenizerImpl<
-    BPE,
-    NormalizerWrapper,
-    PreTokenizerWrapper,
-    PostProcessorWrapper,
-    DecoderWrapper,
->;
-
 /// Trains a byte-level BPE on `texts`.
 pub fn train_bpe(
     texts: &[String],
     vocab_size: usize,
     min_frequency: u64,
     special: &[String],
-) -> Result<Bpe> {
+) -> Result<ByteLevelBpe> {
     let floor = ByteLevel::alphabet().len() + special.len();
     if vocab_size < floor {
         bail!(
@@ -80,30 +68,8 @@ pub fn train_bpe(
     if texts.iter().all(|t| t.trim().is_empty()) {
         bail!("no text to train a tokenizer on");
     }
-    let byte_level = ByteLevel::new(false, true, true);
-    let mut trainer = BpeTrainerBuilder::new()
-        .show_progress(false)
-        .vocab_size(vocab_size)
-        .min_frequency(min_frequency)
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .special_tokens(
-            special
-                .iter()
-                .map(|s| AddedToken::from(s.clone(), true))
-                .collect(),
-        )
-        .build();
-    let mut tok: Bpe = TokenizerBuilder::new()
-        .with_model(BPE::default())
-        .with_normalizer(Some(NFC.into()))
-        .with_pre_tokenizer(Some(byte_level.into()))
-        .with_post_processor(Some(byte_level.into()))
-        .with_decoder(Some(byte_level.into()))
-        .build()
-        .map_err(|e| anyhow::anyhow!("building the tokenizer: {e}"))?;
-    tok.train(&mut trainer, texts.iter())
-        .map_err(|e| anyhow::anyhow!("training BPE: {e}"))?;
-    Ok(tok)
+    train_byte_level_bpe(texts.iter(), vocab_size, min_frequency, special)
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Runs `tolk-train tokenizer`: reads the texts, trains, saves `args.out`.
