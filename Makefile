@@ -12,7 +12,7 @@ export TOLK_REFERENCE_DIR := $(ROOT)/target/reference
 REF := $(TOLK_REFERENCE_DIR)
 THREADS ?= $(shell nproc)
 
-.PHONY: setup reference demo demo-model demo-eval sft-table test bench fmt lint clean-reference
+.PHONY: setup reference demo demo-model demo-eval sft-table test bench bench-demo fmt lint clean-reference
 
 setup:
 	deploy/host/setup.sh
@@ -132,6 +132,15 @@ bench: setup $(REF)/smollm2/reference.json
 	  --compare-python $(PY) --json $(REF)/bench-smollm2.json
 	target/release/tolk --threads $(THREADS) units bench
 	target/release/tolk --threads $(THREADS) vocoder bench
+	target/release/tolk --threads $(THREADS) bench --model models/demo --direction en-fr models/demo/samples/en.wav
+	target/release/tolk --threads $(THREADS) bench --model models/demo --direction fr-en models/demo/samples/fr.wav
+
+# The kiosk benchmark over 100 held-out utterances and the SFT step against PyTorch (need the
+# demo data: make demo-model).
+bench-demo: setup
+	cargo build --release -p tolk-runtime -p tolk-training
+	target/release/tolk --threads $(THREADS) bench --model models/demo --manifest $(DEMO_DATA)/corpus/test.jsonl --limit 100
+	target/release/tolk-train sft-bench --recipe training/recipes/sft-demo-com.toml --threads $(THREADS)
 
 fmt:
 	cargo fmt --all

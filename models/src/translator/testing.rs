@@ -165,8 +165,12 @@ fn write_vocoder(dir: &Path, cfg: &VocoderConfig, seed: i64) -> Result<()> {
 /// Writes a random translator folder into `dir` (created if needed): a BPE tokenizer trained
 /// on a few kiosk sentences and extended with the unit and task tokens, a 2-layer Llama, MFCC
 /// k-means centroids and one vocoder per target language. Returns the manifest. For tests and
-/// benchmarks: the weights are random.
+/// benchmarks: the weights are random, and the same for the same `spec` (libtorch's global RNG
+/// is seeded here; a process-wide lock keeps two threads from drawing from it at once, as
+/// parallel tests would).
 pub fn write_random_translator(dir: &Path, spec: &TinyTranslatorSpec) -> Result<ModelManifest> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let llm_dir = dir.join("llm");
     std::fs::create_dir_all(&llm_dir).map_err(io_err(&llm_dir))?;
     let tok_path = llm_dir.join("tokenizer.json");
