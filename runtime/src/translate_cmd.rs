@@ -99,7 +99,7 @@ pub fn run(args: TranslateArgs) -> Result<()> {
             println!("{}", r.text);
             let ms = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{:.0} ms", s * 1e3));
             eprintln!(
-                "  [{} {:.1} s of speech] first text {}, first audio {} after the end of speech; \
+                "  [{} {:.1} s of speech] first text {}, first audio {} after the endpoint; \
                  real-time factor {:.2}",
                 r.direction,
                 r.duration_s,
