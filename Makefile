@@ -104,7 +104,7 @@ demo-model: setup
 demo-eval: setup
 	cargo build --release -p tolk-training --bin tolk-train
 	for d in en-fr fr-en; do $(TRAIN) eval --model models/demo --manifest $(DEMO_DATA)/corpus/test.jsonl \
-	  --units $(DEMO_DATA)/units.jsonl --direction $$d --out runs/eval-demo-$$d; done
+	  --units $(DEMO_DATA)/units.jsonl --direction $$d --limit 100 --out runs/eval-demo-$$d; done
 
 # The strategy comparison of the README (vanilla / tri-task / chain of modality, same budget).
 # Needs the demo data and vocoders (make demo-model). Reports in runs/table-*/eval-*/report.md.
