@@ -16,6 +16,17 @@ pub struct ProbeReport {
     pub summary: String,
 }
 
+fn within_budget(latency: Duration, budget: Duration) -> Result<(), String> {
+    if latency > budget {
+        return Err(format!(
+            "health probe: latency {} ms above the budget of {} ms",
+            latency.as_millis(),
+            budget.as_millis()
+        ));
+    }
+    Ok(())
+}
+
 /// Loads the model of a slot folder and decides whether it is healthy. The error is the reason
 /// reported with FAILED.
 pub trait HealthProbe: Send {
@@ -74,13 +85,7 @@ impl HealthProbe for LlamaProbe {
         if !finite {
             return Err("health probe: logits hold NaN or infinity".into());
         }
-        if latency > self.budget {
-            return Err(format!(
-                "health probe: latency {} ms above the budget of {} ms",
-                latency.as_millis(),
-                self.budget.as_millis()
-            ));
-        }
+        within_budget(latency, self.budget)?;
         Ok(ProbeReport {
             latency,
             summary: format!(
@@ -145,13 +150,7 @@ impl HealthProbe for TranslatorProbe {
             ));
         }
         let latency = start.elapsed();
-        if latency > self.budget {
-            return Err(format!(
-                "health probe: latency {} ms above the budget of {} ms",
-                latency.as_millis(),
-                self.budget.as_millis()
-            ));
-        }
+        within_budget(latency, self.budget)?;
         Ok(ProbeReport {
             latency,
             summary: format!("{} in {} ms", parts.join("; "), latency.as_millis()),

@@ -13,7 +13,7 @@ use tolk_models::prompt::SpecialToken;
 
 use super::data::{build_examples, BatchConfig, Batcher};
 use super::optim::{learning_rate, AdamW};
-use super::train::{batch_loss, fresh_model, read_entries, SftError};
+use super::train::{accumulate_gradients, fresh_model, read_entries, SftError};
 use crate::units::file::read_units;
 
 /// `tolk-train sft-bench` arguments.
@@ -153,22 +153,18 @@ pub fn run_bench(a: &SftBenchArgs) -> Result<SftBenchReport, SftError> {
         r.optim.eps,
         r.optim.weight_decay,
     );
-    let (mut losses, mut timed, mut tokens, mut targets) = (Vec::new(), 0.0, 0i64, 0i64);
+    let (mut losses, mut timed, mut tokens, mut targets) = (Vec::new(), 0.0, 0u64, 0u64);
     for (k, b) in batches.iter().enumerate() {
         let t0 = Instant::now();
-        opt.zero_grad();
-        let (l, _, n) = batch_loss(&model, &b.input_ids, &b.labels, &b.padding_mask, device)?;
-        let loss = l / n.max(1) as f64;
-        loss.backward();
+        let g = accumulate_gradients(&model, &mut opt, std::slice::from_ref(b), device)?;
         opt.clip_grad_norm(r.optim.grad_clip);
         opt.step(lrs[k]);
-        let v = loss.double_value(&[]);
         if k >= a.warmup {
             timed += t0.elapsed().as_secs_f64();
-            tokens += b.padding_mask.sum(Kind::Int64).int64_value(&[]);
-            targets += n;
+            tokens += g.tokens;
+            targets += g.targets;
         }
-        losses.push(v);
+        losses.push(g.loss);
     }
 
     // PyTorch.

@@ -267,6 +267,40 @@ pub(crate) fn batch_loss(
     Ok((loss, correct, n))
 }
 
+/// What one optimizer step's forward and backward passes saw.
+pub(crate) struct StepGradients {
+    /// Mean loss over the step's target tokens.
+    pub loss: f64,
+    /// Real (non-padding) tokens and target tokens of the step.
+    pub tokens: u64,
+    pub targets: u64,
+}
+
+/// Clears the gradients, then runs forward and backward over the micro-batches of one optimizer
+/// step, each loss a sum over its target tokens divided by the target tokens of the whole step
+/// (so accumulation equals one large batch). Clipping and the update are the caller's.
+pub(crate) fn accumulate_gradients(
+    model: &Llama,
+    opt: &mut AdamW,
+    micro: &[super::data::Batch],
+    device: Device,
+) -> Result<StepGradients> {
+    opt.zero_grad();
+    let targets: usize = micro.iter().map(|b| b.target_tokens).sum();
+    let (mut loss_sum, mut tokens) = (0.0, 0u64);
+    for b in micro {
+        let (l, _, _) = batch_loss(model, &b.input_ids, &b.labels, &b.padding_mask, device)?;
+        loss_sum += l.double_value(&[]);
+        (l / targets.max(1) as f64).backward();
+        tokens += b.padding_mask.sum(Kind::Int64).int64_value(&[]) as u64;
+    }
+    Ok(StepGradients {
+        loss: loss_sum / targets.max(1) as f64,
+        tokens,
+        targets: targets as u64,
+    })
+}
+
 /// Teacher-forced loss and accuracy over `examples` (in order).
 pub fn evaluate(
     model: &Llama,
@@ -551,20 +585,13 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
             break;
         }
         let step = state.step + 1;
-        opt.zero_grad();
         let micro: Vec<_> = (0..r.optim.grad_accum)
             .map(|_| batcher.next_batch())
             .collect::<std::result::Result<_, _>>()?;
-        let targets: usize = micro.iter().map(|b| b.target_tokens).sum();
-        let mut loss_sum = 0.0;
-        for b in &micro {
-            let (l, _, _) = batch_loss(&model, &b.input_ids, &b.labels, &b.padding_mask, device)?;
-            loss_sum += l.double_value(&[]);
-            (l / targets.max(1) as f64).backward();
-            win_tokens += b.padding_mask.sum(Kind::Int64).int64_value(&[]) as u64;
-        }
-        win_targets += targets as u64;
-        let mut loss = loss_sum / targets.max(1) as f64;
+        let g = accumulate_gradients(&model, &mut opt, &micro, device)?;
+        win_tokens += g.tokens;
+        win_targets += g.targets;
+        let mut loss = g.loss;
         if fault_nan_step == Some(step) {
             loss = f64::NAN;
         }
