@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod package;
 pub mod preference;
 pub mod publish;
+pub mod run_dir;
 pub mod sft;
 pub mod units;
 pub mod vocoder;

@@ -40,6 +40,9 @@ enum Command {
     SftBench(tolk_training::sft::bench::SftBenchArgs),
     /// Assemble a translator folder (tolk-model.json) from SFT, k-means and vocoder outputs.
     Package(tolk_training::package::PackageArgs),
+    /// Preference optimization with LoRA (DPO or SimPO, as the recipe's `loss.kind` says) on
+    /// `tolk-train pairs` output; ends with the adapters and a merged translator folder.
+    Preference(tolk_training::preference::PreferenceArgs),
     /// Score line-aligned hypotheses against references (BLEU, chrF, METEOR, WER).
     Score(tolk_training::metrics::score::ScoreArgs),
     /// Train a unit HiFi-GAN vocoder for one language (recipe TOML, exact resume).
@@ -132,6 +135,13 @@ fn main() -> Result<()> {
         Command::Sft(a) => {
             let recipe = a.recipe()?;
             let summary = tolk_training::sft::train(&recipe, a.restart, a.stop_after)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::Preference(a) => {
+            let recipe = a.recipe()?;
+            let summary =
+                tolk_training::preference::train_preference(&recipe, a.restart, a.stop_after)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }

@@ -3,15 +3,22 @@
 //! - [`losses`]: sequence log-probs over completion tokens, the DPO sigmoid loss (with
 //!   conservative label smoothing) and the SimPO loss, as pure functions;
 //! - [`lora`]: LoRA adapters in their own VarStore, peft's initialisation and file format,
-//!   merging into the base weights.
+//!   merging into the base weights;
+//! - [`data`]: the pairs files and their batches; [`recipe`]: the TOML recipe; [`train`]: the
+//!   DPO / SimPO loop with exact-resume checkpoints and the merged translator it ends with.
 
+pub mod data;
 pub mod lora;
 pub mod losses;
+pub mod recipe;
+pub mod train;
 
 pub use lora::{count_parameters, Lora, LoraConfig, LoraError};
 pub use losses::{
     dpo_sigmoid_loss, sequence_logps, simpo_loss, LogpReduction, LossError, PreferenceLoss,
 };
+pub use recipe::{LossKind, PreferenceRecipe};
+pub use train::{train_preference, PreferenceArgs, PreferenceError, PreferenceSummary};
 
 #[cfg(test)]
 mod tests {

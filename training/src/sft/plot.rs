@@ -36,9 +36,46 @@ fn register_font() -> bool {
     })
 }
 
+/// One curve of a plot.
+pub struct Curve<'a> {
+    pub name: &'a str,
+    pub points: &'a [LossPoint],
+    /// Mark every point (sparse series such as dev evaluations).
+    pub markers: bool,
+}
+
+const COLORS: [RGBColor; 4] = [BLUE, RED, GREEN, MAGENTA];
+
 /// Draws training (and dev) loss against the optimizer step into `path`.
 pub fn write_loss_plot(path: &Path, train: &[LossPoint], dev: &[LossPoint]) -> Result<(), String> {
-    if train.is_empty() && dev.is_empty() {
+    write_curves(
+        path,
+        "SFT loss (target tokens)",
+        "cross-entropy",
+        &[
+            Curve {
+                name: "train",
+                points: train,
+                markers: false,
+            },
+            Curve {
+                name: "dev",
+                points: dev,
+                markers: true,
+            },
+        ],
+    )
+}
+
+/// Draws `curves` (y against the optimizer step) into `path` (written to a temporary file and
+/// renamed). Non-finite values are left out of the axis range.
+pub fn write_curves(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    curves: &[Curve<'_>],
+) -> Result<(), String> {
+    if curves.iter().all(|c| c.points.is_empty()) {
         return Ok(());
     }
     let labels = register_font();
@@ -46,7 +83,7 @@ pub fn write_loss_plot(path: &Path, train: &[LossPoint], dev: &[LossPoint]) -> R
     {
         let root = BitMapBackend::new(&tmp, (900, 540)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let all = train.iter().chain(dev);
+        let all = curves.iter().flat_map(|c| c.points.iter());
         let max_step = all.clone().map(|p| p.step).max().unwrap_or(1).max(1);
         let finite = all.map(|p| p.loss).filter(|l| l.is_finite());
         let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), l| {
@@ -62,44 +99,48 @@ pub fn write_loss_plot(path: &Path, train: &[LossPoint], dev: &[LossPoint]) -> R
         builder.margin(15);
         if labels {
             builder
-                .caption("SFT loss (target tokens)", ("sans-serif", 22))
+                .caption(title, ("sans-serif", 22))
                 .x_label_area_size(40)
                 .y_label_area_size(60);
         }
+        let y_min = if lo >= 0.0 {
+            (lo - pad).max(0.0)
+        } else {
+            lo - pad
+        };
         let mut chart = builder
-            .build_cartesian_2d(0u64..max_step, (lo - pad).max(0.0)..hi + pad)
+            .build_cartesian_2d(0u64..max_step, y_min..hi + pad)
             .map_err(|e| e.to_string())?;
         if labels {
             chart
                 .configure_mesh()
                 .x_desc("optimizer step")
-                .y_desc("cross-entropy")
+                .y_desc(y_desc)
                 .draw()
                 .map_err(|e| e.to_string())?;
         }
-        let series = [(train, BLUE, "train"), (dev, RED, "dev")];
-        for (points, color, name) in series {
-            if points.is_empty() {
+        for (i, c) in curves.iter().enumerate() {
+            if c.points.is_empty() {
                 continue;
             }
-            // Dev points are sparse: mark each one.
-            if name == "dev" {
+            let color = COLORS[i % COLORS.len()];
+            let pts = c.points.iter().filter(|p| p.loss.is_finite());
+            if c.markers {
                 chart
                     .draw_series(
-                        points
-                            .iter()
+                        pts.clone()
                             .map(|p| Circle::new((p.step, p.loss), 4, color.filled())),
                     )
                     .map_err(|e| e.to_string())?;
             }
             let s = chart
                 .draw_series(LineSeries::new(
-                    points.iter().map(|p| (p.step, p.loss)),
+                    pts.map(|p| (p.step, p.loss)),
                     color.stroke_width(2),
                 ))
                 .map_err(|e| e.to_string())?;
             if labels {
-                s.label(name).legend(move |(x, y)| {
+                s.label(c.name).legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });
             }

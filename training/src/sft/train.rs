@@ -11,7 +11,7 @@
 //! order). A non-finite loss or gradient stops the run with an error naming the step and the last
 //! good checkpoint, and writes nothing.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -28,6 +28,9 @@ use super::data::{build_examples, collate, BatchConfig, BatchPosition, Batcher, 
 use super::optim::{learning_rate, AdamW};
 use super::recipe::SftRecipe;
 use crate::corpus::manifest::{read_manifest, ManifestEntry, ReadOptions};
+use crate::run_dir::{
+    append_jsonl, commit_checkpoint, latest_checkpoint, write_atomic, RunDirError,
+};
 use crate::units::file::read_units;
 
 /// Errors of an SFT run.
@@ -71,6 +74,15 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SftError + '_ {
     move |source| SftError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+impl From<RunDirError> for SftError {
+    fn from(e: RunDirError) -> Self {
+        SftError::Io {
+            path: e.path,
+            source: e.source,
+        }
     }
 }
 
@@ -350,23 +362,6 @@ pub(crate) fn read_entries(manifests: &[PathBuf]) -> Result<Vec<ManifestEntry>> 
     Ok(out)
 }
 
-fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
-    let latest = out.join("latest");
-    match std::fs::read_to_string(&latest) {
-        Ok(name) => Ok(Some(out.join("checkpoints").join(name.trim()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(&latest)(e)),
-    }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
-}
-
 /// Writes the model folder (config.json, model.safetensors, tokenizer.json) to `dir`.
 fn save_model(model: &Llama, tok: &Tokenizer, dir: &Path) -> Result<()> {
     let _guard = tch::no_grad_guard();
@@ -382,50 +377,16 @@ fn save_checkpoint(
     opt: &AdamW,
     state: &TrainerState,
     keep: usize,
-) -> Result<String> {
-    let root = out.join("checkpoints");
-    let name = format!("step-{:07}", state.step);
-    let dir = root.join(&name);
-    let tmp = root.join(format!("{name}.tmp"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    save_model(model, tok, &tmp.join("model"))?;
-    {
-        let _guard = tch::no_grad_guard();
-        save_safetensors(&tmp.join("optimizer.safetensors"), &opt.state_tensors())?;
-    }
-    let json = serde_json::to_vec_pretty(state).expect("trainer state serializes");
-    write_atomic(&tmp.join("trainer.json"), &json)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
-    write_atomic(&out.join("latest"), name.as_bytes())?;
-    // Prune the oldest complete checkpoints beyond `keep` (never the one just written).
-    let mut all: Vec<String> = std::fs::read_dir(&root)
-        .map_err(io(&root))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
-        .collect();
-    all.sort();
-    let excess = all.len().saturating_sub(keep.max(1));
-    for old in all.iter().take(excess).filter(|n| **n != name) {
-        let p = root.join(old);
-        std::fs::remove_dir_all(&p).map_err(io(&p))?;
-    }
-    Ok(name)
-}
-
-fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io(path))?;
-    writeln!(f, "{value}").map_err(io(path))
+) -> Result<PathBuf> {
+    commit_checkpoint(out, state.step, keep, |tmp: &Path| -> Result<()> {
+        save_model(model, tok, &tmp.join("model"))?;
+        {
+            let _guard = tch::no_grad_guard();
+            save_safetensors(&tmp.join("optimizer.safetensors"), &opt.state_tensors())?;
+        }
+        let json = serde_json::to_vec_pretty(state).expect("trainer state serializes");
+        Ok(write_atomic(&tmp.join("trainer.json"), &json)?)
+    })
 }
 
 /// Runs (or resumes) the recipe.
@@ -668,8 +629,8 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
         }
         if step % r.run.checkpoint_every == 0 || step == total {
             state.elapsed_s = base_elapsed + started.elapsed().as_secs_f64();
-            let name = save_checkpoint(out, &model, &tok, &opt, &state, r.run.keep_checkpoints)?;
-            last_checkpoint = out.join("checkpoints").join(name).display().to_string();
+            let dir = save_checkpoint(out, &model, &tok, &opt, &state, r.run.keep_checkpoints)?;
+            last_checkpoint = dir.display().to_string();
             super::plot::write_loss_plot(
                 &out.join("loss.png"),
                 &state.train_history,

@@ -1,0 +1,127 @@
+//! The output folder of a training run: crash-safe checkpoints and logs.
+//!
+//! A checkpoint is written into `checkpoints/step-NNNNNNN.tmp`, renamed to
+//! `checkpoints/step-NNNNNNN`, and only then named by the `latest` file (itself written to a
+//! temporary name and renamed): a crash at any moment leaves the previous checkpoint in use.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// An I/O error with the path it happened on.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct RunDirError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+pub type Result<T> = std::result::Result<T, RunDirError>;
+
+/// Attaches `path` to an I/O error.
+pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunDirError + '_ {
+    move |source| RunDirError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The checkpoint `latest` names, if any.
+pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
+    let latest = out.join("latest");
+    match std::fs::read_to_string(&latest) {
+        Ok(name) => Ok(Some(out.join("checkpoints").join(name.trim()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(&latest)(e)),
+    }
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Appends one JSON line to `path`.
+pub fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io(path))?;
+    writeln!(f, "{value}").map_err(io(path))
+}
+
+/// Writes the checkpoint of `step`: `fill` writes its files into an empty temporary folder,
+/// which is then renamed into place and named by `latest`; the oldest complete checkpoints
+/// beyond `keep` are removed (never the new one). Returns the checkpoint's folder.
+pub fn commit_checkpoint<E: From<RunDirError>>(
+    out: &Path,
+    step: u64,
+    keep: usize,
+    fill: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> std::result::Result<PathBuf, E> {
+    let root = out.join("checkpoints");
+    let name = format!("step-{step:07}");
+    let dir = root.join(&name);
+    let tmp = root.join(format!("{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    fill(&tmp)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    write_atomic(&out.join("latest"), name.as_bytes())?;
+    let mut all: Vec<String> = std::fs::read_dir(&root)
+        .map_err(io(&root))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
+        .collect();
+    all.sort();
+    let excess = all.len().saturating_sub(keep.max(1));
+    for old in all.iter().take(excess).filter(|n| **n != name) {
+        let p = root.join(old);
+        std::fs::remove_dir_all(&p).map_err(io(&p))?;
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_rotate_and_latest_follows() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(latest_checkpoint(d.path()).unwrap(), None);
+        for step in 1..=4 {
+            let dir = commit_checkpoint::<RunDirError>(d.path(), step, 2, |tmp| {
+                write_atomic(&tmp.join("x"), step.to_string().as_bytes())
+            })
+            .unwrap();
+            assert_eq!(latest_checkpoint(d.path()).unwrap(), Some(dir));
+        }
+        let mut names: Vec<String> = std::fs::read_dir(d.path().join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["step-0000003", "step-0000004"]);
+        // A failing writer leaves the previous checkpoint in use.
+        let e = commit_checkpoint::<RunDirError>(d.path(), 5, 2, |tmp| {
+            Err(io(tmp)(std::io::Error::other("disk full")))
+        });
+        assert!(e.is_err());
+        assert_eq!(
+            latest_checkpoint(d.path()).unwrap(),
+            Some(d.path().join("checkpoints/step-0000004"))
+        );
+    }
+}
