@@ -43,6 +43,9 @@ enum Command {
     /// Preference optimization with LoRA (DPO or SimPO, as the recipe's `loss.kind` says) on
     /// `tolk-train pairs` output; ends with the adapters and a merged translator folder.
     Preference(tolk_training::preference::PreferenceArgs),
+    /// Merge a peft LoRA adapter into a translator folder's LLM (f32), e.g. one trained with
+    /// trl + peft under torchrun/FSDP on another machine.
+    Merge(tolk_training::preference::MergeArgs),
     /// Score line-aligned hypotheses against references (BLEU, chrF, METEOR, WER).
     Score(tolk_training::metrics::score::ScoreArgs),
     /// Train a unit HiFi-GAN vocoder for one language (recipe TOML, exact resume).
@@ -143,6 +146,11 @@ fn main() -> Result<()> {
             let summary =
                 tolk_training::preference::train_preference(&recipe, a.restart, a.stop_after)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::Merge(a) => {
+            let out = tolk_training::preference::merge_adapter(&a)?;
+            println!("merged translator written to {}", out.display());
             Ok(())
         }
         Command::Vocoder(a) => {

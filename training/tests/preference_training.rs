@@ -210,6 +210,38 @@ fn dpo_raises_the_margin_resumes_exactly_and_merges() {
     assert!(
         low as f64 / out.units.len() as f64 > base_low as f64 / base_out.units.len().max(1) as f64
     );
+    // `tolk-train merge` of the final adapter gives the same weights as the run's own merge.
+    let merged_again = fx.root.join("merged-cli");
+    let out = Command::new(env!("CARGO_BIN_EXE_tolk-train"))
+        .args(["merge", "--translator"])
+        .arg(&fx.model)
+        .arg("--adapter")
+        .arg(full.adapter.as_ref().unwrap())
+        .arg("--out")
+        .arg(&merged_again)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let weights = |dir: &Path| {
+        read_safetensors(
+            &dir.join("llm/model.safetensors"),
+            Kind::Float,
+            Device::Cpu,
+            |_| true,
+        )
+        .unwrap()
+        .0
+    };
+    let (w1, w2) = (weights(merged), weights(&merged_again));
+    assert_eq!(w1.len(), w2.len());
+    for ((n1, t1), (n2, t2)) in w1.iter().zip(w2.iter()) {
+        assert_eq!(n1, n2);
+        assert!(t1.equal(t2), "{n1} differs");
+    }
     assert!(fx.root.join("dpo-full/loss.png").exists());
     assert!(fx.root.join("dpo-full/rewards.png").exists());
     let metrics = std::fs::read_to_string(fx.root.join("dpo-full/metrics.jsonl")).unwrap();

@@ -18,7 +18,9 @@ pub use losses::{
     dpo_sigmoid_loss, sequence_logps, simpo_loss, LogpReduction, LossError, PreferenceLoss,
 };
 pub use recipe::{LossKind, PreferenceRecipe};
-pub use train::{train_preference, PreferenceArgs, PreferenceError, PreferenceSummary};
+pub use train::{
+    merge_adapter, train_preference, MergeArgs, PreferenceArgs, PreferenceError, PreferenceSummary,
+};
 
 #[cfg(test)]
 mod tests {

@@ -746,6 +746,45 @@ fn write_plots(out: &Path, s: &TrainerState) -> Result<()> {
     )
 }
 
+/// `tolk-train merge` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MergeArgs {
+    /// Base translator folder (the one the adapter was trained on).
+    #[arg(long)]
+    pub translator: PathBuf,
+    /// peft adapter folder (adapter_config.json + adapter_model.safetensors), from
+    /// `tolk-train preference` or from trl/peft on another machine.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// Output translator folder (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Merges a peft adapter into a translator's LLM and writes the whole translator folder (f32
+/// LLM). The adapter must fit the base model (errors list every mismatch).
+pub fn merge_adapter(a: &MergeArgs) -> Result<PathBuf> {
+    if a.out.exists() {
+        return Err(PreferenceError::Recipe(format!(
+            "{} already exists; choose another --out",
+            a.out.display()
+        )));
+    }
+    let m = ModelManifest::from_file(&a.translator.join("tolk-model.json"))?;
+    let llm_dir = a.translator.join(&m.llm);
+    let model = Llama::load(
+        &llm_dir,
+        LoadOptions {
+            device: Device::Cpu,
+            dtype: Kind::Float,
+            max_positions: 4096,
+        },
+    )?;
+    let lora = Lora::load_peft(&a.adapter, model.config(), Device::Cpu)?;
+    write_merged_translator(&a.translator, &m, &llm_dir, &model, &lora, &a.out)?;
+    Ok(a.out.clone())
+}
+
 /// Copies the base translator folder to `dest` with the adapters merged into its LLM (f32
 /// weights), through a temporary sibling folder renamed into place; then loads it back.
 fn write_merged_translator(
