@@ -12,7 +12,7 @@ export TOLK_REFERENCE_DIR := $(ROOT)/target/reference
 REF := $(TOLK_REFERENCE_DIR)
 THREADS ?= $(shell nproc)
 
-.PHONY: setup reference demo demo-model demo-eval sft-table test bench bench-demo fmt lint clean-reference
+.PHONY: setup reference demo demo-model demo-eval sft-table preference-table test bench bench-demo fmt lint clean-reference
 
 setup:
 	deploy/host/setup.sh
@@ -121,6 +121,33 @@ sft-table: setup
 	      --out runs/table-$$s/eval-$$d-$$m; \
 	  done; done; \
 	done
+
+# The preference tables of the README (PROST-LLM stage 3 at small scale, on models/demo): pairs
+# from monolingual speech judged by back-translation with BLEU / METEOR / WER, pairs from paired
+# data judged against the reference; DPO and SimPO on the BLEU pairs, DPO on the others; every
+# model evaluated on the first 100 held-out sentences per direction. Needs the demo data (make
+# demo-model). Resumable: finished steps are skipped.
+PAIRS = $(TRAIN) pairs --model models/demo --units $(DEMO_DATA)/units.jsonl --seed 1 --quiet
+preference-table: setup
+	cargo build --release -p tolk-training --bin tolk-train
+	for j in bleu meteor wer; do for d in en-fr fr-en; do \
+	  test -f runs/pairs/mono-$$j-$$d/summary.json || $(PAIRS) --manifest $(DEMO_DATA)/corpus/mono-$${d%%-*}.jsonl \
+	    --direction $$d --judge $$j --out runs/pairs/mono-$$j-$$d || exit 1; done; done
+	for d in en-fr fr-en; do \
+	  test -f runs/pairs/paired-bleu-$$d/summary.json || $(PAIRS) --manifest $(DEMO_DATA)/corpus/train.jsonl \
+	    --limit 300 --direction $$d --judge bleu --judge-against reference --out runs/pairs/paired-bleu-$$d || exit 1; done
+	test -d runs/pref-dpo/final/translator || $(TRAIN) preference --recipe training/recipes/dpo-demo.toml
+	test -d runs/pref-simpo/final/translator || $(TRAIN) preference --recipe training/recipes/simpo-demo.toml
+	for v in paired-bleu mono-meteor mono-wer; do test -d runs/pref-dpo-$$v/final/translator || \
+	  $(TRAIN) preference --recipe training/recipes/dpo-demo.toml --out runs/pref-dpo-$$v \
+	    --pairs runs/pairs/$$v-en-fr/pairs.jsonl --pairs runs/pairs/$$v-fr-en/pairs.jsonl || exit 1; done
+	for m in sft:models/demo dpo:runs/pref-dpo/final/translator simpo:runs/pref-simpo/final/translator \
+	    dpo-paired-bleu:runs/pref-dpo-paired-bleu/final/translator dpo-mono-meteor:runs/pref-dpo-mono-meteor/final/translator \
+	    dpo-mono-wer:runs/pref-dpo-mono-wer/final/translator; do for d in en-fr fr-en; do \
+	  test -f runs/pref-eval/$${m%%:*}-$$d/report.json || $(TRAIN) eval --model $${m#*:} \
+	    --manifest $(DEMO_DATA)/corpus/test.jsonl --units $(DEMO_DATA)/units.jsonl --direction $$d \
+	    --limit 100 --no-asr --out runs/pref-eval/$${m%%:*}-$$d || exit 1; done; done
+	$(PY) training/scripts/preference_table.py runs
 
 test: reference
 	cargo test --workspace --no-fail-fast

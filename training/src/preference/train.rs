@@ -660,7 +660,7 @@ pub fn train_preference(
         merged = Some(m);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    Ok(PreferenceSummary {
+    let summary = PreferenceSummary {
         objective: r.loss.kind,
         steps: state.step,
         resumed_from,
@@ -676,7 +676,12 @@ pub fn train_preference(
         pairs_per_s: pairs_seen as f64 / elapsed.max(1e-9),
         adapter,
         merged_translator: merged,
-    })
+    };
+    if summary.adapter.is_some() {
+        let json = serde_json::to_vec_pretty(&summary).expect("summary serializes");
+        write_atomic(&out.join("summary.json"), &json)?;
+    }
+    Ok(summary)
 }
 
 fn save_state(
