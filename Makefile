@@ -64,7 +64,12 @@ $(REF)/silero/reference.json: tests/reference/silero.py tests/reference/speech.p
 $(REF)/metrics/reference.json: tests/reference/metrics.py | setup
 	$(PY) tests/reference/metrics.py $(REF)/metrics
 
-reference: setup $(REF)/smollm2/reference.json $(REF)/llama_tiny/reference.json $(REF)/vocoder/reference.json $(REF)/hubert/reference.json $(REF)/kmeans/reference.json $(REF)/audio_features/reference.json $(REF)/silero/reference.json $(REF)/metrics/reference.json $(REF)/lora_peft/reference.json
+# Weight-only quantization (int8 / int4): numpy's codes, packing and dequantization of seeded
+# matrices, from the documented layout (tests/tests/quant_parity.rs).
+$(REF)/quant/reference.json: tests/reference/quant_check.py | setup
+	$(PY) tests/reference/quant_check.py $(REF)/quant
+
+reference: setup $(REF)/smollm2/reference.json $(REF)/llama_tiny/reference.json $(REF)/vocoder/reference.json $(REF)/hubert/reference.json $(REF)/kmeans/reference.json $(REF)/audio_features/reference.json $(REF)/silero/reference.json $(REF)/metrics/reference.json $(REF)/lora_peft/reference.json $(REF)/quant/reference.json
 
 # The main job: English and French held-out utterances through the streaming pipeline of the
 # built-in demo model (models/demo); subtitles and latencies printed, translated speech written.
@@ -127,7 +132,7 @@ sft-table: setup
 # data judged against the reference; DPO and SimPO on the BLEU pairs, DPO on the others; every
 # model evaluated on the first 100 held-out sentences per direction. Needs the demo data (make
 # demo-model). Resumable: finished steps are skipped.
-PAIRS = $(TRAIN) pairs --model models/demo --units $(DEMO_DATA)/units.jsonl --seed 1 --quiet
+PAIRS = $(TRAIN) pairs --model models/demo --units $(DEMO_DATA)/units.jsonl --seed 1 --threads 1 --quiet
 preference-table: setup
 	cargo build --release -p tolk-training --bin tolk-train
 	for j in bleu meteor wer; do for d in en-fr fr-en; do \

@@ -89,14 +89,13 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
     }
 }
 
-/// Reads one safetensors file into tensors of `kind` on `device` (integer tensors keep their kind).
-/// `keep` decides which names are read; others are returned in the second list, unread.
-pub fn read_safetensors(
+/// Reads the tensors of one safetensors file for which `keep` is true, each as stored (its
+/// dtype and shape, on the CPU), handing them to `f`; returns the names left unread.
+fn for_each_stored(
     path: &Path,
-    kind: Kind,
-    device: Device,
     keep: impl Fn(&str) -> bool,
-) -> Result<ReadTensors> {
+    mut f: impl FnMut(String, Tensor) -> Result<()>,
+) -> Result<Vec<String>> {
     let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
     // SAFETY: the file is opened read-only and not modified while mapped; tensors copy out of it.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
@@ -104,7 +103,6 @@ pub fn read_safetensors(
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    let mut loaded = Vec::new();
     let mut skipped = Vec::new();
     let mut names: Vec<String> = st.names().into_iter().map(|n| n.to_string()).collect();
     names.sort();
@@ -129,17 +127,57 @@ pub fn read_safetensors(
         };
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t = Tensor::f_from_data_size(view.data(), &shape, src_kind)?;
-        let target = if matches!(
-            src_kind,
-            Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double
-        ) {
-            kind
-        } else {
-            src_kind
-        };
-        loaded.push((name, t.f_to_device(device)?.f_to_kind(target)?));
+        f(name, t)?;
     }
+    Ok(skipped)
+}
+
+fn is_float(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double
+    )
+}
+
+/// Reads one safetensors file into tensors of `kind` on `device` (integer tensors keep their kind).
+/// `keep` decides which names are read; others are returned in the second list, unread.
+pub fn read_safetensors(
+    path: &Path,
+    kind: Kind,
+    device: Device,
+    keep: impl Fn(&str) -> bool,
+) -> Result<ReadTensors> {
+    let mut loaded = Vec::new();
+    let skipped = for_each_stored(path, keep, |name, t| {
+        let target = if is_float(t.kind()) { kind } else { t.kind() };
+        loaded.push((name, t.f_to_device(device)?.f_to_kind(target)?));
+        Ok(())
+    })?;
     Ok((loaded, skipped))
+}
+
+/// How a tensor must be stored in a checkpoint file (see [`load_checked_typed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredAs {
+    /// Any dtype: floating-point tensors are converted to the load dtype, integers kept.
+    Any,
+    /// A floating-point dtype (f16, bf16, f32, f64), converted to the load dtype.
+    Float,
+    /// Exactly this dtype, kept as stored (quantized weights and their f32 scales).
+    Exactly(Kind),
+}
+
+impl StoredAs {
+    /// `None` when a tensor of `kind` fits, else what was expected (for the error message).
+    fn mismatch(self, kind: Kind) -> Option<String> {
+        match self {
+            StoredAs::Any => None,
+            StoredAs::Float if is_float(kind) => None,
+            StoredAs::Float => Some("a floating-point dtype".into()),
+            StoredAs::Exactly(k) if k == kind => None,
+            StoredAs::Exactly(k) => Some(format!("{k:?}")),
+        }
+    }
 }
 
 /// Loads a checkpoint folder and checks it against `specs`. Names for which `ignorable` is true
@@ -152,11 +190,56 @@ pub fn load_checked(
     kind: Kind,
     device: Device,
 ) -> Result<HashMap<String, Tensor>> {
-    let wanted: HashMap<&str, &TensorSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
+    let typed: Vec<(TensorSpec, StoredAs)> =
+        specs.iter().map(|s| (s.clone(), StoredAs::Any)).collect();
+    load_checked_typed(dir, &typed, ignorable, kind, device)
+}
+
+/// [`load_checked`] with a stored dtype per tensor: a tensor stored otherwise is reported (name,
+/// file, dtype found and expected) with the other problems. Floating-point tensors of
+/// [`StoredAs::Float`] / [`StoredAs::Any`] are converted to `kind`; the others keep their dtype.
+/// Everything ends up on `device`.
+pub fn load_checked_typed(
+    dir: &Path,
+    specs: &[(TensorSpec, StoredAs)],
+    ignorable: &dyn Fn(&str) -> bool,
+    kind: Kind,
+    device: Device,
+) -> Result<HashMap<String, Tensor>> {
+    let wanted: HashMap<&str, &(TensorSpec, StoredAs)> =
+        specs.iter().map(|s| (s.0.name.as_str(), s)).collect();
     let mut problems = Vec::new();
     let mut out = HashMap::new();
     for file in checkpoint_files(dir)? {
-        let (loaded, skipped) = read_safetensors(&file, kind, device, |n| wanted.contains_key(n))?;
+        let skipped = for_each_stored(
+            &file,
+            |n| wanted.contains_key(n),
+            |name, t| {
+                let (spec, stored) = wanted[name.as_str()];
+                if let Some(expected) = stored.mismatch(t.kind()) {
+                    problems.push(TensorProblem::Dtype {
+                        name,
+                        file: file.clone(),
+                        dtype: format!("{:?} (expected {expected})", t.kind()),
+                    });
+                } else if t.size() != spec.shape {
+                    problems.push(TensorProblem::Shape {
+                        name,
+                        file: file.clone(),
+                        expected: spec.shape.clone(),
+                        found: t.size(),
+                    });
+                } else {
+                    let target = match stored {
+                        StoredAs::Exactly(k) => *k,
+                        _ if is_float(t.kind()) => kind,
+                        _ => t.kind(),
+                    };
+                    out.insert(name, t.f_to_device(device)?.f_to_kind(target)?);
+                }
+                Ok(())
+            },
+        )?;
         for name in skipped {
             if !ignorable(&name) {
                 problems.push(TensorProblem::Unexpected {
@@ -165,25 +248,13 @@ pub fn load_checked(
                 });
             }
         }
-        for (name, t) in loaded {
-            let spec = wanted[name.as_str()];
-            if t.size() != spec.shape {
-                problems.push(TensorProblem::Shape {
-                    name,
-                    file: file.clone(),
-                    expected: spec.shape.clone(),
-                    found: t.size(),
-                });
-            } else {
-                out.insert(name, t);
-            }
-        }
     }
-    for spec in specs {
-        let misshaped = problems
-            .iter()
-            .any(|p| matches!(p, TensorProblem::Shape { name, .. } if *name == spec.name));
-        if !out.contains_key(&spec.name) && !misshaped {
+    for (spec, _) in specs {
+        let reported = problems.iter().any(|p| {
+            matches!(p, TensorProblem::Shape { name, .. } | TensorProblem::Dtype { name, .. }
+                if *name == spec.name)
+        });
+        if !out.contains_key(&spec.name) && !reported {
             problems.push(TensorProblem::Missing {
                 name: spec.name.clone(),
                 expected: spec.shape.clone(),

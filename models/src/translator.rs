@@ -11,8 +11,10 @@
 //!
 //! - [`manifest`]: `tolk-model.json`, strict parsing and validation;
 //! - [`decode`]: constrained decoding in every [`Mode`] with [`Event`]s as tokens come;
+//! - [`batch`]: several sampled continuations of one prompt decoded in lockstep;
 //! - [`session`]: [`Session`], the per-stream KV cache, sampler and streaming unit extraction.
 
+pub mod batch;
 pub mod decode;
 pub mod manifest;
 pub mod session;
@@ -283,16 +285,46 @@ impl Translator {
         direction: Direction,
         mode: Mode,
     ) -> Result<TranslationOutput> {
-        let mut cache = self.new_cache(self.default_cache_capacity())?;
         let mut sampler = Sampler::new(SamplingConfig::greedy())?;
+        self.translate_units_with(src_units, direction, mode, &mut sampler)
+    }
+
+    /// [`Self::translate_units`] drawing tokens with `sampler` (its RNG advances).
+    pub fn translate_units_with(
+        &self,
+        src_units: &[u32],
+        direction: Direction,
+        mode: Mode,
+        sampler: &mut Sampler,
+    ) -> Result<TranslationOutput> {
+        let mut cache = self.new_cache(self.default_cache_capacity())?;
         decode::decode(
             self,
             &mut cache,
-            &mut sampler,
+            sampler,
             src_units,
             direction,
             mode,
             &mut |_| {},
+        )
+    }
+
+    /// One continuation of the same source per sampler, decoded as one batch (see [`batch`]);
+    /// output `i` is what [`Self::translate_units_with`] gives with `samplers[i]`.
+    pub fn translate_units_batch(
+        &self,
+        src_units: &[u32],
+        direction: Direction,
+        mode: Mode,
+        samplers: &mut [Sampler],
+    ) -> Result<Vec<TranslationOutput>> {
+        batch::decode_batch(
+            self,
+            samplers,
+            src_units,
+            direction,
+            mode,
+            self.default_cache_capacity(),
         )
     }
 

@@ -39,7 +39,7 @@ def pairs_kept(variant):
         if os.path.exists(p):
             s = load(p)
             n += s.get("pairs_kept", s.get("pairs", 0))
-            seen += s.get("entries", s.get("utterances", 0))
+            seen += s.get("entries_seen", 0)
     return n, seen
 
 

@@ -12,15 +12,20 @@
 //! - [`bundle`]: signing a bundle folder (`tolk-train bundle sign`); the manifest format itself
 //!   is defined once in `tolk_config::bundle`;
 //! - [`vocoder`]: training a unit HiFi-GAN vocoder per target language (`vocoder`);
+//! - [`export`]: a translator folder -> a signed, versioned bundle, never half-written (`export`);
+//! - [`quantize`]: int8 / int4 weight-only quantization of a translator's decoder, with a report
+//!   against f32 (`quantize`);
 //! - [`publish`]: sending a signed bundle to one device over MQTT (`tolk-train publish`).
 
 pub mod bundle;
 pub mod corpus;
 pub mod eval;
+pub mod export;
 pub mod metrics;
 pub mod package;
 pub mod preference;
 pub mod publish;
+pub mod quantize;
 pub mod run_dir;
 pub mod sft;
 pub mod units;

@@ -53,6 +53,16 @@ enum Command {
     /// Evaluate a translator folder on a held-out manifest (BLEU, METEOR, unit error rate, MCD,
     /// ASR-BLEU); writes report.md, report.json, hyps.txt and the wavs.
     Eval(tolk_training::eval::EvalArgs),
+    /// Preference pairs by self-sampling and back-translation (pairs.jsonl for DPO/SimPO, TRL
+    /// format), with summary.json and margins.png; --shard i/n and --merge for parallel runs.
+    Pairs(tolk_training::preference::pairs::PairsArgs),
+    /// Build a signed, versioned OTA bundle from a translator folder (checked by loading it and
+    /// probing the copy; written aside and renamed into place, never half-written).
+    Export(tolk_training::export::ExportArgs),
+    /// Quantize a translator folder's decoder weight-only (int8 per channel, int4 group-wise);
+    /// with --report-manifest, compare it with the f32 model (size, logits, greedy agreement,
+    /// decode tokens/s).
+    Quantize(tolk_training::quantize::QuantizeArgs),
     /// Send a signed bundle to one device over MQTT and follow the job to its end.
     Publish {
         /// Bundle folder holding manifest.json and manifest.sig.
@@ -158,6 +168,18 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }
+        Command::Pairs(a) => {
+            let s = tolk_training::preference::pairs::run_pairs(&a)?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            eprintln!(
+                "{} utterances, {} pairs kept ({:.2} utterances/s); written to {}",
+                s.entries_seen,
+                s.pairs_kept,
+                s.utterances_per_second,
+                a.out.display()
+            );
+            Ok(())
+        }
         Command::Eval(a) => {
             let r = tolk_training::eval::run_eval(&a)?;
             print!("{}", std::fs::read_to_string(a.out.join("report.md"))?);
@@ -183,6 +205,32 @@ fn main() -> Result<()> {
                 r.max_loss_diff,
                 r.max_weight_diff
             );
+            Ok(())
+        }
+        Command::Export(a) => {
+            let s = tolk_training::export::export(&a).with_context(|| {
+                format!("exporting {} to {}", a.model.display(), a.out.display())
+            })?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            eprintln!(
+                "exported {} v{}: {} files, {} bytes, signed, in {} ({:.1} s)",
+                s.name,
+                s.version,
+                s.files,
+                s.bytes,
+                s.out.display(),
+                s.seconds
+            );
+            Ok(())
+        }
+        Command::Quantize(a) => {
+            let (s, report) = tolk_training::quantize::run_quantize(&a).with_context(|| {
+                format!("quantizing {} to {}", a.model.display(), a.out.display())
+            })?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            if let Some(r) = report {
+                println!("{}", tolk_training::quantize::report_table(&r));
+            }
             Ok(())
         }
         Command::Package(a) => {

@@ -8,10 +8,12 @@ mod config;
 mod kv_cache;
 pub mod lora;
 mod model;
+pub mod quant;
 mod rope;
 
 pub use config::{LlamaConfig, RopeScaling};
 pub use kv_cache::KvCache;
 pub use lora::{LoraAdapters, LoraPair, LoraTarget};
 pub use model::{Llama, LoadOptions};
+pub use quant::{QuantConfig, QuantRuntime, QuantScheme};
 pub use rope::{inverse_frequencies, RotaryTables};

@@ -6,8 +6,11 @@
 use super::config::LlamaConfig;
 use super::kv_cache::KvCache;
 use super::lora::{LoraAdapters, LoraTarget};
+use super::quant::{self, PackedLinear, QuantConfig, QuantRuntime};
 use super::rope::RotaryTables;
-use crate::checkpoint::{load_checked, save_safetensors, TensorSpec};
+use crate::checkpoint::{
+    load_checked, load_checked_typed, read_json, save_safetensors, TensorSpec,
+};
 use crate::{ModelError, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,42 +36,105 @@ impl Default for LoadOptions {
     }
 }
 
+/// A linear layer's weight: a float matrix `[out, in]`, or integers run by libtorch's packed
+/// kernels ([`QuantRuntime::Packed`]).
+#[derive(Debug)]
+enum Weight {
+    Dense(Tensor),
+    Packed(PackedLinear),
+}
+
 #[derive(Debug)]
 struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+        match &self.weight {
+            Weight::Dense(w) => Ok(x.f_linear(w, self.bias.as_ref())?),
+            Weight::Packed(p) => {
+                let y = p.forward(x)?;
+                match &self.bias {
+                    Some(b) => Ok(y.f_add(b)?),
+                    None => Ok(y),
+                }
+            }
+        }
     }
 
     fn out_features(&self) -> i64 {
-        self.weight.size()[0]
+        match &self.weight {
+            Weight::Dense(w) => w.size()[0],
+            Weight::Packed(p) => p.out_features(),
+        }
     }
 
     /// One linear layer computing all of `parts` (concatenated outputs); each part becomes a
-    /// view into the fused weight so no memory is duplicated.
+    /// view into the fused weight so no memory is duplicated. The parts are all float or all
+    /// packed.
     fn fuse(parts: &mut [&mut Linear]) -> Result<Linear> {
-        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
-        let weight = Tensor::f_cat(&weights, 0)?;
         let bias = if parts.iter().all(|p| p.bias.is_some()) {
-            let biases: Vec<&Tensor> = parts.iter().map(|p| p.bias.as_ref().unwrap()).collect();
+            let biases: Vec<&Tensor> = parts.iter().filter_map(|p| p.bias.as_ref()).collect();
             Some(Tensor::f_cat(&biases, 0)?)
         } else {
             None
         };
-        let mut start = 0;
-        for p in parts.iter_mut() {
-            let n = p.out_features();
-            p.weight = weight.f_narrow(0, start, n)?;
-            if let Some(b) = &bias {
-                p.bias = Some(b.f_narrow(0, start, n)?);
+        let sizes: Vec<i64> = parts.iter().map(|p| p.out_features()).collect();
+        let weight = if parts.iter().all(|p| matches!(p.weight, Weight::Dense(_))) {
+            let weights: Vec<&Tensor> = parts
+                .iter()
+                .filter_map(|p| match &p.weight {
+                    Weight::Dense(w) => Some(w),
+                    Weight::Packed(_) => None,
+                })
+                .collect();
+            let weight = Tensor::f_cat(&weights, 0)?;
+            let mut start = 0;
+            for (p, &n) in parts.iter_mut().zip(&sizes) {
+                p.weight = Weight::Dense(weight.f_narrow(0, start, n)?);
+                start += n;
             }
-            start += n;
+            Weight::Dense(weight)
+        } else {
+            let mut packed: Vec<&mut PackedLinear> = parts
+                .iter_mut()
+                .filter_map(|p| match &mut p.weight {
+                    Weight::Packed(q) => Some(q),
+                    Weight::Dense(_) => None,
+                })
+                .collect();
+            if packed.len() != sizes.len() {
+                return Err(ModelError::InvalidArgument(
+                    "internal: cannot fuse packed and float projections".into(),
+                ));
+            }
+            Weight::Packed(PackedLinear::fuse(&mut packed)?)
+        };
+        if let Some(b) = &bias {
+            let mut start = 0;
+            for (p, &n) in parts.iter_mut().zip(&sizes) {
+                p.bias = Some(b.f_narrow(0, start, n)?);
+                start += n;
+            }
         }
         Ok(Linear { weight, bias })
+    }
+
+    /// Builds the packed kernel operands (no-op for a float weight).
+    fn prepare(&mut self, kind: Kind) -> Result<()> {
+        match &mut self.weight {
+            Weight::Packed(p) => p.prepare(kind),
+            Weight::Dense(_) => Ok(()),
+        }
+    }
+
+    fn packed(&self) -> Option<&PackedLinear> {
+        match &self.weight {
+            Weight::Packed(p) => Some(p),
+            Weight::Dense(_) => None,
+        }
     }
 }
 
@@ -102,6 +168,10 @@ pub struct Llama {
     rope: RotaryTables,
     dtype: Kind,
     device: Device,
+    /// The `quantization_config` of the checkpoint, if it was quantized.
+    quantization: Option<QuantConfig>,
+    /// The projections kept as integers (packed runtime), if any.
+    packed: Option<QuantConfig>,
 }
 
 // SAFETY: the model's tensors are never mutated after construction (all forward operations create
@@ -167,18 +237,88 @@ impl Llama {
         specs
     }
 
-    /// Loads `dir/config.json` and the safetensors weights of `dir`.
+    /// Loads `dir/config.json` and the safetensors weights of `dir`. A quantized checkpoint
+    /// (`quantization_config`, see [`super::quant`]) is dequantized to `opts.dtype` on
+    /// `opts.device`.
     pub fn load(dir: &Path, opts: LoadOptions) -> Result<Self> {
+        Self::load_with(dir, opts, QuantRuntime::Dequantize)
+    }
+
+    /// [`Self::load`] choosing how a quantized checkpoint runs (a float checkpoint ignores
+    /// `runtime`). Quantized tensors are checked for name, shape, stored dtype and finite,
+    /// non-negative scales; every error names the tensor. With [`QuantRuntime::Packed`] (CPU
+    /// only) a fused group (q/k/v, gate/up) stays packed when all its projections are quantized
+    /// and is dequantized otherwise.
+    pub fn load_with(dir: &Path, opts: LoadOptions, runtime: QuantRuntime) -> Result<Self> {
         let _span = tracing::info_span!("llama_load", dir = %dir.display()).entered();
-        let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
-        let specs = Self::tensor_specs(&cfg);
+        let cfg_path = dir.join("config.json");
+        let value: serde_json::Value = read_json(&cfg_path)?;
+        let cfg = LlamaConfig::from_json(&value, &cfg_path)?;
         let tied = cfg.tie_word_embeddings;
         // Tied checkpoints sometimes carry a copy of the head; old ones carry RoPE buffers.
         let ignorable = |name: &str| {
             (tied && name == "lm_head.weight") || name.ends_with("rotary_emb.inv_freq")
         };
-        let tensors = load_checked(dir, &specs, &ignorable, opts.dtype, opts.device)?;
-        Self::from_tensors(cfg, tensors, opts)
+        let Some(qc) = QuantConfig::from_config_json(&value, &cfg_path)? else {
+            let specs = Self::tensor_specs(&cfg);
+            let tensors = load_checked(dir, &specs, &ignorable, opts.dtype, opts.device)?;
+            return Self::from_tensors(cfg, tensors, opts);
+        };
+        qc.check(&cfg, &cfg_path)?;
+        if runtime == QuantRuntime::Packed && opts.device != Device::Cpu {
+            return Err(ModelError::InvalidArgument(format!(
+                "the packed quantized runtime runs on the CPU only, not {:?}; use \
+                 QuantRuntime::Dequantize",
+                opts.device
+            )));
+        }
+        let specs = quant::quantized_specs(&cfg, &qc);
+        let mut tensors = load_checked_typed(dir, &specs, &ignorable, opts.dtype, opts.device)?;
+        let keep_packed = |m: LoraTarget| {
+            use LoraTarget::*;
+            let group: &[LoraTarget] = match m {
+                Q | K | V => &[Q, K, V],
+                Gate | Up => &[Gate, Up],
+                O => &[O],
+                Down => &[Down],
+            };
+            runtime == QuantRuntime::Packed && group.iter().all(|g| qc.modules.contains(g))
+        };
+        let mut packed = HashMap::new();
+        for l in 0..cfg.num_hidden_layers {
+            for &m in &qc.modules {
+                let base = quant::module_name(l, m);
+                let mut take = |suffix: &str| {
+                    let name = format!("{base}.{suffix}");
+                    tensors.remove(&name).ok_or_else(|| {
+                        ModelError::InvalidArgument(format!("internal: {name} was not loaded"))
+                    })
+                };
+                let (q, s) = (take("qweight")?, take("scales")?);
+                quant::check_scales_tensor(&format!("{base}.scales"), &s, dir)?;
+                if keep_packed(m) {
+                    packed.insert(base, PackedLinear::new(qc.scheme, q, s));
+                } else {
+                    let w = quant::dequantize_tensor(&q, &s, qc.scheme, opts.dtype)?;
+                    tensors.insert(format!("{base}.weight"), w);
+                }
+            }
+        }
+        let kept: Vec<LoraTarget> = qc
+            .modules
+            .iter()
+            .copied()
+            .filter(|&m| keep_packed(m))
+            .collect();
+        let mut model = Self::assemble(cfg, tensors, packed, opts)?;
+        if !kept.is_empty() {
+            model.packed = Some(QuantConfig {
+                scheme: qc.scheme,
+                modules: kept,
+            });
+        }
+        model.quantization = Some(qc);
+        Ok(model)
     }
 
     /// Builds the model from named tensors (checkpoint names). Norms, embeddings, o/down
@@ -187,7 +327,18 @@ impl Llama {
     /// therefore trains [`Self::trainable_parameters`], not the tensors it passed in.
     pub fn from_tensors(
         cfg: LlamaConfig,
+        tensors: HashMap<String, Tensor>,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        Self::assemble(cfg, tensors, HashMap::new(), opts)
+    }
+
+    /// [`Self::from_tensors`] where the projections named in `packed` (module names,
+    /// `model.layers.{i}.self_attn.q_proj`) are integer layers instead of `.weight` tensors.
+    fn assemble(
+        cfg: LlamaConfig,
         mut tensors: HashMap<String, Tensor>,
+        mut packed: HashMap<String, PackedLinear>,
         opts: LoadOptions,
     ) -> Result<Self> {
         let mut take = |name: &str| {
@@ -195,20 +346,23 @@ impl Llama {
                 ModelError::InvalidArgument(format!("tensor `{name}` was not provided"))
             })
         };
-        fn linear(
-            take: &mut impl FnMut(&str) -> Result<Tensor>,
-            name: &str,
-            bias: bool,
-        ) -> Result<Linear> {
+        let mut linear = |take: &mut dyn FnMut(&str) -> Result<Tensor>,
+                          name: &str,
+                          bias: bool|
+         -> Result<Linear> {
+            let weight = match packed.remove(name) {
+                Some(p) => Weight::Packed(p),
+                None => Weight::Dense(take(&format!("{name}.weight"))?),
+            };
             Ok(Linear {
-                weight: take(&format!("{name}.weight"))?,
+                weight,
                 bias: if bias {
                     Some(take(&format!("{name}.bias"))?)
                 } else {
                     None
                 },
             })
-        }
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers as usize);
         for l in 0..cfg.num_hidden_layers {
             let p = layer_prefix(l);
@@ -216,12 +370,16 @@ impl Llama {
             let mut q_proj = linear(&mut take, &format!("{p}.self_attn.q_proj"), ab)?;
             let mut k_proj = linear(&mut take, &format!("{p}.self_attn.k_proj"), ab)?;
             let mut v_proj = linear(&mut take, &format!("{p}.self_attn.v_proj"), ab)?;
-            let o_proj = linear(&mut take, &format!("{p}.self_attn.o_proj"), ab)?;
+            let mut o_proj = linear(&mut take, &format!("{p}.self_attn.o_proj"), ab)?;
             let mut gate_proj = linear(&mut take, &format!("{p}.mlp.gate_proj"), mb)?;
             let mut up_proj = linear(&mut take, &format!("{p}.mlp.up_proj"), mb)?;
-            let down_proj = linear(&mut take, &format!("{p}.mlp.down_proj"), mb)?;
-            let qkv = Linear::fuse(&mut [&mut q_proj, &mut k_proj, &mut v_proj])?;
-            let gate_up = Linear::fuse(&mut [&mut gate_proj, &mut up_proj])?;
+            let mut down_proj = linear(&mut take, &format!("{p}.mlp.down_proj"), mb)?;
+            let mut qkv = Linear::fuse(&mut [&mut q_proj, &mut k_proj, &mut v_proj])?;
+            let mut gate_up = Linear::fuse(&mut [&mut gate_proj, &mut up_proj])?;
+            // Only the layers the forward pass runs get kernel operands.
+            for run in [&mut qkv, &mut o_proj, &mut gate_up, &mut down_proj] {
+                run.prepare(opts.dtype)?;
+            }
             layers.push(DecoderLayer {
                 input_layernorm: take(&format!("{p}.input_layernorm.weight"))?,
                 post_attention_layernorm: take(&format!("{p}.post_attention_layernorm.weight"))?,
@@ -254,6 +412,8 @@ impl Llama {
             rope,
             dtype: opts.dtype,
             device: opts.device,
+            quantization: None,
+            packed: None,
         })
     }
 
@@ -301,6 +461,16 @@ impl Llama {
         KvCache::new(&self.cfg, batch, capacity, self.dtype, self.device)
     }
 
+    /// The `quantization_config` of the checkpoint this model was loaded from, if quantized.
+    pub fn quantization(&self) -> Option<&QuantConfig> {
+        self.quantization.as_ref()
+    }
+
+    /// The projections this model keeps as integers ([`QuantRuntime::Packed`]), if any.
+    pub fn packed_quantization(&self) -> Option<&QuantConfig> {
+        self.packed.as_ref()
+    }
+
     /// The LM head matrix `[vocab, hidden]`.
     pub fn lm_head_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
@@ -316,7 +486,17 @@ impl Llama {
                 // An untied input embedding only reads one row per token.
                 self.cfg.vocab_size * self.cfg.hidden_size
             };
-        elems * self.dtype.elt_size_in_bytes() as i64
+        let mut bytes = elems * self.dtype.elt_size_in_bytes() as i64;
+        // Packed projections read their integers and scales instead.
+        for l in &self.layers {
+            for lin in [&l.qkv, &l.o_proj, &l.gate_up, &l.down_proj] {
+                if let Some(p) = lin.packed() {
+                    let (out, inp) = (p.out_features(), p.in_features());
+                    bytes += p.kernel_bytes() - out * inp * self.dtype.elt_size_in_bytes() as i64;
+                }
+            }
+        }
+        bytes
     }
 
     fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
@@ -617,12 +797,15 @@ impl Llama {
     /// The distinct parameter tensors the forward pass reads (fused q/k/v and gate/up as one
     /// tensor each), named after the checkpoint keys with `qkv_proj` / `gate_up_proj` for the
     /// fused ones. They alias the model's storage: updating them in place (under `no_grad`)
-    /// updates the model and what [`Self::named_tensors`] / [`Self::save`] see.
+    /// updates the model and what [`Self::named_tensors`] / [`Self::save`] see. Projections of
+    /// the packed quantized runtime appear as their stored `qweight` / `scales` (inference
+    /// only: not trainable).
     pub fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
         self.collect_tensors(true)
     }
 
-    /// Named tensors in the checkpoint layout (the un-fused projections).
+    /// Named tensors in the checkpoint layout (the un-fused projections; `qweight` / `scales`
+    /// for projections kept packed).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         self.collect_tensors(false)
     }
@@ -661,7 +844,12 @@ impl Llama {
                 ]
             };
             for (name, lin) in linears {
-                out.push((format!("{p}.{name}.weight"), lin.weight.shallow_clone()));
+                match &lin.weight {
+                    Weight::Dense(w) => {
+                        out.push((format!("{p}.{name}.weight"), w.shallow_clone()));
+                    }
+                    Weight::Packed(q) => out.extend(q.named(&format!("{p}.{name}"))),
+                }
                 if let Some(bias) = &lin.bias {
                     out.push((format!("{p}.{name}.bias"), bias.shallow_clone()));
                 }
@@ -674,15 +862,19 @@ impl Llama {
         out
     }
 
-    /// Writes `config.json` and `model.safetensors` (Hugging Face layout) into `dir`.
+    /// Writes `config.json` and `model.safetensors` (Hugging Face layout) into `dir`. A model
+    /// holding packed projections writes them quantized, with their `quantization_config`.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         let cfg_path = dir.join("config.json");
-        let text =
-            serde_json::to_string_pretty(&self.cfg.to_json()).map_err(|e| ModelError::Json {
-                path: cfg_path.clone(),
-                source: e,
-            })?;
+        let mut json = self.cfg.to_json();
+        if let Some(qc) = &self.packed {
+            json["quantization_config"] = qc.to_json();
+        }
+        let text = serde_json::to_string_pretty(&json).map_err(|e| ModelError::Json {
+            path: cfg_path.clone(),
+            source: e,
+        })?;
         std::fs::write(&cfg_path, text).map_err(|e| ModelError::io(&cfg_path, e))?;
         save_safetensors(&dir.join("model.safetensors"), &self.named_tensors())
     }

@@ -210,7 +210,7 @@ impl<'t> TextStreamer<'t> {
 }
 
 /// The vocabulary slices a phase may produce.
-fn phase_ranges(mask: &TokenMask, vocab: u32) -> Vec<Range<u32>> {
+pub(crate) fn phase_ranges(mask: &TokenMask, vocab: u32) -> Vec<Range<u32>> {
     match mask {
         TokenMask::All => std::iter::once(0..vocab).collect(),
         TokenMask::Ranges(v) => v
@@ -221,8 +221,13 @@ fn phase_ranges(mask: &TokenMask, vocab: u32) -> Vec<Range<u32>> {
     }
 }
 
-/// Logits of `ranges` only for hidden state `[1, hidden]`, concatenated, as f32 on the host.
-fn sliced_logits(tr: &Translator, hidden: &Tensor, ranges: &[Range<u32>]) -> Result<Vec<f32>> {
+/// Logits of `ranges` only for hidden states `[n, hidden]`, concatenated per row, as f32 on the
+/// host (`n` rows of `sum of range lengths` values).
+pub(crate) fn sliced_logits(
+    tr: &Translator,
+    hidden: &Tensor,
+    ranges: &[Range<u32>],
+) -> Result<Vec<f32>> {
     let llm = tr.llm();
     let parts = ranges
         .iter()
@@ -240,17 +245,15 @@ fn sliced_logits(tr: &Translator, hidden: &Tensor, ranges: &[Range<u32>]) -> Res
     Ok(Vec::<f32>::try_from(&host)?)
 }
 
-/// Picks the next token among `ranges` (ascending, disjoint): the sampler sees the
-/// concatenated slices, which keeps the id order, so greedy ties and sampling draws are those
-/// of the full masked vocabulary.
-fn pick(
-    tr: &Translator,
+/// Picks the next token from `logits` of the concatenated `ranges` (ascending, disjoint): the
+/// sampler sees the slices in id order, so greedy ties and sampling draws are those of the full
+/// masked vocabulary.
+pub(crate) fn pick_from_logits(
     sampler: &mut Sampler,
-    hidden: &Tensor,
+    logits: &[f32],
     ranges: &[Range<u32>],
 ) -> Result<u32> {
-    let logits = sliced_logits(tr, hidden, ranges)?;
-    let mut i = sampler.sample(&logits, 0, &TokenMask::All)?;
+    let mut i = sampler.sample(logits, 0, &TokenMask::All)?;
     for r in ranges {
         let n = r.end - r.start;
         if i < n {
@@ -263,30 +266,55 @@ fn pick(
     ))
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Phase {
+/// Picks the next token among `ranges` for hidden state `[1, hidden]`.
+fn pick(
+    tr: &Translator,
+    sampler: &mut Sampler,
+    hidden: &Tensor,
+    ranges: &[Range<u32>],
+) -> Result<u32> {
+    let logits = sliced_logits(tr, hidden, ranges)?;
+    pick_from_logits(sampler, &logits, ranges)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
     Text,
     Units,
 }
 
-/// Decodes one utterance from source units (raw or deduplicated 50 Hz units; deduplicated here
-/// when the manifest says so). Resets `cache` first.
-pub(crate) fn decode(
+/// What one utterance decodes: the checked and prepared inputs shared by [`decode`] and the
+/// batched decoder.
+pub(crate) struct Plan {
+    pub(crate) task: Task,
+    pub(crate) prompt: Vec<u32>,
+    pub(crate) text_ranges: Vec<Range<u32>>,
+    pub(crate) unit_ranges: Vec<Range<u32>>,
+    pub(crate) units_tok: u32,
+    pub(crate) end_tok: u32,
+    /// S2TT through a chain-of-modality prompt ends at the switch to units.
+    pub(crate) text_only: bool,
+}
+
+impl Plan {
+    /// The phase decoding starts in.
+    pub(crate) fn first_phase(&self) -> Phase {
+        if self.task == Task::S2st {
+            Phase::Units
+        } else {
+            Phase::Text
+        }
+    }
+}
+
+/// Checks the direction, mode and source units (deduplicated here when the manifest says so)
+/// and builds the prompt and the phase vocabularies.
+pub(crate) fn plan(
     tr: &Translator,
-    cache: &mut KvCache,
-    sampler: &mut Sampler,
     src_units: &[u32],
     direction: Direction,
     mode: Mode,
-    on_event: &mut dyn FnMut(Event<'_>),
-) -> Result<TranslationOutput> {
-    let _span = tracing::info_span!(
-        "translate",
-        direction = direction.as_str(),
-        mode = mode.as_str(),
-        units = src_units.len()
-    )
-    .entered();
+) -> Result<Plan> {
     let m = tr.manifest();
     if !m.supports_direction(direction) {
         return Err(ModelError::InvalidArgument(format!(
@@ -319,19 +347,55 @@ pub(crate) fn decode(
         ));
     }
     let prompt = f.prompt(task, direction.src(), direction.tgt(), &src)?;
+    let vocab = tr.llm().config().vocab_size as u32;
+    Ok(Plan {
+        task,
+        prompt,
+        text_ranges: phase_ranges(&f.text_phase(task), vocab),
+        unit_ranges: phase_ranges(&f.unit_phase(), vocab),
+        units_tok: f.id(SpecialToken::Units),
+        end_tok: f.id(SpecialToken::End),
+        text_only: !mode.has_units(),
+    })
+}
+
+/// Decodes one utterance from source units (raw or deduplicated 50 Hz units; deduplicated here
+/// when the manifest says so). Resets `cache` first.
+pub(crate) fn decode(
+    tr: &Translator,
+    cache: &mut KvCache,
+    sampler: &mut Sampler,
+    src_units: &[u32],
+    direction: Direction,
+    mode: Mode,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<TranslationOutput> {
+    let _span = tracing::info_span!(
+        "translate",
+        direction = direction.as_str(),
+        mode = mode.as_str(),
+        units = src_units.len()
+    )
+    .entered();
+    let m = tr.manifest();
+    let f = tr.format();
+    let p = plan(tr, src_units, direction, mode)?;
+    let first_phase = p.first_phase();
+    let Plan {
+        prompt,
+        text_ranges,
+        unit_ranges,
+        units_tok,
+        end_tok,
+        text_only,
+        ..
+    } = p;
     if prompt.len() as i64 >= cache.capacity() {
         return Err(ModelError::CacheFull {
             needed: prompt.len() + 1,
             capacity: cache.capacity() as usize,
         });
     }
-    let vocab = tr.llm().config().vocab_size as u32;
-    let units_tok = f.id(SpecialToken::Units);
-    let end_tok = f.id(SpecialToken::End);
-    let text_ranges = phase_ranges(&f.text_phase(task), vocab);
-    let unit_ranges = phase_ranges(&f.unit_phase(), vocab);
-    // S2TT through a chain-of-modality prompt ends at the switch to units.
-    let text_only = !mode.has_units();
 
     let start = Instant::now();
     cache.reset();
@@ -342,11 +406,7 @@ pub(crate) fn decode(
         prompt_tokens: prompt.len(),
         ..Timings::default()
     };
-    let mut phase = if task == Task::S2st {
-        Phase::Units
-    } else {
-        Phase::Text
-    };
+    let mut phase = first_phase;
     let mut streamer = TextStreamer::new(tr.tokenizer());
     let mut text = String::new();
     let mut units = Vec::new();

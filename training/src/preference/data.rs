@@ -294,13 +294,19 @@ mod tests {
         let p = dir.path().join("pairs.jsonl");
         let good = r#"{"id":"x","prompt_ids":[1,2],"chosen_ids":[3,4],"rejected_ids":[5]}"#;
         std::fs::write(&p, format!("{good}\n{}\n", good.replace("[5]", "[50]"))).unwrap();
-        let e = read_pairs(&[p.clone()], 10, 100).unwrap_err().to_string();
+        let e = read_pairs(std::slice::from_ref(&p), 10, 100)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2") && e.contains("token 50"), "{e}");
         std::fs::write(&p, format!("{good}\n{}\n", good.replace("[5]", "[3,4]"))).unwrap();
-        let e = read_pairs(&[p.clone()], 10, 100).unwrap_err().to_string();
+        let e = read_pairs(std::slice::from_ref(&p), 10, 100)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("identical"), "{e}");
         std::fs::write(&p, format!("{good}\n")).unwrap();
-        let set = read_pairs(&[p.clone()], 10, 3).unwrap_err().to_string();
+        let set = read_pairs(std::slice::from_ref(&p), 10, 3)
+            .unwrap_err()
+            .to_string();
         assert!(set.contains("no usable"), "{set}");
         let set = read_pairs(&[p], 10, 4).unwrap();
         assert_eq!((set.pairs.len(), set.too_long), (1, 0));

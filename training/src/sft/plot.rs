@@ -15,7 +15,8 @@ const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
 ];
 
-fn register_font() -> bool {
+/// Registers the plot font once; false when none was found (plots are then drawn unlabelled).
+pub(crate) fn register_font() -> bool {
     use std::sync::OnceLock;
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     *REGISTERED.get_or_init(|| {

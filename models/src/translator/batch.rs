@@ -1,0 +1,318 @@
+//! Batched sampling of several continuations of one prompt (the candidates of preference-pair
+//! construction, PROST-LLM arXiv 2601.16618 section 2.2).
+//!
+//! The B rows share the prompt: it is prefilled as one `[B, T]` forward into a B-row KV cache
+//! (the cache API writes whole rows, so the prompt is computed once per row in that single
+//! call), then every step decodes all rows in lockstep with `[B, 1]` tokens. Each row has its
+//! own [`Sampler`] and its own phase, under the rules of [`super::decode`]: text restricted to
+//! the text vocabulary and `<|units|>`, then units restricted to the unit tokens and `<|end|>`,
+//! with the `max_text_tokens` / `max_target_units` caps. A finished row keeps a slot in the
+//! batch (it is fed `<|end|>` and its logits are never read), so all rows share one cache
+//! length and the cache-full check is the single-sequence one.
+
+use std::time::Instant;
+
+use super::decode::{
+    pick_from_logits, plan, sliced_logits, Mode, Phase, Plan, Stop, Timings, TranslationOutput,
+};
+use super::manifest::Direction;
+use super::Translator;
+use crate::sampling::Sampler;
+use crate::{ModelError, Result};
+use tch::Tensor;
+
+/// The decoding state of one row.
+struct Row {
+    phase: Phase,
+    text_ids: Vec<u32>,
+    units: Vec<u32>,
+    text_truncated: bool,
+    stop: Option<Stop>,
+    first_text_s: Option<f64>,
+    first_unit_s: Option<f64>,
+    decode_s: f64,
+}
+
+/// Decodes `samplers.len()` continuations of one utterance in lockstep, row `i` sampling with
+/// `samplers[i]`, in a fresh cache of `capacity` positions per row. Row `i` equals what
+/// [`super::decode::decode`] returns with the same sampler state (same rules, same RNG draws),
+/// up to floating-point differences between batched and single-row matrix products.
+pub(crate) fn decode_batch(
+    tr: &Translator,
+    samplers: &mut [Sampler],
+    src_units: &[u32],
+    direction: Direction,
+    mode: Mode,
+    capacity: i64,
+) -> Result<Vec<TranslationOutput>> {
+    let b = samplers.len();
+    let _span = tracing::info_span!(
+        "translate_batch",
+        direction = direction.as_str(),
+        mode = mode.as_str(),
+        units = src_units.len(),
+        rows = b
+    )
+    .entered();
+    if b == 0 {
+        return Err(ModelError::InvalidArgument(
+            "a batched decode needs at least one sampler".into(),
+        ));
+    }
+    let p = plan(tr, src_units, direction, mode)?;
+    let first_phase = p.first_phase();
+    let Plan {
+        prompt,
+        text_ranges,
+        unit_ranges,
+        units_tok,
+        end_tok,
+        text_only,
+        ..
+    } = p;
+    if prompt.len() as i64 >= capacity {
+        return Err(ModelError::CacheFull {
+            needed: prompt.len() + 1,
+            capacity: capacity as usize,
+        });
+    }
+    let m = tr.manifest();
+    let unit_base = tr.format().unit_base;
+    let llm = tr.llm();
+    let device = llm.device();
+    let mut cache = llm.new_cache(b as i64, capacity)?;
+
+    let start = Instant::now();
+    let _g = tch::no_grad_guard();
+    let t = prompt.len() as i64;
+    let ids: Vec<i64> = (0..b)
+        .flat_map(|_| prompt.iter().map(|&id| id as i64))
+        .collect();
+    let tokens = Tensor::from_slice(&ids)
+        .f_to_device(device)?
+        .f_view([b as i64, t])?;
+    let hidden = llm.forward_hidden(&tokens, Some(&mut cache), None)?;
+    let mut last = hidden.f_select(1, t - 1)?;
+    let prefill_s = start.elapsed().as_secs_f64();
+
+    let mut rows: Vec<Row> = (0..b)
+        .map(|_| Row {
+            phase: first_phase,
+            text_ids: Vec::new(),
+            units: Vec::new(),
+            text_truncated: false,
+            stop: None,
+            first_text_s: None,
+            first_unit_s: None,
+            decode_s: 0.0,
+        })
+        .collect();
+    let finish = |row: &mut Row, stop: Stop| {
+        row.stop = Some(stop);
+        row.decode_s = start.elapsed().as_secs_f64();
+    };
+    loop {
+        let mut next: Vec<Option<u32>> = vec![None; b];
+        let (mut want_text, mut want_units) = (Vec::new(), Vec::new());
+        for (i, row) in rows.iter_mut().enumerate() {
+            if row.stop.is_some() {
+                continue;
+            }
+            match row.phase {
+                Phase::Text if row.text_ids.len() >= m.max_text_tokens => {
+                    if text_only {
+                        finish(row, Stop::MaxTokens);
+                    } else {
+                        // Out of text budget: switch to units rather than lose the speech.
+                        row.text_truncated = true;
+                        next[i] = Some(units_tok);
+                    }
+                }
+                Phase::Text => want_text.push(i),
+                Phase::Units if row.units.len() >= m.max_target_units => {
+                    finish(row, Stop::MaxTokens)
+                }
+                Phase::Units => want_units.push(i),
+            }
+        }
+        for (want, ranges) in [(&want_text, &text_ranges), (&want_units, &unit_ranges)] {
+            if want.is_empty() {
+                continue;
+            }
+            let idx: Vec<i64> = want.iter().map(|&i| i as i64).collect();
+            let idx = Tensor::from_slice(&idx).f_to_device(device)?;
+            let logits = sliced_logits(tr, &last.f_index_select(0, &idx)?, ranges)?;
+            let width: usize = ranges.iter().map(|r| (r.end - r.start) as usize).sum();
+            for (j, &i) in want.iter().enumerate() {
+                let row_logits = &logits[j * width..(j + 1) * width];
+                next[i] = Some(pick_from_logits(&mut samplers[i], row_logits, ranges)?);
+            }
+        }
+        for (row, tok) in rows.iter_mut().zip(&next) {
+            let Some(tok) = *tok else { continue };
+            match row.phase {
+                Phase::Text if tok == units_tok || tok == end_tok => {
+                    if tok == end_tok || text_only {
+                        finish(row, Stop::End);
+                    } else {
+                        row.phase = Phase::Units;
+                    }
+                }
+                Phase::Text => {
+                    row.text_ids.push(tok);
+                    row.first_text_s
+                        .get_or_insert(start.elapsed().as_secs_f64());
+                }
+                Phase::Units if tok == end_tok => finish(row, Stop::End),
+                Phase::Units => {
+                    row.units.push(tok - unit_base);
+                    row.first_unit_s
+                        .get_or_insert(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        if rows.iter().all(|r| r.stop.is_some()) {
+            break;
+        }
+        if cache.len() >= cache.capacity() {
+            for row in rows.iter_mut().filter(|r| r.stop.is_none()) {
+                finish(row, Stop::CacheFull);
+            }
+            break;
+        }
+        let step: Vec<i64> = rows
+            .iter()
+            .zip(&next)
+            .map(|(row, tok)| match (row.stop, tok) {
+                (None, Some(tok)) => *tok as i64,
+                _ => end_tok as i64,
+            })
+            .collect();
+        let tokens = Tensor::from_slice(&step)
+            .f_to_device(device)?
+            .f_view([b as i64, 1])?;
+        let h = llm.forward_hidden(&tokens, Some(&mut cache), None)?;
+        last = h.f_select(1, 0)?;
+    }
+    rows.into_iter()
+        .map(|row| {
+            let text = tr.tokenizer().decode(&row.text_ids, true)?;
+            Ok(TranslationOutput {
+                direction,
+                mode,
+                text,
+                timings: Timings {
+                    extract_s: 0.0,
+                    prompt_tokens: prompt.len(),
+                    prefill_s,
+                    first_text_s: row.first_text_s,
+                    first_unit_s: row.first_unit_s,
+                    decode_s: row.decode_s,
+                    text_tokens: row.text_ids.len(),
+                    unit_tokens: row.units.len(),
+                },
+                text_ids: row.text_ids,
+                units: row.units,
+                stop: row.stop.unwrap_or(Stop::CacheFull),
+                text_truncated: row.text_truncated,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::SamplingConfig;
+    use crate::translator::testing::{write_random_translator, TinyTranslatorSpec};
+    use tch::{Device, Kind};
+
+    fn source_units(n: usize, k: u32, seed: u32) -> Vec<u32> {
+        (0..n as u32)
+            .map(|i| (i.wrapping_mul(7919).wrapping_add(seed * 104_729) / 3) % k)
+            .collect()
+    }
+
+    fn sampler(temperature: f32, seed: u64) -> Sampler {
+        Sampler::new(SamplingConfig {
+            temperature,
+            top_k: 0,
+            top_p: 0.95,
+            seed,
+        })
+        .unwrap()
+    }
+
+    /// Row i of a batch equals the single-sequence decode with the same sampler, greedy and
+    /// sampled, in CoM and S2TT modes, across the caps (a small `max_target_units` makes some
+    /// rows stop on the cap while others end).
+    #[test]
+    fn rows_equal_single_sequence_decodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = TinyTranslatorSpec {
+            max_target_units: 6,
+            ..TinyTranslatorSpec::default()
+        };
+        write_random_translator(dir.path(), &spec).unwrap();
+        let tr = Translator::load(dir.path(), Device::Cpu, Kind::Float).unwrap();
+        let mut stops = Vec::new();
+        for (u, direction) in [
+            (0u32, Direction::EnFr),
+            (1, Direction::FrEn),
+            (2, Direction::EnFr),
+        ] {
+            let src = source_units(30 + 9 * u as usize, spec.num_units, u);
+            for mode in [Mode::ChainOfModality, Mode::S2tt] {
+                // Greedy: every row is translate_units.
+                let single = tr.translate_units(&src, direction, mode).unwrap();
+                let mut greedy: Vec<Sampler> = (0..3)
+                    .map(|_| Sampler::new(SamplingConfig::greedy()).unwrap())
+                    .collect();
+                let rows = tr
+                    .translate_units_batch(&src, direction, mode, &mut greedy)
+                    .unwrap();
+                assert_eq!(rows.len(), 3);
+                for r in &rows {
+                    assert_eq!(r.text_ids, single.text_ids);
+                    assert_eq!(r.units, single.units);
+                    assert_eq!(
+                        (r.stop, r.text_truncated),
+                        (single.stop, single.text_truncated)
+                    );
+                    assert_eq!(r.text, single.text);
+                }
+                // Sampled: row i is the single decode with sampler seed i.
+                let seeds = [11u64, 12, 13, 14];
+                let mut samplers: Vec<Sampler> = seeds.iter().map(|&s| sampler(1.0, s)).collect();
+                let rows = tr
+                    .translate_units_batch(&src, direction, mode, &mut samplers)
+                    .unwrap();
+                for (r, &s) in rows.iter().zip(&seeds) {
+                    let one = tr
+                        .translate_units_with(&src, direction, mode, &mut sampler(1.0, s))
+                        .unwrap();
+                    assert_eq!(r.text_ids, one.text_ids, "seed {s}");
+                    assert_eq!(r.units, one.units, "seed {s}");
+                    assert_eq!((r.stop, r.text_truncated), (one.stop, one.text_truncated));
+                    assert_eq!(r.text, one.text);
+                    stops.push((mode, r.stop));
+                }
+                let distinct: std::collections::HashSet<_> =
+                    rows.iter().map(|r| (&r.text_ids, &r.units)).collect();
+                assert!(distinct.len() > 1, "sampled rows should differ");
+            }
+        }
+        // The cases covered: CoM rows ending on <|end|> and on the unit cap.
+        assert!(
+            stops.contains(&(Mode::ChainOfModality, Stop::End)),
+            "{stops:?}"
+        );
+        assert!(
+            stops.contains(&(Mode::ChainOfModality, Stop::MaxTokens)),
+            "{stops:?}"
+        );
+        assert!(tr
+            .translate_units_batch(&[1, 2], Direction::EnFr, Mode::ChainOfModality, &mut [])
+            .is_err());
+    }
+}
