@@ -567,7 +567,8 @@ impl Drop for Proc {
 /// `tolk-train publish` over a real mosquitto to a kiosk's `tolk ota agent`, passes the kiosk's
 /// translator health probe, becomes the active slot, verifies there, and `tolk run` translates
 /// with it (its fallback model does not exist, so nothing else could have). Then the same for an
-/// int8 copy made by `tolk-train quantize`, which goes to the other slot.
+/// int8 translator made from it by the release pipeline (pairs, DPO, merge, quantize), which goes
+/// to the other slot.
 #[test]
 fn demo_bundle_installs_on_a_kiosk_over_mqtt() {
     let t = tempfile::tempdir().unwrap();
@@ -657,18 +658,11 @@ fn demo_bundle_installs_on_a_kiosk_over_mqtt() {
     let finals = kiosk_run(&tolk, &cfg, &slot1);
     println!("tolk run on the installed f16 bundle: {finals:?}");
 
-    // v2: an int8 copy (`tolk-train quantize`), exported and installed the same way; the
-    // kiosk switches to the other slot.
-    let int8 = t.path().join("demo-int8");
-    run_ok({
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tolk-train"));
-        c.arg("quantize")
-            .arg("--model")
-            .arg(&demo)
-            .args(["--format", "int8", "--out"])
-            .arg(&int8);
-        c
-    });
+    // v2: the whole release pipeline on the demo model: monolingual English speech (espeak-ng,
+    // `tolk-train synth-corpus`), its units, preference pairs by self-sampling and
+    // back-translation (`pairs`), DPO with LoRA (`preference`, merged), int8 (`quantize`),
+    // exported and installed the same way; the kiosk switches to the other slot.
+    let int8 = release_pipeline(&demo, t.path());
     let bundle2 = t.path().join("demo-int8-v2");
     run_ok(export_cmd(&int8, &bundle2, &kf, 2, &[]));
     let r = release_of(&bundle2);
@@ -692,6 +686,107 @@ fn demo_bundle_installs_on_a_kiosk_over_mqtt() {
     let finals = kiosk_run(&tolk, &cfg, &slot2);
     println!("tolk run on the installed int8 bundle: {finals:?}");
     drop(agent);
+}
+
+/// Runs `tolk-train` with `args`, expecting success.
+fn train_ok(args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tolk-train"));
+    c.args(args);
+    run_ok(c)
+}
+
+/// The release pipeline at test size, from the demo model: 8 monolingual English utterances, 4
+/// sampled candidates each, pairs kept at any positive BLEU margin, one DPO epoch with LoRA, the
+/// merged translator quantized to int8. Returns the int8 translator folder.
+fn release_pipeline(demo: &Path, dir: &Path) -> PathBuf {
+    let p = |name: &str| dir.join(name).display().to_string();
+    train_ok(&[
+        "synth-corpus",
+        "--out",
+        &p("corpus"),
+        "--seed",
+        "5",
+        "--pairs",
+        "4",
+        "--dev",
+        "0",
+        "--test",
+        "0",
+        "--mono",
+        "8",
+        "--voices",
+        "en-us,fr-fr",
+    ]);
+    let kmeans = demo.join("units/kmeans.safetensors").display().to_string();
+    train_ok(&[
+        "units",
+        "--manifest",
+        &p("corpus/mono-en.jsonl"),
+        "--extractor",
+        "mfcc",
+        "--kmeans",
+        &kmeans,
+        "--out",
+        &p("units.jsonl"),
+    ]);
+    let demo_s = demo.display().to_string();
+    train_ok(&[
+        "pairs",
+        "--model",
+        &demo_s,
+        "--manifest",
+        &p("corpus/mono-en.jsonl"),
+        "--units",
+        &p("units.jsonl"),
+        "--direction",
+        "en-fr",
+        "--candidates",
+        "4",
+        "--delta",
+        "0",
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        &p("pairs"),
+    ]);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("pairs/summary.json")).unwrap()).unwrap();
+    println!(
+        "pairs: {} kept of {} utterances, mean margin {}",
+        summary["pairs_kept"], summary["entries_seen"], summary["mean_margin"]
+    );
+    assert!(summary["pairs_kept"].as_u64().unwrap() > 0, "{summary}");
+    let recipe = dir.join("dpo.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[data]\npairs = [\"{}\"]\ndev_percent = 0\n[model]\ntranslator = \"{demo_s}\"\n\
+             [loss]\nkind = \"dpo\"\n[optim]\nlr = 5e-4\nepochs = 1\nbatch_pairs = 4\n\
+             [run]\nout = \"{}\"\nthreads = 1\n",
+            p("pairs/pairs.jsonl"),
+            p("dpo")
+        ),
+    )
+    .unwrap();
+    let o = train_ok(&["preference", "--recipe", recipe.to_str().unwrap()]);
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    println!("DPO: {} steps on {} pairs", s["steps"], s["train_pairs"]);
+    let merged = dir.join("dpo/final/translator");
+    assert!(merged.join("tolk-model.json").exists());
+    let int8 = dir.join("demo-dpo-int8");
+    train_ok(&[
+        "quantize",
+        "--model",
+        merged.to_str().unwrap(),
+        "--format",
+        "int8",
+        "--out",
+        int8.to_str().unwrap(),
+    ]);
+    int8
 }
 
 /// Publishes `bundle` (version `version`) with the `tolk-train publish` binary and checks the
