@@ -90,6 +90,25 @@ impl KvCache {
         ))
     }
 
+    /// Fills every row of this cache with the single row of `src` (same model, batch 1): a
+    /// prompt prefilled once serves several sampled continuations.
+    pub fn fill_rows_from(&mut self, src: &KvCache) -> Result<()> {
+        if src.batch != 1 || src.layers.len() != self.layers.len() || src.len > self.capacity {
+            return Err(ModelError::InvalidArgument(format!(
+                "cannot copy a cache of batch {} and {} positions into one of capacity {}",
+                src.batch, src.len, self.capacity
+            )));
+        }
+        for ((dk, dv), (sk, sv)) in self.layers.iter().zip(&src.layers) {
+            for (d, s) in [(dk, sk), (dv, sv)] {
+                d.f_narrow(2, 0, src.len)?
+                    .f_copy_(&s.f_narrow(2, 0, src.len)?)?;
+            }
+        }
+        self.len = src.len;
+        Ok(())
+    }
+
     pub(crate) fn advance(&mut self, t: i64) {
         self.len += t;
     }

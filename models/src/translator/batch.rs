@@ -1,9 +1,9 @@
 //! Batched sampling of several continuations of one prompt (the candidates of preference-pair
 //! construction, PROST-LLM arXiv 2601.16618 section 2.2).
 //!
-//! The B rows share the prompt: it is prefilled as one `[B, T]` forward into a B-row KV cache
-//! (the cache API writes whole rows, so the prompt is computed once per row in that single
-//! call), then every step decodes all rows in lockstep with `[B, 1]` tokens. Each row has its
+//! The B rows share the prompt: it is prefilled once (batch 1) and its keys and values are
+//! copied into every row of a B-row KV cache, then every step decodes all rows in lockstep with
+//! `[B, 1]` tokens. Each row has its
 //! own [`Sampler`] and its own phase, under the rules of [`super::decode`]: text restricted to
 //! the text vocabulary and `<|units|>`, then units restricted to the unit tokens and `<|end|>`,
 //! with the `max_text_tokens` / `max_target_units` caps. A finished row keeps a slot in the
@@ -84,15 +84,17 @@ pub(crate) fn decode_batch(
 
     let start = Instant::now();
     let _g = tch::no_grad_guard();
+    // The rows share the prompt: prefill it once (batch 1) and copy its keys and values into
+    // every row.
     let t = prompt.len() as i64;
-    let ids: Vec<i64> = (0..b)
-        .flat_map(|_| prompt.iter().map(|&id| id as i64))
-        .collect();
-    let tokens = Tensor::from_slice(&ids)
-        .f_to_device(device)?
-        .f_view([b as i64, t])?;
-    let hidden = llm.forward_hidden(&tokens, Some(&mut cache), None)?;
-    let mut last = hidden.f_select(1, t - 1)?;
+    let mut prompt_cache = llm.new_cache(1, t)?;
+    let hidden = llm.forward_hidden_ids(&prompt, &mut prompt_cache)?;
+    cache.fill_rows_from(&prompt_cache)?;
+    drop(prompt_cache);
+    let mut last = hidden
+        .f_select(1, t - 1)?
+        .f_expand([b as i64, -1], false)?
+        .f_contiguous()?;
     let prefill_s = start.elapsed().as_secs_f64();
 
     let mut rows: Vec<Row> = (0..b)
