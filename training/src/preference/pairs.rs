@@ -1071,12 +1071,9 @@ pub fn summarize(
     }
 }
 
-/// Writes `text` to `path` through a temporary file (never half-written).
+/// Writes `text` to `path` through a synced temporary file (never half-written).
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    Ok(crate::run_dir::write_atomic(path, text.as_bytes())?)
 }
 
 fn jsonl<T: Serialize>(rows: &[T]) -> Result<String> {
