@@ -4,8 +4,10 @@
 //! `checkpoints/step-NNNNNNN`, and only then named by the `latest` file (itself written to a
 //! temporary name and renamed): a crash at any moment leaves the previous checkpoint in use.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// An I/O error with the path it happened on.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +93,59 @@ pub fn commit_checkpoint<E: From<RunDirError>>(
         std::fs::remove_dir_all(&p).map_err(io(&p))?;
     }
     Ok(dir)
+}
+
+/// A training run's progress: a bar on a terminal, plain lines on stderr otherwise (logs, CI).
+pub struct StepProgress {
+    bar: ProgressBar,
+    tty: bool,
+}
+
+impl StepProgress {
+    /// `total` optimizer steps, `done` of them already (a resumed run).
+    pub fn new(total: u64, done: u64) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let bar = if tty {
+            let b = ProgressBar::new(total);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (eta {eta})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            b.set_position(done);
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        Self { bar, tty }
+    }
+
+    pub fn set_step(&self, step: u64) {
+        self.bar.set_position(step);
+    }
+
+    /// The running figures: the bar's message, or a `step i/n ...` line without a terminal.
+    pub fn figures(&self, step: u64, total: u64, msg: String) {
+        if !self.tty {
+            eprintln!("step {step}/{total} {msg}");
+        }
+        self.bar.set_message(msg);
+    }
+
+    /// A line that stays (evaluations), above the bar.
+    pub fn line(&self, line: String) {
+        if self.tty {
+            self.bar.println(line);
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 #[cfg(test)]

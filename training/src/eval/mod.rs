@@ -160,7 +160,8 @@ fn dedup(units: &[u32]) -> Vec<u32> {
     v
 }
 
-fn read_16k(path: &Path) -> Result<Vec<f32>> {
+/// A WAV file as 16 kHz mono samples.
+pub(crate) fn read_16k(path: &Path) -> Result<Vec<f32>> {
     let w = read_wav(path).with_context(|| format!("reading {}", path.display()))?;
     let (s, _) = to_mono_16k(&w.samples, w.sample_rate, w.channels)
         .with_context(|| format!("converting {} to 16 kHz mono", path.display()))?;
@@ -168,7 +169,7 @@ fn read_16k(path: &Path) -> Result<Vec<f32>> {
 }
 
 /// A file name for an utterance id.
-fn file_stem(id: &str) -> String {
+pub(crate) fn file_stem(id: &str) -> String {
     id.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {

@@ -50,9 +50,8 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
-use tolk_models::audio::condition::to_mono_16k;
 use tolk_models::audio::features::MfccConfig;
-use tolk_models::audio::wav::{read_wav, write_wav, WavFormat};
+use tolk_models::audio::wav::{write_wav, WavFormat};
 use tolk_models::device::{parse_device, parse_dtype};
 use tolk_models::prompt::{PromptFormat, SpecialToken, Task};
 use tolk_models::sampling::{Sampler, SamplingConfig};
@@ -61,7 +60,7 @@ use tolk_models::ModelError;
 
 use super::pairs_plot::write_margin_plot;
 use crate::corpus::manifest::{ManifestEntry, ManifestError};
-use crate::eval::{asr, entries_for};
+use crate::eval::{asr, entries_for, file_stem, read_16k};
 use crate::metrics::{bleu, mcd, meteor, wer};
 use crate::units::{read_units, UnitsTable};
 
@@ -590,25 +589,6 @@ fn select(
         }
     }
     (out, skipped)
-}
-
-fn read_16k(path: &Path) -> Result<Vec<f32>> {
-    let w = read_wav(path).with_context(|| format!("reading {}", path.display()))?;
-    let (s, _) = to_mono_16k(&w.samples, w.sample_rate, w.channels)
-        .with_context(|| format!("converting {} to 16 kHz mono", path.display()))?;
-    Ok(s)
-}
-
-fn file_stem(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// Everything one utterance needs.

@@ -17,11 +17,9 @@
 //! `final/adapter` holds the adapters and `final/translator` the base translator folder with the
 //! adapters merged into its LLM (f32), ready for `tolk-train quantize` / `export`.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 use tolk_models::checkpoint::{read_safetensors, save_safetensors};
@@ -35,7 +33,7 @@ use super::lora::{Lora, LoraError};
 use super::losses::{dpo_sigmoid_loss, sequence_logps, simpo_loss, LogpReduction, LossError};
 use super::recipe::{LossKind, PreferenceRecipe};
 use crate::run_dir::{
-    append_jsonl, commit_checkpoint, io, latest_checkpoint, write_atomic, RunDirError,
+    append_jsonl, commit_checkpoint, io, latest_checkpoint, write_atomic, RunDirError, StepProgress,
 };
 use crate::sft::optim::{learning_rate, AdamW};
 use crate::sft::plot::{write_curves, Curve};
@@ -151,6 +149,27 @@ struct TrainerState {
     dev_loss: Vec<LossPoint>,
     dev_margin: Vec<LossPoint>,
     dev_accuracy: Vec<LossPoint>,
+}
+
+impl TrainerState {
+    /// Adds the figures of `step` to the training (or dev) curves.
+    fn record(&mut self, step: u64, f: &PreferenceFigures, dev: bool) {
+        let curves = if dev {
+            [
+                &mut self.dev_loss,
+                &mut self.dev_margin,
+                &mut self.dev_accuracy,
+            ]
+        } else {
+            [&mut self.loss, &mut self.margin, &mut self.accuracy]
+        };
+        for (curve, value) in curves
+            .into_iter()
+            .zip([f.loss, f.reward_margin, f.reward_accuracy])
+        {
+            curve.push(LossPoint { step, loss: value });
+        }
+    }
 }
 
 /// What a finished run reports.
@@ -483,18 +502,7 @@ pub fn train_preference(
     let warmup = (r.optim.warmup_ratio * total as f64).round() as u64;
     let dev_before = if !dev.is_empty() && state.step == 0 {
         let f = setup.evaluate(&dev, &mut lora_train, dev_ref.as_ref())?;
-        state.dev_loss.push(LossPoint {
-            step: 0,
-            loss: f.loss,
-        });
-        state.dev_margin.push(LossPoint {
-            step: 0,
-            loss: f.reward_margin,
-        });
-        state.dev_accuracy.push(LossPoint {
-            step: 0,
-            loss: f.reward_accuracy,
-        });
+        state.record(0, &f, true);
         Some(f)
     } else {
         None
@@ -505,21 +513,7 @@ pub fn train_preference(
         .ok()
         .and_then(|v| v.parse().ok());
     let metrics_path = out.join("metrics.jsonl");
-    let tty = std::io::stderr().is_terminal();
-    let bar = if tty {
-        let b = ProgressBar::new(total);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (eta {eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b.set_position(state.step);
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = StepProgress::new(total, state.step);
     let started = Instant::now();
     let base_elapsed = state.elapsed_s;
     let mut window = FiguresSum::default();
@@ -566,32 +560,21 @@ pub fn train_preference(
         state.step = step;
         steps_this_run += 1;
         pairs_seen += batch.len();
-        bar.set_position(step);
+        bar.set_step(step);
 
         if step % r.run.log_every == 0 || step == total {
             let f = window.mean();
             window = FiguresSum::default();
             first_train.get_or_insert(f);
             last_train = Some(f);
-            state.loss.push(LossPoint { step, loss: f.loss });
-            state.margin.push(LossPoint {
-                step,
-                loss: f.reward_margin,
-            });
-            state.accuracy.push(LossPoint {
-                step,
-                loss: f.reward_accuracy,
-            });
+            state.record(step, &f, false);
             let msg = format!(
                 "loss {:.4} margin {:.4} acc {:.0}% lr {lr:.2e} |g| {gnorm:.3}",
                 f.loss,
                 f.reward_margin,
                 100.0 * f.reward_accuracy
             );
-            bar.set_message(msg.clone());
-            if !tty {
-                eprintln!("step {step}/{total} {msg}");
-            }
+            bar.figures(step, total, msg);
             append_jsonl(
                 &metrics_path,
                 &serde_json::json!({"step": step, "epoch": epoch, "loss": f.loss,
@@ -605,15 +588,7 @@ pub fn train_preference(
             if !f.loss.is_finite() {
                 return Err(diverged(format!("the dev loss is {}", f.loss)));
             }
-            state.dev_loss.push(LossPoint { step, loss: f.loss });
-            state.dev_margin.push(LossPoint {
-                step,
-                loss: f.reward_margin,
-            });
-            state.dev_accuracy.push(LossPoint {
-                step,
-                loss: f.reward_accuracy,
-            });
+            state.record(step, &f, true);
             let line = format!(
                 "step {step}: dev loss {:.4}, reward margin {:.4}, accuracy {:.1}% ({} pairs)",
                 f.loss,
@@ -621,11 +596,7 @@ pub fn train_preference(
                 100.0 * f.reward_accuracy,
                 f.pairs
             );
-            if tty {
-                bar.println(line);
-            } else {
-                eprintln!("{line}");
-            }
+            bar.line(line);
             append_jsonl(
                 &metrics_path,
                 &serde_json::json!({"step": step, "dev_loss": f.loss,
@@ -642,7 +613,7 @@ pub fn train_preference(
             write_plots(out, &state)?;
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     let (mut adapter, mut merged) = (None, None);
     if state.step >= total {
         let a = out.join("final").join("adapter");

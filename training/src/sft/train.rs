@@ -11,11 +11,9 @@
 //! order). A non-finite loss or gradient stops the run with an error naming the step and the last
 //! good checkpoint, and writes nothing.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 use tolk_models::checkpoint::{read_safetensors, save_safetensors};
@@ -29,7 +27,7 @@ use super::optim::{learning_rate, AdamW};
 use super::recipe::SftRecipe;
 use crate::corpus::manifest::{read_manifest, ManifestEntry, ReadOptions};
 use crate::run_dir::{
-    append_jsonl, commit_checkpoint, latest_checkpoint, write_atomic, RunDirError,
+    append_jsonl, commit_checkpoint, latest_checkpoint, write_atomic, RunDirError, StepProgress,
 };
 use crate::units::file::read_units;
 
@@ -517,21 +515,7 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
         .and_then(|v| v.parse().ok());
     let total = r.optim.steps;
     let metrics_path = out.join("metrics.jsonl");
-    let tty = std::io::stderr().is_terminal();
-    let bar = if tty {
-        let b = ProgressBar::new(total);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (eta {eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b.set_position(state.step);
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = StepProgress::new(total, state.step);
     let started = Instant::now();
     let base_elapsed = state.elapsed_s;
     let (mut win_tokens, mut win_targets, mut win_start) = (0u64, 0u64, Instant::now());
@@ -581,7 +565,7 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
         steps_this_run += 1;
         first_loss.get_or_insert(loss);
         last_loss = Some(loss);
-        bar.set_position(step);
+        bar.set_step(step);
 
         if step % r.run.log_every == 0 || step == total {
             let secs = win_start.elapsed().as_secs_f64().max(1e-9);
@@ -594,10 +578,7 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
                 "loss {loss:.4} lr {lr:.2e} |g| {gnorm:.2} {:.0} tok/s ({:.0} target)",
                 rate.0, rate.1
             );
-            bar.set_message(msg.clone());
-            if !tty {
-                eprintln!("step {step}/{total} {msg}");
-            }
+            bar.figures(step, total, msg);
             append_jsonl(
                 &metrics_path,
                 &serde_json::json!({"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm,
@@ -616,11 +597,7 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
                 100.0 * e.accuracy,
                 e.tokens
             );
-            if tty {
-                bar.println(line);
-            } else {
-                eprintln!("{line}");
-            }
+            bar.line(line);
             append_jsonl(
                 &metrics_path,
                 &serde_json::json!({"step": step, "dev_loss": e.loss, "dev_accuracy": e.accuracy}),
@@ -639,7 +616,7 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
             .map_err(|e| SftError::Data(format!("loss plot: {e}")))?;
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     let final_dir = out.join("final");
     if state.step >= total {
         save_model(&model, &tok, &final_dir)?;
