@@ -128,30 +128,37 @@ sft-table: setup
 	done
 
 # The preference tables of the README (PROST-LLM stage 3 at small scale, on models/demo): pairs
-# from monolingual speech judged by back-translation with BLEU / METEOR / WER, pairs from paired
-# data judged against the reference; DPO and SimPO on the BLEU pairs, DPO on the others; every
-# model evaluated on the first 100 held-out sentences per direction. Needs the demo data (make
-# demo-model). Resumable: finished steps are skipped.
+# from monolingual speech judged by back-translation (BLEU / METEOR / WER; BLEU also from the
+# candidate units directly, and from 1,500 training utterances per direction used as monolingual
+# speech), pairs from paired data judged against the reference; DPO and SimPO on the BLEU pairs,
+# DPO on the others; every model evaluated on the first 100 held-out sentences per direction,
+# ASR-BLEU (PocketSphinx) of the English output for the main rows. Needs the demo data (make
+# demo-model). Resumable: finished steps are skipped. About 40 minutes on 2 cores.
 PAIRS = $(TRAIN) pairs --model models/demo --units $(DEMO_DATA)/units.jsonl --seed 1 --threads 1 --quiet
+PREF_DPO = $(TRAIN) preference --recipe training/recipes/dpo-demo.toml
+PREF_PAIRS = mono-bleu:mono-%.jsonl: mono-meteor:mono-%.jsonl:--judge=meteor mono-wer:mono-%.jsonl:--judge=wer \
+  mono-bleu-units:mono-%.jsonl:--back-from=units train1500-bleu:train.jsonl:--limit=1500 \
+  paired-bleu:train.jsonl:--limit=300,--judge-against=reference
+PREF_MODELS = sft:models/demo dpo:runs/pref-dpo/final/translator simpo:runs/pref-simpo/final/translator \
+  $(foreach v,paired-bleu mono-meteor mono-wer mono-bleu-units train1500-bleu,dpo-$(v):runs/pref-dpo-$(v)/final/translator)
 preference-table: setup
 	cargo build --release -p tolk-training --bin tolk-train
-	for j in bleu meteor wer; do for d in en-fr fr-en; do \
-	  test -f runs/pairs/mono-$$j-$$d/summary.json || $(PAIRS) --manifest $(DEMO_DATA)/corpus/mono-$${d%%-*}.jsonl \
-	    --direction $$d --judge $$j --out runs/pairs/mono-$$j-$$d || exit 1; done; done
-	for d in en-fr fr-en; do \
-	  test -f runs/pairs/paired-bleu-$$d/summary.json || $(PAIRS) --manifest $(DEMO_DATA)/corpus/train.jsonl \
-	    --limit 300 --direction $$d --judge bleu --judge-against reference --out runs/pairs/paired-bleu-$$d || exit 1; done
-	test -d runs/pref-dpo/final/translator || $(TRAIN) preference --recipe training/recipes/dpo-demo.toml
+	for p in $(PREF_PAIRS); do v=$${p%%:*}; r=$${p#*:}; m=$${r%%:*}; o=$$(echo $${r#*:} | tr ',=' '  '); \
+	  for d in en-fr fr-en; do test -f runs/pairs/$$v-$$d/summary.json || $(PAIRS) --direction $$d \
+	    --manifest $(DEMO_DATA)/corpus/$$(echo $$m | sed "s/%/$${d%%-*}/") $$o --out runs/pairs/$$v-$$d || exit 1; done; done
+	test -d runs/pref-dpo/final/translator || $(PREF_DPO)
 	test -d runs/pref-simpo/final/translator || $(TRAIN) preference --recipe training/recipes/simpo-demo.toml
-	for v in paired-bleu mono-meteor mono-wer; do test -d runs/pref-dpo-$$v/final/translator || \
-	  $(TRAIN) preference --recipe training/recipes/dpo-demo.toml --out runs/pref-dpo-$$v \
+	for v in paired-bleu mono-meteor mono-wer mono-bleu-units train1500-bleu; do \
+	  test -d runs/pref-dpo-$$v/final/translator || $(PREF_DPO) --out runs/pref-dpo-$$v \
 	    --pairs runs/pairs/$$v-en-fr/pairs.jsonl --pairs runs/pairs/$$v-fr-en/pairs.jsonl || exit 1; done
-	for m in sft:models/demo dpo:runs/pref-dpo/final/translator simpo:runs/pref-simpo/final/translator \
-	    dpo-paired-bleu:runs/pref-dpo-paired-bleu/final/translator dpo-mono-meteor:runs/pref-dpo-mono-meteor/final/translator \
-	    dpo-mono-wer:runs/pref-dpo-mono-wer/final/translator; do for d in en-fr fr-en; do \
+	for m in $(PREF_MODELS); do for d in en-fr fr-en; do \
 	  test -f runs/pref-eval/$${m%%:*}-$$d/report.json || $(TRAIN) eval --model $${m#*:} \
 	    --manifest $(DEMO_DATA)/corpus/test.jsonl --units $(DEMO_DATA)/units.jsonl --direction $$d \
 	    --limit 100 --no-asr --out runs/pref-eval/$${m%%:*}-$$d || exit 1; done; done
+	for m in $(filter-out dpo-mono-meteor:% dpo-mono-wer:%,$(PREF_MODELS)); do \
+	  test -f runs/pref-eval-asr/$${m%%:*}-fr-en/report.json || $(TRAIN) eval --model $${m#*:} \
+	    --manifest $(DEMO_DATA)/corpus/test.jsonl --units $(DEMO_DATA)/units.jsonl --direction fr-en \
+	    --limit 100 --out runs/pref-eval-asr/$${m%%:*}-fr-en || exit 1; done
 	$(PY) training/scripts/preference_table.py runs
 
 # Quantization figures of the README: int8 (per channel) and int4 (groups of 64: the demo's

@@ -48,6 +48,14 @@ def pref(run):
     return load(p) if os.path.exists(p) else None
 
 
+def asr_bleu(model):
+    p = os.path.join(runs, "pref-eval-asr", f"{model}-fr-en", "report.json")
+    if not os.path.exists(p):
+        return ""
+    r = load(p)
+    return f"{r['asr_bleu']:.1f}" if r.get("asr_bleu") is not None else ""
+
+
 def model_cells(model):
     cells = []
     for d in DIRS:
@@ -62,6 +70,7 @@ def model_cells(model):
     for d in DIRS:
         r = report(model, d)
         cells.append(f"{r['unit_error_rate']:.3f}" if r and r.get("unit_error_rate") is not None else "?")
+    cells.append(asr_bleu(model))
     return cells
 
 
@@ -77,8 +86,8 @@ def dev_cells(run):
 
 
 HEAD = ("| S2TT BLEU en->fr | fr->en | METEOR en->fr | fr->en | exact en->fr | fr->en "
-        "| unit error en->fr | fr->en |")
-SEP = "|---" * 8
+        "| unit error en->fr | fr->en | ASR-BLEU fr->en |")
+SEP = "|---" * 9
 
 print("SFT vs SFT + DPO vs SFT + SimPO (pairs: monolingual speech, BLEU of the back-translation)\n")
 print("| model | pairs | dev reward margin | dev reward accuracy " + HEAD)
@@ -95,7 +104,9 @@ print("| pairs | kept | dev reward margin | dev reward accuracy " + HEAD)
 print("|---|---|---|---" + SEP + "|")
 for variant, model, run, name in [
         ("mono-bleu", "dpo", "pref-dpo", "monolingual speech, judged by back-translation"),
-        ("paired-bleu", "dpo-paired-bleu", "pref-dpo-paired-bleu", "paired S2ST data, judged against the reference")]:
+        ("paired-bleu", "dpo-paired-bleu", "pref-dpo-paired-bleu", "paired S2ST data, judged against the reference"),
+        ("train1500-bleu", "dpo-train1500-bleu", "pref-dpo-train1500-bleu",
+         "more monolingual speech (1,500 training utterances per direction, targets unused)")]:
     n, seen = pairs_kept(variant)
     print("| " + " | ".join([name, f"{n} of {seen}"] + dev_cells(run) + model_cells(model)) + " |")
 
@@ -104,6 +115,8 @@ print("| judge | kept | dev reward margin | dev reward accuracy " + HEAD)
 print("|---|---|---|---" + SEP + "|")
 for variant, model, run, name in [("mono-bleu", "dpo", "pref-dpo", "BLEU"),
                                   ("mono-meteor", "dpo-mono-meteor", "pref-dpo-mono-meteor", "METEOR"),
-                                  ("mono-wer", "dpo-mono-wer", "pref-dpo-mono-wer", "WER")]:
+                                  ("mono-wer", "dpo-mono-wer", "pref-dpo-mono-wer", "WER"),
+                                  ("mono-bleu-units", "dpo-mono-bleu-units", "pref-dpo-mono-bleu-units",
+                                   "BLEU, back-translated from the candidate's units (no vocoder round trip)")]:
     n, seen = pairs_kept(variant)
     print("| " + " | ".join([name, f"{n} of {seen}"] + dev_cells(run) + model_cells(model)) + " |")
