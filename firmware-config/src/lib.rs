@@ -110,10 +110,30 @@ pub struct VadConfig {
     pub min_speech_ms: u32,
     /// Silence that closes an utterance (the endpoint).
     pub min_silence_ms: u32,
-    /// Audio kept before the detected start.
+    /// How far before the detected start the speech onset is looked for (a start decided late
+    /// on a soft onset is caught inside it).
     pub pre_roll_ms: u32,
     /// An utterance is cut at this length.
     pub max_utterance_ms: u32,
+    /// Audio before the speech onset given to the translator.
+    pub lead_ms: u32,
+    /// Audio after the end of speech given to the translator, at most `min_silence_ms` (the
+    /// endpointer already holds that much when it ends the utterance, so it adds no latency).
+    /// Absent: [`DEFAULT_TAIL_MS`], cut to `min_silence_ms` (so that configurations written
+    /// before this key, with a shorter `min_silence_ms`, stay valid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tail_ms: Option<u32>,
+}
+
+/// `vad.tail_ms` when absent: about the silence after the speech in the corpus clips.
+pub const DEFAULT_TAIL_MS: u32 = 300;
+
+impl VadConfig {
+    /// The tail the front end uses: `tail_ms`, or the default cut to `min_silence_ms`.
+    pub fn effective_tail_ms(&self) -> u32 {
+        self.tail_ms
+            .unwrap_or(DEFAULT_TAIL_MS.min(self.min_silence_ms))
+    }
 }
 
 impl Default for VadConfig {
@@ -124,6 +144,11 @@ impl Default for VadConfig {
             min_silence_ms: 600,
             pre_roll_ms: 200,
             max_utterance_ms: 15_000,
+            // The framing of the training clips (espeak-ng: from the first sample of speech, with
+            // about 0.3 s of silence after it); measured on the demo model (README). The 10 ms
+            // lead covers the rise of a sound before it clears the onset detector's margin.
+            lead_ms: 10,
+            tail_ms: None,
         }
     }
 }
@@ -451,6 +476,18 @@ impl Config {
         c.check(v.pre_roll_ms <= 2000, "vad.pre_roll_ms", || {
             format!("{} is above 2000", v.pre_roll_ms)
         });
+        c.check(v.lead_ms <= 1000, "vad.lead_ms", || {
+            format!("{} is above 1000", v.lead_ms)
+        });
+        if let Some(tail) = v.tail_ms {
+            c.check(tail <= v.min_silence_ms, "vad.tail_ms", || {
+                format!(
+                    "{tail} exceeds min_silence_ms ({}): no more audio after the speech is held \
+                     when the utterance ends",
+                    v.min_silence_ms
+                )
+            });
+        }
         c.check(
             v.max_utterance_ms > v.min_speech_ms + v.min_silence_ms,
             "vad.max_utterance_ms",
@@ -644,12 +681,16 @@ mod tests {
         cfg.mqtt.client_key = None;
         cfg.pipeline.mode = "fast".into();
         cfg.pipeline.max_queued_utterances = 0;
+        cfg.vad.lead_ms = 5000;
+        cfg.vad.tail_ms = Some(cfg.vad.min_silence_ms + 1);
         let errs = cfg.validate().unwrap_err();
         let paths: Vec<&str> = errs.0.iter().map(|p| p.path.as_str()).collect();
         for want in [
             "audio.input.sample_rate",
             "audio.output.channels",
             "vad.threshold",
+            "vad.lead_ms",
+            "vad.tail_ms",
             "device.id",
             "metrics.bind",
             "ota.block_size",
@@ -674,6 +715,32 @@ mod tests {
         let long = "x".repeat(65);
         let text = DEFAULT_CONFIG.replace("id = \"kiosk-0001\"", &format!("id = \"{long}\""));
         assert!(Config::from_toml_str(&text).is_err());
+    }
+
+    #[test]
+    fn tail_defaults_to_what_the_endpoint_silence_allows() {
+        // A configuration from before the key, with a short endpoint silence, stays valid.
+        let text = DEFAULT_CONFIG
+            .replace("min_silence_ms = 600", "min_silence_ms = 250")
+            .replace("tail_ms = 300", "");
+        let cfg = Config::from_toml_str(&text).unwrap();
+        assert_eq!(cfg.vad.tail_ms, None);
+        assert_eq!(cfg.vad.effective_tail_ms(), 250);
+        assert_eq!(VadConfig::default().effective_tail_ms(), DEFAULT_TAIL_MS);
+        let mut cfg = example();
+        assert_eq!(
+            cfg.vad.tail_ms,
+            Some(300),
+            "default.toml spells the default out"
+        );
+        cfg.vad.tail_ms = Some(cfg.vad.min_silence_ms);
+        cfg.validate().unwrap();
+        cfg.vad.tail_ms = Some(cfg.vad.min_silence_ms + 1);
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("vad.tail_ms: 601 exceeds min_silence_ms (600)"),
+            "{e}"
+        );
     }
 
     #[test]

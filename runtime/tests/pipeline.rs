@@ -70,28 +70,50 @@ fn opts() -> PipelineOptions {
             min_silence_ms: 300,
             pre_roll_ms: 200,
             max_utterance_ms: 10_000,
+            lead_ms: 20,
+            tail_ms: Some(250),
         },
     );
     o.vocoder_chunk_units = 3;
     o
 }
 
-/// Segments (start, end, units), reports and output PCM of one synchronous run.
+/// One segment: the samples given to the translator, the speech inside them, the units.
+#[derive(Debug, Clone, PartialEq)]
+struct Seg {
+    start: u64,
+    end: u64,
+    speech_start: u64,
+    speech_end: u64,
+    units: Vec<u32>,
+}
+
+/// Segments, reports and output PCM of one synchronous run.
 type SyncRun = (
-    Vec<(u64, u64, Vec<u32>)>,
+    Vec<Seg>,
     Vec<tolk_runtime::pipeline::UtteranceReport>,
     Vec<f32>,
 );
 
 /// Runs `audio` (16 kHz) through a synchronous [`Translating`] in chunks of `chunk` samples.
 fn run_sync(audio: &[f32], chunk: usize) -> SyncRun {
-    let mut t = Translating::new(translator(), &VadKind::energy(), &opts(), SR as u32).unwrap();
+    run_sync_with(audio, chunk, &opts())
+}
+
+fn run_sync_with(audio: &[f32], chunk: usize, opts: &PipelineOptions) -> SyncRun {
+    let mut t = Translating::new(translator(), &VadKind::energy(), opts, SR as u32).unwrap();
     let mut out = MemoryOut::default();
     let mut segs = Vec::new();
     let mut reports = Vec::new();
     let mut on = |ev: StreamEvent<'_>| {
         if let StreamEvent::End(u) = ev {
-            segs.push((u.start_sample, u.end_sample, u.units.clone()));
+            segs.push(Seg {
+                start: u.start_sample,
+                end: u.end_sample,
+                speech_start: u.speech_start,
+                speech_end: u.speech_end,
+                units: u.units.clone(),
+            });
         }
         if let StreamEvent::Failed(u, e) = ev {
             panic!("utterance {} failed: {e}", u.id);
@@ -120,7 +142,7 @@ fn streaming_matches_offline_for_any_chunk_size() {
         },
     )
     .unwrap();
-    let mut first: Option<Vec<(u64, u64, Vec<u32>)>> = None;
+    let mut first: Option<Vec<Seg>> = None;
     for chunk in [160, 512, 16_000] {
         let (segs, reports, pcm) = run_sync(&audio, chunk);
         assert_eq!(
@@ -129,7 +151,12 @@ fn streaming_matches_offline_for_any_chunk_size() {
             "chunk {chunk}: one utterance expected, got {segs:?}"
         );
         assert_eq!(reports.len(), 1);
-        let (s, e, units) = &segs[0];
+        let Seg {
+            start: s,
+            end: e,
+            units,
+            ..
+        } = &segs[0];
         let seg = &conditioned[*s as usize..*e as usize];
         let offline_units = tr.extract_units(seg).unwrap();
         assert_eq!(
@@ -164,6 +191,95 @@ fn streaming_matches_offline_for_any_chunk_size() {
             Some(f) => assert_eq!(f, &segs, "chunk {chunk}: segmentation differs"),
         }
     }
+}
+
+/// Seeded uniform noise at about `db` dBFS.
+fn quiet_noise(seconds: f64, db: f32, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let a = (3.0 * 10f32.powf(db / 10.0)).sqrt();
+    (0..(seconds * SR as f64) as usize)
+        .map(|_| rng.random_range(-a..a))
+        .collect()
+}
+
+#[test]
+fn translator_gets_the_speech_with_lead_and_tail_for_any_chunk_size() {
+    // A soft onset under the energy VAD's floor (-55 dBFS): 80 ms at -58 dBFS before the voice.
+    // The endpointer starts at the voice; the onset search over the pre-roll finds the sound.
+    let lead_in = 8_000;
+    let mut audio = silence(0.5);
+    audio.extend(quiet_noise(0.08, -58.0, 7));
+    let sp = speech("Where is the train station?");
+    let last = sp.iter().rposition(|x| x.abs() > 1e-4).unwrap() + 1;
+    audio.extend(&sp);
+    audio.extend(silence(1.0));
+    let (on, off) = (lead_in as u64, (lead_in + 1_280 + last) as u64);
+    let tr = translator();
+    let (conditioned, _) = condition(
+        &audio,
+        SR as u32,
+        1,
+        ConditionConfig {
+            target_rate: SR as u32,
+            remove_dc: false,
+        },
+    )
+    .unwrap();
+    for (lead_ms, tail_ms) in [(0, 300), (40, 120)] {
+        let mut o = opts();
+        o.lead_ms = lead_ms;
+        o.tail_ms = tail_ms;
+        let (lead, tail) = (lead_ms as u64 * 16, tail_ms as u64 * 16);
+        let mut first: Option<Vec<Seg>> = None;
+        for chunk in [160, 512, 4_000, 16_000] {
+            let (segs, _, _) = run_sync_with(&audio, chunk, &o);
+            assert_eq!(segs.len(), 1, "chunk {chunk}: {segs:?}");
+            let g = &segs[0];
+            println!(
+                "lead {lead_ms} ms, tail {tail_ms} ms, chunk {chunk}: speech {}..{} (sound {on}..{off}), \
+                 translator {}..{}, {} units",
+                g.speech_start,
+                g.speech_end,
+                g.start,
+                g.end,
+                g.units.len()
+            );
+            // The boundaries sit on the sound within a 2 ms frame (the VAD's own are 32 ms
+            // windows, and its start is 80 ms late here).
+            assert!(
+                g.speech_start.abs_diff(on) <= 32,
+                "onset {} for a sound starting at {on}",
+                g.speech_start
+            );
+            assert!(
+                g.speech_end.abs_diff(off) <= 32,
+                "end {} for a sound ending at {off}",
+                g.speech_end
+            );
+            assert_eq!(g.start, g.speech_start - lead);
+            assert_eq!(g.end, g.speech_end + tail);
+            // Streaming units are the offline units of exactly those samples.
+            let offline = tr
+                .extract_units(&conditioned[g.start as usize..g.end as usize])
+                .unwrap();
+            assert_eq!(g.units, offline, "chunk {chunk}: streaming units differ");
+            match &first {
+                None => first = Some(segs),
+                Some(f) => assert_eq!(f, &segs, "chunk {chunk}: segmentation differs"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_tail_longer_than_the_endpoint_silence_is_refused() {
+    let mut o = opts();
+    o.tail_ms = 400; // min_silence_ms is 300
+    let err = Translating::new(translator(), &VadKind::energy(), &o, SR as u32)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("tail of 400 ms"), "{err}");
 }
 
 fn collect_events(events: &Collect) -> Vec<Event> {

@@ -17,7 +17,8 @@
 //! waiting one is dropped, with an `utterance_dropped` event and the
 //! `tolk_utterances_dropped_total` metric. The capture side never blocks on the model: pushing
 //! to the queue is O(1) under a short lock, and memory is bounded by the queue limit, the
-//! front end's history (at most `max_utterance + pre-roll + 2 s` of 16 kHz audio) and the rings.
+//! front end's history (at most `max_utterance + pre-roll + lead + 2 s` of 16 kHz audio) and
+//! the rings.
 //!
 //! Reusable parts (no cpal or GStreamer inside): [`FrontEnd`] (audio in, utterances out),
 //! [`UtteranceTranslator`] (utterance in, text and PCM out) and [`Translating`], the two
@@ -30,6 +31,7 @@
 //! own `translate` span and the vocoder's `vocoder_step` spans nest inside), so a Chrome trace
 //! (`--tracing FILE`) shows the timeline.
 
+pub mod bounds;
 pub mod frontend;
 pub mod output;
 pub mod queue;
@@ -76,8 +78,14 @@ pub struct PipelineOptions {
     pub mode: Mode,
     /// Endpointing (threshold, minimum speech and silence, maximum length).
     pub endpoint: EndpointConfig,
-    /// Audio kept before the detected start of speech (ms).
+    /// How far before the endpointer's start the speech onset is looked for (ms): a start
+    /// decided late, on a soft onset, is caught inside it.
     pub pre_roll_ms: u32,
+    /// Audio before the speech onset given to the translator (ms).
+    pub lead_ms: u32,
+    /// Audio after the end of speech given to the translator (ms); at most
+    /// `endpoint.min_silence_ms`, the hangover the endpointer already holds at the endpoint.
+    pub tail_ms: u32,
     /// Waiting utterances before the oldest is dropped.
     pub queue_limit: usize,
     /// Units handed to the vocoder at a time (1 = every unit as it comes).
@@ -100,6 +108,8 @@ impl PipelineOptions {
                 ..EndpointConfig::default()
             },
             pre_roll_ms: vad.pre_roll_ms,
+            lead_ms: vad.lead_ms,
+            tail_ms: vad.effective_tail_ms(),
             queue_limit: DEFAULT_QUEUE_LIMIT,
             vocoder_chunk_units: 4,
             workers: 1,
@@ -114,6 +124,12 @@ impl PipelineOptions {
         }
         if self.workers == 0 {
             return Err(PipelineError::Options("at least one worker".into()));
+        }
+        if self.tail_ms as f64 > self.endpoint.min_silence_ms {
+            return Err(PipelineError::Options(format!(
+                "tail of {} ms is longer than the {} ms of silence that ends an utterance",
+                self.tail_ms, self.endpoint.min_silence_ms
+            )));
         }
         if !(self.endpoint.max_speech_s > 0.0 && self.endpoint.max_speech_s <= MAX_UTTERANCE_S) {
             return Err(PipelineError::Options(format!(

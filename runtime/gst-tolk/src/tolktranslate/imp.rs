@@ -274,6 +274,7 @@ impl Front {
             Some(v) => VadKind::Silero(v.clone()),
             None => VadKind::energy(),
         };
+        let kiosk = PipelineOptions::default();
         let opts = PipelineOptions {
             direction: s.direction.into(),
             mode: engine.translator.default_mode(),
@@ -285,8 +286,12 @@ impl Front {
                 max_speech_s: (s.max_utterance_ms as f64 / 1000.0).min(MAX_UTTERANCE_S),
                 ..EndpointConfig::default()
             },
-            // Segments start at the detected start of speech.
-            pre_roll_ms: 0,
+            // The kiosk's framing of what the translator gets (onset search over the pre-roll,
+            // lead and tail; runtime `pipeline::frontend`); the tail cannot exceed the silence
+            // that ends an utterance.
+            pre_roll_ms: kiosk.pre_roll_ms,
+            lead_ms: kiosk.lead_ms,
+            tail_ms: kiosk.tail_ms.min(s.min_silence_ms),
             queue_limit: s.queue_size.max(1) as usize,
             vocoder_chunk_units: VOCODE_CHUNK_UNITS,
             workers: 1,
@@ -328,8 +333,8 @@ impl Front {
                         _ => next_id.fetch_add(1, Ordering::Relaxed),
                     };
                     out.push(FrontEvent::End {
-                        start: self.time_of(u.start_sample),
-                        end: self.time_of(u.end_sample.max(u.start_sample)),
+                        start: self.time_of(u.speech_start),
+                        end: self.time_of(u.speech_end.max(u.speech_start)),
                         utt: u,
                     });
                 }
@@ -1390,7 +1395,9 @@ mod tests {
         tolk_models::audio::resample::resample(&w.samples, w.sample_rate, RATE).unwrap()
     }
 
-    type Segment = (u64, u64, Vec<u32>);
+    /// Speech start and end (from the element's timestamps, in samples), the samples given to
+    /// the translator (the speech with the front end's lead and tail) and their units.
+    type Segment = (u64, u64, (u64, u64), Vec<u32>);
 
     fn run(engine: &Engine, s: &Settings, audio: &[f32], chunk: usize) -> Vec<Segment> {
         let mut front = Front::new(engine, s).unwrap();
@@ -1405,7 +1412,12 @@ mod tests {
         events
             .into_iter()
             .filter_map(|e| match e {
-                FrontEvent::End { start, end, utt } => Some((ns(start), ns(end), utt.units)),
+                FrontEvent::End { start, end, utt } => Some((
+                    ns(start),
+                    ns(end),
+                    (utt.start_sample, utt.end_sample),
+                    utt.units,
+                )),
                 FrontEvent::Start { .. } => None,
             })
             .collect()
@@ -1413,14 +1425,16 @@ mod tests {
 
     fn check(engine: &Engine, s: &Settings, audio: &[f32]) -> Vec<Segment> {
         let reference = run(engine, s, audio, 320);
-        for (start, end, units) in &reference {
+        for (start, end, (from, to), units) in &reference {
+            // Timestamps are the speech; the translator got it with the lead and the tail.
+            assert!(from <= start && start < end && end <= to, "{reference:?}");
             let offline: Vec<u32> = engine
                 .translator
-                .extract_units(&audio[*start as usize..*end as usize])
+                .extract_units(&audio[*from as usize..*to as usize])
                 .unwrap();
             assert_eq!(
                 units, &offline,
-                "segment {start}..{end}: streaming vs offline units"
+                "segment {from}..{to}: streaming vs offline units"
             );
         }
         for chunk in [160, 512, 1000, 16_000] {
@@ -1448,7 +1462,7 @@ mod tests {
         println!(
             "segments: {:?}",
             segs.iter()
-                .map(|x| (x.0, x.1, x.2.len()))
+                .map(|x| (x.0, x.1, x.2, x.3.len()))
                 .collect::<Vec<_>>()
         );
         assert_eq!(segs.len(), 2, "two utterances");
@@ -1473,7 +1487,7 @@ mod tests {
         println!(
             "segments: {:?}",
             segs.iter()
-                .map(|x| (x.0, x.1, x.2.len()))
+                .map(|x| (x.0, x.1, x.2, x.3.len()))
                 .collect::<Vec<_>>()
         );
         assert!(
@@ -1481,7 +1495,7 @@ mod tests {
             "{} s of speech cut into 1 s pieces",
             audio.len() / 16_000
         );
-        for (start, end, _) in &segs {
+        for (start, end, _, _) in &segs {
             assert!(
                 end - start <= 16_000 + 512,
                 "{start}..{end} exceeds the maximum"
