@@ -126,14 +126,10 @@ fn run_sync_with(audio: &[f32], chunk: usize, opts: &PipelineOptions) -> SyncRun
     (segs, reports, out.samples())
 }
 
-#[test]
-fn streaming_matches_offline_for_any_chunk_size() {
-    let mut audio = silence(0.5);
-    audio.extend(speech("Where is the train station?"));
-    audio.extend(silence(1.0));
-    let tr = translator();
-    let (conditioned, _) = condition(
-        &audio,
+/// `audio` as the front end conditions it (already 16 kHz: resampling is a no-op, no DC removal).
+fn at_16k(audio: &[f32]) -> Vec<f32> {
+    condition(
+        audio,
         SR as u32,
         1,
         ConditionConfig {
@@ -141,7 +137,17 @@ fn streaming_matches_offline_for_any_chunk_size() {
             remove_dc: false,
         },
     )
-    .unwrap();
+    .unwrap()
+    .0
+}
+
+#[test]
+fn streaming_matches_offline_for_any_chunk_size() {
+    let mut audio = silence(0.5);
+    audio.extend(speech("Where is the train station?"));
+    audio.extend(silence(1.0));
+    let tr = translator();
+    let conditioned = at_16k(&audio);
     let mut first: Option<Vec<Seg>> = None;
     for chunk in [160, 512, 16_000] {
         let (segs, reports, pcm) = run_sync(&audio, chunk);
@@ -216,16 +222,7 @@ fn translator_gets_the_speech_with_lead_and_tail_for_any_chunk_size() {
     audio.extend(silence(1.0));
     let (on, off) = (lead_in as u64, (lead_in + 1_280 + last) as u64);
     let tr = translator();
-    let (conditioned, _) = condition(
-        &audio,
-        SR as u32,
-        1,
-        ConditionConfig {
-            target_rate: SR as u32,
-            remove_dc: false,
-        },
-    )
-    .unwrap();
+    let conditioned = at_16k(&audio);
     for (lead_ms, tail_ms) in [(0, 300), (40, 120)] {
         let mut o = opts();
         o.lead_ms = lead_ms;

@@ -147,14 +147,17 @@ fn main() -> Result<()> {
         }
         Command::Sft(a) => {
             let recipe = a.recipe()?;
-            let summary = tolk_training::sft::train(&recipe, a.restart, a.stop_after)?;
+            let summary = tolk_training::sft::train(&recipe, a.run.restart, a.run.stop_after)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }
         Command::Preference(a) => {
             let recipe = a.recipe()?;
-            let summary =
-                tolk_training::preference::train_preference(&recipe, a.restart, a.stop_after)?;
+            let summary = tolk_training::preference::train_preference(
+                &recipe,
+                a.run.restart,
+                a.run.stop_after,
+            )?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }

@@ -9,6 +9,38 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// The command-line flags every recipe-driven training command takes (`sft`, `preference`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunFlags {
+    /// Recipe file (TOML; see `training/recipes/`).
+    #[arg(long)]
+    pub recipe: PathBuf,
+    /// Override `run.out`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override `run.device` (cpu, cuda, cuda:N).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Start from scratch even when the output folder has a checkpoint.
+    #[arg(long)]
+    pub restart: bool,
+    /// Stop after this many steps of this invocation (the run stays resumable); for tests.
+    #[arg(long, hide = true)]
+    pub stop_after: Option<u64>,
+}
+
+impl RunFlags {
+    /// Applies `--out` and `--device` to a recipe's run section.
+    pub fn apply(&self, run: &mut crate::sft::recipe::RunSection) {
+        if let Some(o) = &self.out {
+            run.out = o.clone();
+        }
+        if let Some(d) = &self.device {
+            run.device = d.clone();
+        }
+    }
+}
+
 /// An I/O error with the path it happened on.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {source}")]

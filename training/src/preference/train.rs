@@ -33,7 +33,8 @@ use super::lora::{Lora, LoraError};
 use super::losses::{dpo_sigmoid_loss, sequence_logps, simpo_loss, LogpReduction, LossError};
 use super::recipe::{LossKind, PreferenceRecipe};
 use crate::run_dir::{
-    append_jsonl, commit_checkpoint, io, latest_checkpoint, write_atomic, RunDirError, StepProgress,
+    append_jsonl, commit_checkpoint, io, latest_checkpoint, write_atomic, RunDirError, RunFlags,
+    StepProgress,
 };
 use crate::sft::optim::{learning_rate, AdamW};
 use crate::sft::plot::{write_curves, Curve};
@@ -76,47 +77,30 @@ pub enum PreferenceError {
 
 type Result<T> = std::result::Result<T, PreferenceError>;
 
-/// `tolk-train dpo` / `tolk-train simpo` arguments (the objective is the recipe's `loss.kind`).
+/// `tolk-train preference` arguments (the objective is the recipe's `loss.kind`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct PreferenceArgs {
-    /// Recipe file (TOML; see `training/recipes/dpo-demo.toml`).
-    #[arg(long)]
-    pub recipe: PathBuf,
-    /// Override `run.out`.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunFlags,
     /// Override `data.pairs` (repeatable).
     #[arg(long = "pairs")]
     pub pairs: Vec<PathBuf>,
     /// Override `optim.epochs`.
     #[arg(long)]
     pub epochs: Option<u64>,
-    /// Override `run.device` (cpu, cuda, cuda:N).
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Start from scratch even when the output folder has a checkpoint.
-    #[arg(long)]
-    pub restart: bool,
-    /// Stop after this many steps of this invocation (the run stays resumable); for tests.
-    #[arg(long, hide = true)]
-    pub stop_after: Option<u64>,
 }
 
 impl PreferenceArgs {
     /// The recipe with the command-line overrides applied.
     pub fn recipe(&self) -> Result<PreferenceRecipe> {
-        let mut r = PreferenceRecipe::from_file(&self.recipe).map_err(PreferenceError::Recipe)?;
-        if let Some(o) = &self.out {
-            r.run.out = o.clone();
-        }
+        let mut r =
+            PreferenceRecipe::from_file(&self.run.recipe).map_err(PreferenceError::Recipe)?;
+        self.run.apply(&mut r.run);
         if !self.pairs.is_empty() {
             r.data.pairs = self.pairs.clone();
         }
         if let Some(e) = self.epochs {
             r.optim.epochs = e;
-        }
-        if let Some(d) = &self.device {
-            r.run.device = d.clone();
         }
         r.validate().map_err(PreferenceError::Recipe)?;
         Ok(r)

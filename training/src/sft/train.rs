@@ -27,7 +27,8 @@ use super::optim::{learning_rate, AdamW};
 use super::recipe::SftRecipe;
 use crate::corpus::manifest::{read_manifest, ManifestEntry, ReadOptions};
 use crate::run_dir::{
-    append_jsonl, commit_checkpoint, latest_checkpoint, write_atomic, RunDirError, StepProgress,
+    append_jsonl, commit_checkpoint, latest_checkpoint, write_atomic, RunDirError, RunFlags,
+    StepProgress,
 };
 use crate::units::file::read_units;
 
@@ -87,39 +88,21 @@ impl From<RunDirError> for SftError {
 /// `tolk-train sft` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SftArgs {
-    /// Recipe file (TOML; see `training/recipes/`).
-    #[arg(long)]
-    pub recipe: PathBuf,
-    /// Override `run.out`.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunFlags,
     /// Override `optim.steps`.
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Override `run.device` (cpu, cuda, cuda:N).
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Start from scratch even when the output folder has a checkpoint.
-    #[arg(long)]
-    pub restart: bool,
-    /// Stop after this many steps of this invocation (the run stays resumable); for tests.
-    #[arg(long, hide = true)]
-    pub stop_after: Option<u64>,
 }
 
 impl SftArgs {
     /// The recipe with the command-line overrides applied.
     pub fn recipe(&self) -> Result<SftRecipe> {
-        let mut r = SftRecipe::from_file(&self.recipe).map_err(SftError::Recipe)?;
-        if let Some(o) = &self.out {
-            r.run.out = o.clone();
-        }
+        let mut r = SftRecipe::from_file(&self.run.recipe).map_err(SftError::Recipe)?;
+        self.run.apply(&mut r.run);
         if let Some(s) = self.steps {
             r.optim.steps = s;
             r.optim.warmup_steps = r.optim.warmup_steps.min(s);
-        }
-        if let Some(d) = &self.device {
-            r.run.device = d.clone();
         }
         r.validate().map_err(SftError::Recipe)?;
         Ok(r)
