@@ -1,5 +1,6 @@
 //! `tolktranslate` under `gst_check::Harness`: an espeak-ng utterance followed by silence gives
-//! subtitle messages and translated audio; EOS flushes a pending utterance; a bad model path or
+//! subtitle messages and translated audio; EOS flushes a pending utterance; a full queue drops
+//! its oldest utterance and a direction change applies from the next one; a bad model path or
 //! device is a GStreamer error. The translator has random weights, so only the structure is
 //! checked (messages, order, finite non-silent 16 kHz audio, monotonic timestamps).
 
@@ -171,6 +172,7 @@ fn utterance_then_silence_gives_subtitles_and_audio() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let speech = speech_16k("Where is the train station?", "en-us", dir.path());
+    init();
     let bus = gst::Bus::new();
     let el = element(&model, &bus);
     let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
@@ -233,6 +235,7 @@ fn eos_flushes_the_pending_utterance() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let speech = speech_16k("Thank you, have a nice day.", "en-us", dir.path());
+    init();
     let bus = gst::Bus::new();
     let el = element(&model, &bus);
     let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
@@ -320,4 +323,129 @@ fn bad_model_path_and_settings_are_errors() {
         el.set_property_from_str("mode", "asr");
     });
     assert!(e.contains("asr"), "{e}");
+}
+
+/// The overload policy and a direction change mid-stream. A blocking probe on the src pad holds
+/// the decoder task inside the first utterance's first buffer, so the queue state is
+/// deterministic: with `queue-size` 1 and `drop-oldest`, utterances 2 and 3 are dropped by the
+/// arrival of 3 and 4. The direction is switched to fr-en before utterance 4: the dropped ones
+/// and utterance 1 keep en-fr, utterance 4 is decoded fr-en. Then the probe goes and both
+/// surviving utterances complete.
+#[test]
+fn drop_oldest_overload_and_a_direction_change_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let en = [
+        "Where is the train station?",
+        "I would like a coffee, please.",
+        "How much does this ticket cost?",
+    ]
+    .map(|t| speech_16k(t, "en-us", dir.path()));
+    let fr = speech_16k("Où est la gare, s'il vous plaît ?", "fr", dir.path());
+    init();
+    let bus = gst::Bus::new();
+    let el = element(&model, &bus);
+    el.set_property("queue-size", 1u32);
+    el.set_property_from_str("overload", "drop-oldest");
+    let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
+    h.set_src_caps_str(CAPS);
+    h.play();
+
+    let (hit_tx, hit_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let srcpad = el.static_pad("src").unwrap();
+    let probe = srcpad
+        .add_probe(
+            gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER,
+            move |_, _| {
+                let _ = hit_tx.try_send(());
+                gst::PadProbeReturn::Ok
+            },
+        )
+        .unwrap();
+
+    let with_silence = |speech: &[f32]| {
+        let mut v = vec![0.0f32; 8000];
+        v.extend_from_slice(speech);
+        v.extend(std::iter::repeat_n(0.0, 16_000));
+        v
+    };
+    let mut t = push_audio(&mut h, &with_silence(&en[0]), gst::ClockTime::ZERO);
+    hit_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the first utterance reaches the src pad");
+    for speech in &en[1..] {
+        t = push_audio(&mut h, &with_silence(speech), t);
+    }
+    el.set_property_from_str("direction", "fr-en");
+    push_audio(&mut h, &with_silence(&fr), t);
+
+    // Everything up to here was posted by the streaming thread (this one): four ends of speech
+    // and two drops are already on the bus.
+    let msgs = collect_messages(&bus, Duration::from_secs(10), {
+        let mut drops = 0;
+        let mut ends = 0;
+        move |s| {
+            match s.name().as_str() {
+                "tolk-dropped" => drops += 1,
+                "tolk-speech" if s.get::<&str>("event").unwrap() == "end" => ends += 1,
+                _ => {}
+            }
+            drops == 2 && ends == 4
+        }
+    });
+    let ids: Vec<u64> = named(&msgs, "tolk-speech")
+        .iter()
+        .filter(|s| s.get::<&str>("event").unwrap() == "end")
+        .map(|s| s.get::<u64>("utterance").unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4, "four utterances: {msgs:?}");
+    let dropped = named(&msgs, "tolk-dropped");
+    let dropped_ids: Vec<u64> = dropped
+        .iter()
+        .map(|s| s.get::<u64>("utterance").unwrap())
+        .collect();
+    assert_eq!(dropped_ids, vec![ids[1], ids[2]], "the oldest waiting go");
+    for d in &dropped {
+        assert_eq!(d.get::<&str>("direction").unwrap(), "en-fr");
+        assert!(d.get::<u64>("speech-start").unwrap() < d.get::<u64>("speech-end").unwrap());
+    }
+
+    srcpad.remove_probe(probe);
+    let mut all = msgs;
+    let msgs = collect_messages(&bus, Duration::from_secs(120), |s| {
+        s.name() == "tolk-utterance-done" && s.get::<u64>("utterance").unwrap() == ids[3]
+    });
+    let done: Vec<u64> = named(&msgs, "tolk-utterance-done")
+        .iter()
+        .map(|s| s.get::<u64>("utterance").unwrap())
+        .collect();
+    assert_eq!(
+        done,
+        vec![ids[0], ids[3]],
+        "the survivors are decoded in order"
+    );
+    all.extend(msgs);
+    for s in named(&all, "tolk-subtitle")
+        .into_iter()
+        .chain(named(&all, "tolk-utterance-done"))
+    {
+        let id = s.get::<u64>("utterance").unwrap();
+        assert!(
+            id == ids[0] || id == ids[3],
+            "no subtitle of a dropped utterance"
+        );
+        let want = if id == ids[3] { "fr-en" } else { "en-fr" };
+        assert_eq!(s.get::<&str>("direction").unwrap(), want, "utterance {id}");
+    }
+    assert!(
+        named(&all, "tolk-subtitle")
+            .iter()
+            .any(|s| s.get::<u64>("utterance").unwrap() == ids[3]),
+        "utterance 4 is subtitled"
+    );
+    let mut buffers = Vec::new();
+    while let Some(b) = h.try_pull() {
+        buffers.push(b);
+    }
+    check_output(&mut h, &buffers);
 }
