@@ -143,6 +143,7 @@ mod train_runs {
     use tolk_models::audio::wav::{read_wav, write_wav, WavFormat};
     use tolk_models::vocoder::{CodeHiFiGan, SynthesisOptions};
     use tolk_training::corpus::manifest::{write_manifest, ManifestEntry};
+    use tolk_training::run_dir::latest_checkpoint;
     use tolk_training::units::{read_units, run_units, write_units, ExtractorKind, UnitsArgs};
     use tolk_training::vocoder::{train_vocoder, Recipe, VocoderArgs};
 
@@ -344,6 +345,13 @@ mod train_runs {
         assert!(out.join("train/samples/step-0000040.wav").is_file());
     }
 
+    /// The checkpoint a resumed run of `out` would load.
+    fn checkpoint(out: &Path) -> PathBuf {
+        latest_checkpoint(&out.join("train"))
+            .unwrap()
+            .expect("a checkpoint was committed")
+    }
+
     fn read_all(p: &Path) -> Vec<(String, Tensor)> {
         let mut v = Tensor::read_safetensors(p).unwrap();
         v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -379,8 +387,8 @@ mod train_runs {
             "discriminator.safetensors",
             "optimizer_g.safetensors",
         ] {
-            let a = read_all(&straight.join("train/checkpoint").join(f));
-            let b = read_all(&split.join("train/checkpoint").join(f));
+            let a = read_all(&checkpoint(&straight).join(f));
+            let b = read_all(&checkpoint(&split).join(f));
             assert_eq!(a.len(), b.len());
             for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
                 assert_eq!(na, nb);
@@ -450,7 +458,7 @@ mod train_runs {
         println!("{msg}");
         assert!(msg.contains("diverged"), "{msg}");
         // Whatever checkpoint was written before is intact and loadable.
-        if out.join("train/checkpoint/state.json").is_file() {
+        if latest_checkpoint(&out.join("train")).unwrap().is_some() {
             CodeHiFiGan::load(&out, Device::Cpu, Kind::Float).unwrap();
         }
     }

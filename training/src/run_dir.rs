@@ -90,8 +90,9 @@ pub fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
 }
 
 /// Writes the checkpoint of `step`: `fill` writes its files into an empty temporary folder,
-/// which is then renamed into place and named by `latest`; the oldest complete checkpoints
-/// beyond `keep` are removed (never the new one). Returns the checkpoint's folder.
+/// which is then renamed into place and named by `latest`. Then the oldest complete checkpoints
+/// beyond `keep` are removed (never the new one), and so are any of later steps than the new
+/// one: they belong to a run abandoned by a restart. Returns the checkpoint's folder.
 pub fn commit_checkpoint<E: From<RunDirError>>(
     out: &Path,
     step: u64,
@@ -106,7 +107,10 @@ pub fn commit_checkpoint<E: From<RunDirError>>(
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    fill(&tmp)?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
     }
@@ -116,11 +120,23 @@ pub fn commit_checkpoint<E: From<RunDirError>>(
         .map_err(io(&root))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
+        .filter(|n| n.starts_with("step-"))
         .collect();
+    // Half-written folders of a crashed run.
+    for t in all.iter().filter(|n| n.ends_with(".tmp")) {
+        let p = root.join(t);
+        std::fs::remove_dir_all(&p).map_err(io(&p))?;
+    }
+    all.retain(|n| !n.ends_with(".tmp"));
+    // Zero-padded steps: names sort like the steps.
+    all.retain(|n| *n != name);
     all.sort();
-    let excess = all.len().saturating_sub(keep.max(1));
-    for old in all.iter().take(excess).filter(|n| **n != name) {
+    let older = all.iter().filter(|n| **n < name).count();
+    let stale = all
+        .iter()
+        .take(older.saturating_sub(keep.max(1) - 1))
+        .chain(&all[older..]);
+    for old in stale {
         let p = root.join(old);
         std::fs::remove_dir_all(&p).map_err(io(&p))?;
     }
@@ -195,20 +211,32 @@ mod tests {
             .unwrap();
             assert_eq!(latest_checkpoint(d.path()).unwrap(), Some(dir));
         }
-        let mut names: Vec<String> = std::fs::read_dir(d.path().join("checkpoints"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names, vec!["step-0000003", "step-0000004"]);
+        assert_eq!(names(d.path()), vec!["step-0000003", "step-0000004"]);
         // A failing writer leaves the previous checkpoint in use.
         let e = commit_checkpoint::<RunDirError>(d.path(), 5, 2, |tmp| {
             Err(io(tmp)(std::io::Error::other("disk full")))
         });
         assert!(e.is_err());
+        assert_eq!(names(d.path()), vec!["step-0000003", "step-0000004"]);
         assert_eq!(
             latest_checkpoint(d.path()).unwrap(),
             Some(d.path().join("checkpoints/step-0000004"))
         );
+        // A restarted run: its first checkpoint replaces those of the abandoned one (and a
+        // crash's leftovers).
+        std::fs::create_dir(d.path().join("checkpoints/step-0000009.tmp")).unwrap();
+        commit_checkpoint::<RunDirError>(d.path(), 1, 2, |_| Ok(())).unwrap();
+        assert_eq!(names(d.path()), vec!["step-0000001"]);
+        commit_checkpoint::<RunDirError>(d.path(), 2, 2, |_| Ok(())).unwrap();
+        assert_eq!(names(d.path()), vec!["step-0000001", "step-0000002"]);
+    }
+
+    fn names(out: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
     }
 }

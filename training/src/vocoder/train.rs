@@ -30,6 +30,7 @@ use tolk_models::vocoder::{SynthesisOptions, TrainableGenerator, VocoderConfig};
 use super::data::{load, parse_device, sample_batch, DataOptions, Utterance, VocoderData};
 use super::optim::AdamW;
 use super::recipe::Recipe;
+use crate::run_dir::{commit_checkpoint, latest_checkpoint, write_atomic};
 
 /// Arguments of `tolk-train vocoder`.
 #[derive(Debug, Clone, clap::Args)]
@@ -55,7 +56,7 @@ pub struct VocoderArgs {
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Ignore an existing checkpoint in `OUT/train/checkpoint` and start again.
+    /// Ignore the checkpoints in `OUT/train/checkpoints` and start again.
     #[arg(long)]
     pub fresh: bool,
     /// No progress bar.
@@ -190,37 +191,27 @@ fn evaluate(
     Ok(Some(total / eval.len() as f64))
 }
 
+/// Commits the checkpoint of `state.step` under `train_dir` (`checkpoints/step-N`, named by
+/// `latest`; the shared crash-safe layout of [`crate::run_dir`]). Returns its folder.
 fn save_checkpoint(
-    dir: &Path,
+    train_dir: &Path,
     gen: &TrainableGenerator,
     dvs: &VarStore,
     opt_g: &AdamW,
     opt_d: &AdamW,
     state: &State,
-) -> Result<()> {
-    let tmp = dir.with_file_name("checkpoint.partial");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp)?;
-    gen.var_store().save(tmp.join("generator.safetensors"))?;
-    dvs.save(tmp.join("discriminator.safetensors"))?;
-    opt_g.save(&tmp.join("optimizer_g.safetensors"))?;
-    opt_d.save(&tmp.join("optimizer_d.safetensors"))?;
-    std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
-    // Swap: the old checkpoint is only removed once the new one is complete.
-    let old = dir.with_file_name("checkpoint.old");
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
-    }
-    if dir.exists() {
-        std::fs::rename(dir, &old)?;
-    }
-    std::fs::rename(&tmp, dir)?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
-    }
-    Ok(())
+) -> Result<PathBuf> {
+    commit_checkpoint(train_dir, state.step, 1, |tmp: &Path| -> Result<()> {
+        gen.var_store().save(tmp.join("generator.safetensors"))?;
+        dvs.save(tmp.join("discriminator.safetensors"))?;
+        opt_g.save(&tmp.join("optimizer_g.safetensors"))?;
+        opt_d.save(&tmp.join("optimizer_d.safetensors"))?;
+        write_atomic(
+            &tmp.join("state.json"),
+            serde_json::to_string_pretty(state)?.as_bytes(),
+        )?;
+        Ok(())
+    })
 }
 
 /// Runs `tolk-train vocoder`.
@@ -279,14 +270,20 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
     let mut rng = ChaCha8Rng::seed_from_u64(tr.seed);
 
     let train_dir = args.out.join("train");
-    let ckpt = train_dir.join("checkpoint");
     let samples = train_dir.join("samples");
     std::fs::create_dir_all(&samples).with_context(|| format!("creating {}", samples.display()))?;
     let mut step = 0u64;
     let mut log: Vec<LogPoint> = Vec::new();
     let mut eval_log: Vec<EvalPoint> = Vec::new();
     let mut resumed_from = None;
-    if ckpt.join("state.json").is_file() && !args.fresh {
+    let resume_from = if args.fresh {
+        None
+    } else {
+        latest_checkpoint(&train_dir)?
+    };
+    let mut ckpt = train_dir.join("checkpoints");
+    if let Some(dir) = resume_from {
+        ckpt = dir;
         let state: State = serde_json::from_str(
             &std::fs::read_to_string(ckpt.join("state.json"))
                 .with_context(|| format!("reading {}", ckpt.display()))?,
@@ -494,8 +491,8 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
             }
         }
         if step.is_multiple_of(tr.checkpoint_every) || step == total_steps {
-            save_checkpoint(
-                &ckpt,
+            ckpt = save_checkpoint(
+                &train_dir,
                 &gen,
                 &dvs,
                 &opt_g,
