@@ -12,7 +12,7 @@ export TOLK_REFERENCE_DIR := $(ROOT)/target/reference
 REF := $(TOLK_REFERENCE_DIR)
 THREADS ?= $(shell nproc)
 
-.PHONY: setup reference demo demo-model demo-eval sft-table preference-table quant-table test bench bench-demo fmt lint clean-reference
+.PHONY: setup reference demo demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test bench bench-demo fmt lint clean-reference
 
 setup:
 	deploy/host/setup.sh
@@ -97,6 +97,7 @@ demo-model: setup
 	  --save-kmeans $(DEMO_DATA)/kmeans100.safetensors --out $(DEMO_DATA)/units.jsonl
 	test -f $(DEMO_DATA)/tokenizer.json || $(TRAIN) tokenizer --manifest $(DEMO_DATA)/corpus/train.jsonl \
 	  --vocab-size 1000 --out $(DEMO_DATA)/tokenizer.json
+	$(MAKE) demo-noisy-data
 	$(TRAIN) sft --recipe training/recipes/sft-demo-com.toml
 	for l in fr en; do $(TRAIN) vocoder --config training/recipes/vocoder-demo.toml --quiet \
 	  --manifest $(DEMO_DATA)/corpus/train.jsonl --units $(DEMO_DATA)/units.jsonl --language $$l \
@@ -105,11 +106,40 @@ demo-model: setup
 	  --vocoder en=runs/vocoder-en --vocoder fr=runs/vocoder-fr --out models/demo --dtype f16
 	$(MAKE) demo-eval
 
+# The noisy, padded copies the demo recipe trains on (one per training utterance and direction)
+# and the noisy held-out sets of the noise table, with their units (the demo k-means).
+AUG := $(DEMO_DATA)/corpus
+demo-noisy-data:
+	test -f $(AUG)/train-noisy-en.jsonl || $(TRAIN) augment --manifest $(AUG)/train.jsonl --out $(AUG)/train-noisy-en.jsonl --seed 1
+	test -f $(AUG)/train-noisy-fr.jsonl || $(TRAIN) augment --manifest $(AUG)/train.jsonl --out $(AUG)/train-noisy-fr.jsonl --seed 1 --reverse
+	for r in "" "--reverse"; do s=en; test -z "$$r" || s=fr; \
+	  test -f $(AUG)/test-white60-$$s.jsonl || $(TRAIN) augment --manifest $(AUG)/test.jsonl --out $(AUG)/test-white60-$$s.jsonl $$r \
+	    --noise white --noise-dbfs -60 --lead-ms 300 --tail-ms 300 --gain-db 0 --clean-fraction 0 || exit 1; \
+	  test -f $(AUG)/test-brown45-$$s.jsonl || $(TRAIN) augment --manifest $(AUG)/test.jsonl --out $(AUG)/test-brown45-$$s.jsonl $$r \
+	    --noise brown --noise-dbfs -45 --lead-ms 300 --tail-ms 300 --gain-db 0 --clean-fraction 0 || exit 1; \
+	  test -f $(AUG)/test-mixed-$$s.jsonl || $(TRAIN) augment --manifest $(AUG)/test.jsonl --out $(AUG)/test-mixed-$$s.jsonl $$r --seed 7 || exit 1; \
+	done
+	test -f $(DEMO_DATA)/units-noisy.jsonl || $(TRAIN) units --extractor mfcc --kmeans $(DEMO_DATA)/kmeans100.safetensors \
+	  $(foreach s,train dev test mono-en mono-fr train-noisy-en train-noisy-fr test-white60-en test-white60-fr test-brown45-en test-brown45-fr test-mixed-en test-mixed-fr,--manifest $(AUG)/$(s).jsonl) \
+	  --out $(DEMO_DATA)/units-noisy.jsonl
+
 # Held-out figures of models/demo (both directions; ASR-BLEU with PocketSphinx for English output).
 demo-eval: setup
 	cargo build --release -p tolk-training --bin tolk-train
 	for d in en-fr fr-en; do $(TRAIN) eval --model models/demo --manifest $(DEMO_DATA)/corpus/test.jsonl \
 	  --units $(DEMO_DATA)/units.jsonl --direction $$d --limit 100 --out runs/eval-demo-$$d; done
+
+# The README's noise table: models/demo against the same recipe without the noisy copies
+# (trained here if missing), offline and through the kiosk's front end, on clean and noisy
+# held-out speech (make demo-model first).
+noise-table: setup
+	cargo build --release -p tolk-training --bin tolk-train -p tolk-runtime --bin tolk
+	$(MAKE) demo-noisy-data
+	$(TRAIN) sft --recipe training/recipes/sft-demo-com-clean.toml
+	test -d runs/demo-clean/translator || $(TRAIN) package --llm runs/demo-com-clean/final \
+	  --kmeans $(DEMO_DATA)/kmeans100.safetensors --vocoder en=runs/vocoder-en --vocoder fr=runs/vocoder-fr \
+	  --out runs/demo-clean/translator --dtype f16
+	$(PY) training/scripts/noise_table.py runs $(DEMO_DATA) clean-trained=runs/demo-clean/translator demo=models/demo
 
 # The strategy comparison of the README (vanilla / tri-task / chain of modality, same budget).
 # Needs the demo data and vocoders (make demo-model). Reports in runs/table-*/eval-*/report.md.

@@ -30,6 +30,9 @@ enum Command {
     },
     /// Generate the synthetic English-French kiosk speech corpus (espeak-ng, 16 kHz, JSONL).
     SynthCorpus(tolk_training::corpus::SynthCorpusArgs),
+    /// Noisy, padded copies of a manifest's source speech (random silence, gain, white or brown
+    /// noise; the target side is kept), for training a model that copes with a real room.
+    Augment(tolk_training::corpus::augment::AugmentArgs),
     /// Extract speech units for every audio file of manifests (k-means loaded or fitted).
     Units(tolk_training::units::UnitsArgs),
     /// Train a byte-level BPE tokenizer on manifests' texts (models trained from scratch).
@@ -248,6 +251,12 @@ fn main() -> Result<()> {
         }
         Command::Tokenizer(a) => {
             let summary = tolk_training::units::run_tokenizer(&a)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::Augment(a) => {
+            let summary =
+                tolk_training::corpus::augment::augment(&a.manifest, &a.out, &a.config())?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }

@@ -37,6 +37,10 @@ pub struct ManifestEntry {
     pub voice: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_voice: Option<String>,
+    /// What was done to `audio` (`tolk-train augment`: silence, gain, noise). Augmented audio is
+    /// never a target, so such an entry has no [`ManifestEntry::reversed`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augmentation: Option<String>,
 }
 
 impl ManifestEntry {
@@ -59,6 +63,7 @@ impl ManifestEntry {
             template: None,
             voice: None,
             target_voice: None,
+            augmentation: None,
         }
     }
 
@@ -68,8 +73,12 @@ impl ManifestEntry {
     }
 
     /// The same pair in the other direction (source and target sides swapped); `None` for a
-    /// source-only entry. The id gets a `-rev` suffix.
+    /// source-only entry and for one whose source audio is augmented. The id gets a `-rev`
+    /// suffix.
     pub fn reversed(&self) -> Option<Self> {
+        if self.augmentation.is_some() {
+            return None;
+        }
         let target_language = self.target_language.clone()?;
         Some(Self {
             id: format!("{}-rev", self.id),
@@ -84,6 +93,7 @@ impl ManifestEntry {
             template: self.template.clone(),
             voice: self.target_voice.clone(),
             target_voice: self.voice.clone(),
+            augmentation: None,
         })
     }
 }

@@ -6,7 +6,8 @@
 //!   reachable pair in a fixed order;
 //! - [`synth`]: `espeak-ng` synthesis, resampled to 16 kHz mono 16-bit WAV, on a bounded worker
 //!   pool;
-//! - [`manifest`]: the JSONL manifest (writer and validating reader) shared with real corpora.
+//! - [`manifest`]: the JSONL manifest (writer and validating reader) shared with real corpora;
+//! - [`augment`]: noisy, padded copies of a manifest's source speech (`tolk-train augment`).
 //!
 //! # Splits: held-out combinations
 //!
@@ -40,6 +41,7 @@
 //! Output folder: `train.jsonl`, `dev.jsonl`, `test.jsonl`, `mono-en.jsonl`, `mono-fr.jsonl`,
 //! `corpus.json` (seed, options, sizes) and `audio/<split>/<id>.<lang>.wav`.
 
+pub mod augment;
 pub mod grammar;
 pub mod manifest;
 pub mod synth;
@@ -160,7 +162,7 @@ pub struct CorpusSummary {
 
 /// FNV-1a over the seed and the parts, finished with the SplitMix64 mixer: a stable hash
 /// (independent of Rust's `Hash` and of crate versions).
-fn stable_hash(seed: u64, parts: &[&str]) -> u64 {
+pub(crate) fn stable_hash(seed: u64, parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |b: u8| {
         h ^= b as u64;

@@ -136,6 +136,9 @@ pub enum SkipReason {
     NonTextToken,
     /// Prompt + target exceed `max_len`.
     TooLong,
+    /// The direction needs the entry reversed, but its source audio is augmented (noisy
+    /// audio is never a target).
+    AugmentedSource,
 }
 
 /// Skip warnings printed per reason before the rest go to debug level.
@@ -156,12 +159,18 @@ impl SkipReport {
         self.counts.values().sum()
     }
 
+    /// Skips that point at a data problem (all but [`SkipReason::AugmentedSource`], which is by
+    /// design: augmented entries serve one direction).
+    pub fn problems(&self) -> usize {
+        self.total() - self.count(SkipReason::AugmentedSource)
+    }
+
     fn add(&mut self, reason: SkipReason, id: &str, task: Option<Task>, detail: &str) {
         let n = self.counts.entry(reason).or_insert(0);
         *n += 1;
         // Every skip is counted; the first few per reason are warnings, the rest debug lines
         // (the summary warning of `build_examples` gives the totals).
-        if *n <= WARN_PER_REASON {
+        if *n <= WARN_PER_REASON && reason != SkipReason::AugmentedSource {
             tracing::warn!(id, ?task, ?reason, "skipping SFT example: {detail}");
         } else {
             tracing::debug!(id, ?task, ?reason, "skipping SFT example: {detail}");
@@ -227,6 +236,15 @@ pub fn build_examples(
             let e = if entry.language == src && entry_tgt == tgt {
                 entry
             } else if entry.language == tgt && entry_tgt == src {
+                if entry.augmentation.is_some() {
+                    skipped.add(
+                        SkipReason::AugmentedSource,
+                        &entry.id,
+                        None,
+                        "augmented source audio is not a target",
+                    );
+                    continue;
+                }
                 let Some(r) = entry.reversed() else {
                     skipped.add(SkipReason::Unpaired, &entry.id, None, "no target side");
                     continue;
@@ -724,6 +742,15 @@ mod tests {
         let out = build_examples(&[rev], &units, &tok, &f, &cfg).unwrap();
         assert_eq!(out.examples[0].id, "b-rev");
         assert_eq!(out.examples[0].input_ids[4], 10);
+        // An entry with augmented (noisy) English audio serves en-fr only: reversed, its noisy
+        // audio would become the target.
+        let mut noisy = pair("b");
+        noisy.augmentation = Some("white noise -50 dBFS".into());
+        cfg.directions = vec![Direction::FrEn, Direction::EnFr];
+        let out = build_examples(&[noisy], &units, &tok, &f, &cfg).unwrap();
+        assert_eq!(out.examples.len(), 1);
+        assert_eq!(out.examples[0].direction, Direction::EnFr);
+        assert_eq!(out.skipped.count(SkipReason::AugmentedSource), 1);
     }
 
     #[test]

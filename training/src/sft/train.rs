@@ -443,7 +443,7 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
             data.skipped.counts
         )));
     }
-    if data.skipped.total() > 0 {
+    if data.skipped.problems() > 0 {
         tracing::warn!(skipped = data.skipped.total(), counts = ?data.skipped.counts, "training examples skipped");
         eprintln!(
             "warning: {} training examples skipped: {:?}",
