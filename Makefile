@@ -12,7 +12,7 @@ export TOLK_REFERENCE_DIR := $(ROOT)/target/reference
 REF := $(TOLK_REFERENCE_DIR)
 THREADS ?= $(shell nproc)
 
-.PHONY: setup reference demo demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test bench bench-demo fmt lint clean-reference
+.PHONY: setup reference demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test bench bench-demo fmt lint clean-reference
 
 setup:
 	deploy/host/setup.sh
@@ -140,6 +140,15 @@ noise-table: setup
 	  --kmeans $(DEMO_DATA)/kmeans100.safetensors --vocoder en=runs/vocoder-en --vocoder fr=runs/vocoder-fr \
 	  --out runs/demo-clean/translator --dtype f16
 	$(PY) training/scripts/noise_table.py runs $(DEMO_DATA) clean-trained=runs/demo-clean/translator demo=models/demo
+
+# The README's table "As a visitor hears it": models/demo through the kiosk's live front end on
+# held-out sentences spoken by voices it never heard (espeak-ng variants, MBROLA, SVOX Pico,
+# Piper), human French and English recordings, simulated rooms, babble and sound effects; Whisper
+# base ASR of the output speech in both languages, DNSMOS, decoder confidence. Cached and
+# resumable in runs/visitor (about 25 minutes on 2 cores; needs no demo data).
+eval-visitor: setup
+	cargo build --release -p tolk-training --bin tolk-train -p tolk-runtime --bin tolk
+	$(PY) training/scripts/visitor_table.py --model models/demo --work runs/visitor --limit 30 --human-limit 80
 
 # The strategy comparison of the README (vanilla / tri-task / chain of modality, same budget).
 # Needs the demo data and vocoders (make demo-model). Reports in runs/table-*/eval-*/report.md.

@@ -18,6 +18,13 @@ apt_packages=(
   gstreamer1.0-plugins-bad gstreamer1.0-alsa
   libssl-dev openssl
   fonts-dejavu-core
+  # Visitor test sets (tolk-train voices): human French and English recordings, voices the demo
+  # model never heard. MBROLA and SVOX Pico come from Debian's contrib and non-free sections
+  # (enabled below); the MBROLA voices' licence allows test use only.
+  tuxpaint-stamps-default ktuberling-data
+  mbrola mbrola-fr1 mbrola-fr2 mbrola-fr3 mbrola-fr4 mbrola-fr5 mbrola-fr6 mbrola-fr7
+  mbrola-ca1 mbrola-ca2 mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1
+  libttspico-utils libttspico-data
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -26,6 +33,13 @@ done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  # contrib (the MBROLA engine) and non-free (MBROLA voices, SVOX Pico) of the running release.
+  contrib=/etc/apt/sources.list.d/tolk-contrib-non-free.sources
+  if [ ! -f "$contrib" ]; then
+    codename="$(. /etc/os-release && echo "${VERSION_CODENAME:?no VERSION_CODENAME in /etc/os-release}")"
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s %s-updates\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      "$codename" "$codename" | "${sudo_cmd[@]}" tee "$contrib" >/dev/null
+  fi
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

@@ -168,6 +168,9 @@ pub struct PipelineSection {
     pub vad_model: Option<PathBuf>,
     /// Translator folder used while no OTA slot holds an active model.
     pub fallback_model: PathBuf,
+    /// Utterances translated with a decoder confidence below this (0 to 1: the geometric-mean
+    /// probability of the text tokens) are answered "please repeat" instead of spoken; 0 = off.
+    pub min_confidence: f32,
 }
 
 impl Default for PipelineSection {
@@ -177,6 +180,7 @@ impl Default for PipelineSection {
             max_queued_utterances: 4,
             vad_model: None,
             fallback_model: PathBuf::from("/usr/share/tolk/models/demo"),
+            min_confidence: 0.0,
         }
     }
 }
@@ -510,6 +514,11 @@ impl Config {
             (1..=64).contains(&p.max_queued_utterances),
             "pipeline.max_queued_utterances",
             || format!("{} is not in 1..=64", p.max_queued_utterances),
+        );
+        c.check(
+            (0.0..1.0).contains(&p.min_confidence),
+            "pipeline.min_confidence",
+            || format!("{} is not in [0, 1)", p.min_confidence),
         );
 
         c.check(

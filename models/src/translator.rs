@@ -20,7 +20,7 @@ pub mod manifest;
 pub mod session;
 pub mod testing;
 
-pub use decode::{Event, Mode, Stop, TextStreamer, Timings, TranslationOutput};
+pub use decode::{Confidence, Event, Mode, Stop, TextStreamer, Timings, TranslationOutput};
 pub use manifest::{Direction, ModelManifest, Strategy, UnitsSpec, MANIFEST_FILE, MODEL_FORMAT};
 pub use session::Session;
 

@@ -63,6 +63,19 @@ pub enum Event {
         first_text_ms: f64,
         /// End of speech to the complete text.
         latency_ms: f64,
+        /// The decoder's certainty in (0, 1]: the geometric-mean probability of the text
+        /// tokens (`tolk_models::translator::Confidence::score`).
+        confidence: f64,
+    },
+    /// The decoder was not sure enough of its translation (confidence below
+    /// `pipeline.min_confidence`): the kiosk shows "please repeat" and speaks nothing. `text` is
+    /// what it would have said, for the operator's log.
+    NotUnderstood {
+        utterance: u64,
+        direction: String,
+        text: String,
+        confidence: f64,
+        latency_ms: f64,
     },
     /// A chunk of translated speech handed to the sink.
     AudioChunk {

@@ -162,6 +162,8 @@ pub struct Metrics {
     pub utterances: Counter,
     /// Utterances dropped by the overload policy.
     pub utterances_dropped: Counter,
+    /// Utterances below the minimum confidence (answered "please repeat", no speech).
+    pub not_understood: Counter,
     /// Xruns reported by the pipeline itself (added to the attached streams' counters).
     pub input_xruns: Counter,
     pub output_xruns: Counter,
@@ -185,6 +187,7 @@ impl Metrics {
             queue_depth: QueueDepths::default(),
             utterances: Counter::default(),
             utterances_dropped: Counter::default(),
+            not_understood: Counter::default(),
             input_xruns: Counter::default(),
             output_xruns: Counter::default(),
             attached: Mutex::new(Attached::default()),
@@ -309,6 +312,12 @@ impl Metrics {
             "tolk_utterances_dropped_total",
             "Utterances dropped by the overload policy.",
             self.utterances_dropped.get(),
+        );
+        counter(
+            &mut out,
+            "tolk_utterances_not_understood_total",
+            "Utterances whose translation confidence was below pipeline.min_confidence.",
+            self.not_understood.get(),
         );
         header(
             &mut out,

@@ -173,6 +173,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     opts.queue_limit = args
         .queue
         .unwrap_or(cfg.pipeline.max_queued_utterances as usize);
+    opts.min_confidence = cfg.pipeline.min_confidence as f64;
 
     let metrics = Arc::new(Metrics::new());
     let _server = match MetricsServer::start(&cfg.metrics.bind, metrics.clone()) {

@@ -37,6 +37,10 @@ pub struct TranslateArgs {
     /// `energy`, or the path of silero_vad.jit.
     #[arg(long, default_value = "energy")]
     vad: String,
+    /// Answer utterances translated with a confidence below this "not understood" (no speech),
+    /// as the kiosk's `pipeline.min_confidence` does; 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    min_confidence: f64,
 }
 
 /// The VAD from a CLI value: `energy` or a `silero_vad.jit` path.
@@ -67,6 +71,7 @@ pub fn run(args: TranslateArgs) -> Result<()> {
     let mut opts = PipelineOptions::new(direction, mode, &tolk_config::VadConfig::default());
     // A file is translated whole: nothing is dropped.
     opts.queue_limit = usize::MAX;
+    opts.min_confidence = args.min_confidence;
     let ring = RingOptions::default();
     let sink = AudioSink::wav(&args.output, tr.sample_rate() as u32, ring)?;
     let out = SinkOut::new(sink, tr.sample_rate() as u32, Duration::from_secs(30))?;
@@ -96,16 +101,24 @@ pub fn run(args: TranslateArgs) -> Result<()> {
     }
     if !args.events {
         for r in &sum.reports {
-            println!("{}", r.text);
+            if r.not_understood {
+                println!(
+                    "(not understood: {:?}, confidence {:.3})",
+                    r.text, r.confidence
+                );
+            } else {
+                println!("{}", r.text);
+            }
             let ms = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{:.0} ms", s * 1e3));
             eprintln!(
                 "  [{} {:.1} s of speech] first text {}, first audio {} after the endpoint; \
-                 real-time factor {:.2}",
+                 real-time factor {:.2}; confidence {:.3}",
                 r.direction,
                 r.duration_s,
                 ms(r.first_text_s),
                 ms(r.first_audio_s),
-                r.rtf
+                r.rtf,
+                r.confidence
             );
         }
     }

@@ -163,6 +163,7 @@ fn events_round_trip_as_json_lines() {
             text: "Bonjour à tous \"ici\"".into(),
             first_text_ms: 80.5,
             latency_ms: 140.0,
+            confidence: 0.93,
         },
         Event::AudioChunk {
             utterance: 1,

@@ -147,7 +147,7 @@ fn check_chain_of_modality(spec: &TinyTranslatorSpec) -> Vec<(bool, Stop)> {
                     assert!(!delta.is_empty());
                     deltas.push_str(delta);
                 }
-                Event::TextEnd { text } => text_end = Some(text.to_string()),
+                Event::TextEnd { text, .. } => text_end = Some(text.to_string()),
                 Event::Unit(u) => {
                     assert!(text_end.is_some(), "a unit before the text phase ended");
                     streamed_units.push(u);

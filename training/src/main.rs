@@ -33,6 +33,9 @@ enum Command {
     /// Noisy, padded copies of a manifest's source speech (random silence, gain, white or brown
     /// noise; the target side is kept), for training a model that copes with a real room.
     Augment(tolk_training::corpus::augment::AugmentArgs),
+    /// Visitor test sets: held-out sentences spoken by voices a model never heard, human
+    /// recordings, simulated rooms, babble and noise (test-only entries marked as such).
+    Voices(tolk_training::corpus::voices::VoicesArgs),
     /// Extract speech units for every audio file of manifests (k-means loaded or fitted).
     Units(tolk_training::units::UnitsArgs),
     /// Train a byte-level BPE tokenizer on manifests' texts (models trained from scratch).
@@ -184,6 +187,16 @@ fn main() -> Result<()> {
                 s.utterances_per_second,
                 a.out.display()
             );
+            Ok(())
+        }
+        Command::Voices(a) => {
+            for (name, m) in tolk_training::corpus::voices::run_voices(&a)? {
+                println!(
+                    "{name}: {} entries -> {}",
+                    m.entries.len(),
+                    m.path.display()
+                );
+            }
             Ok(())
         }
         Command::Eval(a) => {

@@ -86,7 +86,7 @@ fn finite_in(v: &serde_json::Value, key: &str, lo: f64, hi: f64) -> f64 {
     let x = v[key]
         .as_f64()
         .unwrap_or_else(|| panic!("{key} is missing or not a number: {v}"));
-    assert!(x.is_finite() && x >= lo && x <= hi, "{key} = {x}");
+    assert!(x.is_finite() && x >= lo && x <= hi + 1e-9, "{key} = {x}");
     x
 }
 
@@ -128,6 +128,21 @@ fn eval_end_to_end_and_bad_inputs() {
     let mcd = finite_in(&r, "mcd", 0.0, 1000.0);
     let asr = finite_in(&r, "asr_bleu", 0.0, 100.0);
     let ceiling = finite_in(&r, "asr_bleu_reference", 0.0, 100.0);
+    finite_in(&r, "asr_chrf", 0.0, 100.0);
+    finite_in(&r, "asr_chrf_reference", 0.0, 100.0);
+    assert!(
+        r["asr_recognizer"]
+            .as_str()
+            .unwrap()
+            .starts_with("whisper-base"),
+        "{}",
+        r["asr_recognizer"]
+    );
+    assert_eq!(r["no_speech"], 0);
+    for u in r["per_utterance"].as_array().unwrap() {
+        let c = u["confidence"].as_f64().unwrap();
+        assert!(c > 0.0 && c <= 1.0, "confidence {c}");
+    }
     println!(
         "fr-en: BLEU {bleu:.2} UER {uer:.3} MCD {mcd:.2} ASR-BLEU {asr:.2} ceiling {ceiling:.2}"
     );
@@ -156,6 +171,54 @@ fn eval_end_to_end_and_bad_inputs() {
         assert_eq!((w.sample_rate, w.channels), (16_000, 1));
         assert!(!w.samples.is_empty() && w.samples.iter().all(|x| x.is_finite()));
     }
+
+    // en-fr chain of modality, French speech: Whisper in French and DNSMOS of both sides.
+    let out_fr = root.join("report-en-fr-com");
+    let o = tolk_train(&[
+        "eval",
+        "--model",
+        &s(&model),
+        "--manifest",
+        &s(&manifest),
+        "--units",
+        &s(&units),
+        "--direction",
+        "en-fr",
+        "--limit",
+        "2",
+        "--dnsmos",
+        "--out",
+        &s(&out_fr),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_fr.join("report.json")).unwrap())
+            .unwrap();
+    finite_in(&r, "asr_bleu", 0.0, 100.0);
+    finite_in(&r, "asr_chrf_reference", 0.0, 100.0);
+    assert!(r["asr_recognizer"]
+        .as_str()
+        .unwrap()
+        .contains("language fr"));
+    finite_in(&r, "dnsmos_reference", 1.0, 5.0);
+    // PocketSphinx cannot judge French speech: refused before any decoding.
+    let o = tolk_train(&[
+        "eval",
+        "--model",
+        &s(&model),
+        "--manifest",
+        &s(&manifest),
+        "--units",
+        &s(&units),
+        "--direction",
+        "en-fr",
+        "--asr",
+        "pocketsphinx",
+        "--out",
+        &s(&root.join("refused")),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("English only"), "{}", stderr(&o));
 
     // en-fr text only, 2 entries: no speech figures.
     let out2 = root.join("report-en-fr");

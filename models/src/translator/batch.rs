@@ -13,7 +13,8 @@
 use std::time::Instant;
 
 use super::decode::{
-    pick_from_logits, plan, sliced_logits, Mode, Phase, Plan, Stop, Timings, TranslationOutput,
+    pick_from_logits, plan, sliced_logits, token_logprob, ConfidenceSum, Mode, Phase, Plan, Stop,
+    Timings, TranslationOutput,
 };
 use super::manifest::Direction;
 use super::Translator;
@@ -27,6 +28,7 @@ struct Row {
     text_ids: Vec<u32>,
     units: Vec<u32>,
     text_truncated: bool,
+    confidence: ConfidenceSum,
     stop: Option<Stop>,
     first_text_s: Option<f64>,
     first_unit_s: Option<f64>,
@@ -103,6 +105,7 @@ pub(crate) fn decode_batch(
             text_ids: Vec::new(),
             units: Vec::new(),
             text_truncated: false,
+            confidence: ConfidenceSum::default(),
             stop: None,
             first_text_s: None,
             first_unit_s: None,
@@ -147,7 +150,12 @@ pub(crate) fn decode_batch(
             let width: usize = ranges.iter().map(|r| (r.end - r.start) as usize).sum();
             for (j, &i) in want.iter().enumerate() {
                 let row_logits = &logits[j * width..(j + 1) * width];
-                next[i] = Some(pick_from_logits(&mut samplers[i], row_logits, ranges)?);
+                let tok = pick_from_logits(&mut samplers[i], row_logits, ranges)?;
+                let phase = rows[i].phase;
+                rows[i]
+                    .confidence
+                    .add(phase, token_logprob(row_logits, ranges, tok));
+                next[i] = Some(tok);
             }
         }
         for (row, tok) in rows.iter_mut().zip(&next) {
@@ -217,6 +225,7 @@ pub(crate) fn decode_batch(
                 units: row.units,
                 stop: row.stop.unwrap_or(Stop::CacheFull),
                 text_truncated: row.text_truncated,
+                confidence: row.confidence.finish(),
             })
         })
         .collect()

@@ -102,8 +102,12 @@ pub enum Event<'a> {
     /// New subtitle text: the decoded text prefix grew by `delta` (never empty). The deltas of
     /// one utterance concatenate to [`TranslationOutput::text`].
     Text { delta: &'a str },
-    /// The text phase is over; `text` is the whole text.
-    TextEnd { text: &'a str },
+    /// The text phase is over; `text` is the whole text, `confidence` the decoder's certainty
+    /// so far (the text phase's figures are final).
+    TextEnd {
+        text: &'a str,
+        confidence: Confidence,
+    },
     /// One target unit (0..num_units), in order: feed it to a `VocoderStream`.
     Unit(u32),
 }
@@ -151,7 +155,98 @@ pub struct TranslationOutput {
     pub stop: Stop,
     /// Whether a forced `<|units|>` ended the text phase at `max_text_tokens`.
     pub text_truncated: bool,
+    /// How sure the decoder was of what it produced (see [`Confidence`]).
+    pub confidence: Confidence,
     pub timings: Timings,
+}
+
+/// The decoder's own certainty about one utterance: the mean natural log-probability of the
+/// tokens it chose in each phase, every probability taken over that phase's allowed vocabulary
+/// (the softmax of the sliced logits, at temperature 1 whatever the sampler did). The token that
+/// closes a phase (`<|units|>` or `<|end|>`) counts in it; a token forced by a budget does not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Confidence {
+    /// Mean log-probability of the text phase's tokens (None without a text phase).
+    pub text_logprob: Option<f64>,
+    /// Mean log-probability of the unit phase's tokens (None without a unit phase).
+    pub unit_logprob: Option<f64>,
+    /// The least probable text token's log-probability.
+    pub text_min_logprob: Option<f64>,
+}
+
+impl Confidence {
+    /// One number in (0, 1]: the geometric-mean probability of the text tokens, or of the unit
+    /// tokens for a mode without text; 0 when nothing was chosen.
+    pub fn score(&self) -> f64 {
+        self.text_logprob
+            .or(self.unit_logprob)
+            .map_or(0.0, |lp| lp.exp())
+    }
+}
+
+/// Sums the log-probabilities of the chosen tokens per phase while decoding.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConfidenceSum {
+    text: (f64, usize),
+    units: (f64, usize),
+    text_min: Option<f64>,
+}
+
+impl ConfidenceSum {
+    pub(crate) fn add(&mut self, phase: Phase, logprob: f64) {
+        match phase {
+            Phase::Text => {
+                self.text.0 += logprob;
+                self.text.1 += 1;
+                self.text_min = Some(self.text_min.map_or(logprob, |m| m.min(logprob)));
+            }
+            Phase::Units => {
+                self.units.0 += logprob;
+                self.units.1 += 1;
+            }
+        }
+    }
+
+    pub(crate) fn finish(&self) -> Confidence {
+        let mean = |(s, n): (f64, usize)| (n > 0).then(|| s / n as f64);
+        Confidence {
+            text_logprob: mean(self.text),
+            unit_logprob: mean(self.units),
+            text_min_logprob: self.text_min,
+        }
+    }
+}
+
+/// Log-probability of `token` under the softmax of `logits` (the concatenated `ranges`).
+pub(crate) fn token_logprob(logits: &[f32], ranges: &[Range<u32>], token: u32) -> f64 {
+    let mut offset = 0usize;
+    let mut index = None;
+    for r in ranges {
+        if r.contains(&token) {
+            index = Some(offset + (token - r.start) as usize);
+            break;
+        }
+        offset += (r.end - r.start) as usize;
+    }
+    let Some(i) = index.filter(|&i| i < logits.len()) else {
+        return f64::NEG_INFINITY;
+    };
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max) as f64;
+    if !max.is_finite() {
+        return f64::NEG_INFINITY;
+    }
+    let lse = max
+        + logits
+            .iter()
+            .filter(|v| v.is_finite())
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    logits[i] as f64 - lse
 }
 
 /// Incremental detokenization for subtitles: decodes the whole prefix after every token and
@@ -266,15 +361,16 @@ pub(crate) fn pick_from_logits(
     ))
 }
 
-/// Picks the next token among `ranges` for hidden state `[1, hidden]`.
+/// Picks the next token among `ranges` for hidden state `[1, hidden]`, with its log-probability.
 fn pick(
     tr: &Translator,
     sampler: &mut Sampler,
     hidden: &Tensor,
     ranges: &[Range<u32>],
-) -> Result<u32> {
+) -> Result<(u32, f64)> {
     let logits = sliced_logits(tr, hidden, ranges)?;
-    pick_from_logits(sampler, &logits, ranges)
+    let token = pick_from_logits(sampler, &logits, ranges)?;
+    Ok((token, token_logprob(&logits, ranges, token)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,6 +508,7 @@ pub(crate) fn decode(
     let mut units = Vec::new();
     let mut text_truncated = false;
     let mut first = true;
+    let mut confidence = ConfidenceSum::default();
     let stop = loop {
         let next = match phase {
             Phase::Text if streamer.ids().len() >= m.max_text_tokens => {
@@ -422,9 +519,17 @@ pub(crate) fn decode(
                 text_truncated = true;
                 units_tok
             }
-            Phase::Text => pick(tr, sampler, &last, &text_ranges)?,
+            Phase::Text => {
+                let (t, lp) = pick(tr, sampler, &last, &text_ranges)?;
+                confidence.add(Phase::Text, lp);
+                t
+            }
             Phase::Units if units.len() >= m.max_target_units => break Stop::MaxTokens,
-            Phase::Units => pick(tr, sampler, &last, &unit_ranges)?,
+            Phase::Units => {
+                let (t, lp) = pick(tr, sampler, &last, &unit_ranges)?;
+                confidence.add(Phase::Units, lp);
+                t
+            }
         };
         if first {
             timings.prefill_s = start.elapsed().as_secs_f64();
@@ -440,7 +545,10 @@ pub(crate) fn decode(
                     on_event(Event::Text { delta: &rest });
                 }
                 text = full;
-                on_event(Event::TextEnd { text: &text });
+                on_event(Event::TextEnd {
+                    text: &text,
+                    confidence: confidence.finish(),
+                });
                 if next == end_tok || text_only {
                     break Stop::End;
                 }
@@ -478,7 +586,10 @@ pub(crate) fn decode(
             on_event(Event::Text { delta: &rest });
         }
         text = full;
-        on_event(Event::TextEnd { text: &text });
+        on_event(Event::TextEnd {
+            text: &text,
+            confidence: confidence.finish(),
+        });
     }
     timings.decode_s = start.elapsed().as_secs_f64();
     timings.text_tokens = streamer.ids().len();
@@ -491,6 +602,7 @@ pub(crate) fn decode(
         units,
         stop,
         text_truncated,
+        confidence: confidence.finish(),
         timings,
     })
 }

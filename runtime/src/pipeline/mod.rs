@@ -92,6 +92,9 @@ pub struct PipelineOptions {
     pub vocoder_chunk_units: usize,
     /// Model worker threads (each with its own session).
     pub workers: usize,
+    /// Below this decoder confidence an utterance is "not understood" and gets no speech
+    /// (`pipeline.min_confidence`; 0 = off).
+    pub min_confidence: f64,
 }
 
 impl PipelineOptions {
@@ -113,6 +116,7 @@ impl PipelineOptions {
             queue_limit: DEFAULT_QUEUE_LIMIT,
             vocoder_chunk_units: 4,
             workers: 1,
+            min_confidence: 0.0,
         }
     }
 
@@ -121,6 +125,12 @@ impl PipelineOptions {
             return Err(PipelineError::Options(
                 "queue limit must be at least 1".into(),
             ));
+        }
+        if !(0.0..1.0).contains(&self.min_confidence) {
+            return Err(PipelineError::Options(format!(
+                "minimum confidence {} is outside [0, 1)",
+                self.min_confidence
+            )));
         }
         if self.workers == 0 {
             return Err(PipelineError::Options("at least one worker".into()));

@@ -131,7 +131,8 @@ impl<O: PcmOut + 'static> Pipeline<O> {
                 opts.direction,
                 opts.mode,
                 opts.vocoder_chunk_units,
-            )?;
+            )?
+            .with_min_confidence(opts.min_confidence);
             let sh = shared.clone();
             let h = std::thread::Builder::new()
                 .name(format!("tolk-model-{i}"))
@@ -324,15 +325,31 @@ fn worker_loop<O: PcmOut>(mut worker: UtteranceTranslator, sh: &Shared<O>) {
                     latency_ms: since_end(now),
                 });
             }
-            Output::TextEnd { text: full } => {
+            Output::TextEnd {
+                text: full,
+                confidence,
+                understood,
+            } => {
                 let now = Instant::now();
-                sh.emit(Event::SubtitleFinal {
-                    utterance: u.id,
-                    direction: dir.clone(),
-                    text: full.to_string(),
-                    first_text_ms: since_end(first_text.unwrap_or(now)),
-                    latency_ms: since_end(now),
-                });
+                if understood {
+                    sh.emit(Event::SubtitleFinal {
+                        utterance: u.id,
+                        direction: dir.clone(),
+                        text: full.to_string(),
+                        first_text_ms: since_end(first_text.unwrap_or(now)),
+                        latency_ms: since_end(now),
+                        confidence,
+                    });
+                } else {
+                    sh.metrics.not_understood.inc();
+                    sh.emit(Event::NotUnderstood {
+                        utterance: u.id,
+                        direction: dir.clone(),
+                        text: full.to_string(),
+                        confidence,
+                        latency_ms: since_end(now),
+                    });
+                }
             }
             Output::Audio { pcm, offset } => sh.emit(Event::AudioChunk {
                 utterance: u.id,

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use tolk_models::translator::{tensor_to_pcm, Direction, Event, Mode, Session, Stop, Translator};
+use tolk_models::translator::{
+    tensor_to_pcm, Confidence, Direction, Event, Mode, Session, Stop, Translator,
+};
 use tolk_models::vocoder::VocoderStream;
 
 use super::frontend::{FrontEnd, FrontEvent, Utterance, VadKind};
@@ -16,8 +18,13 @@ use super::{PipelineError, PipelineOptions, Result};
 pub enum Output<'a> {
     /// More subtitle text (the deltas concatenate to the final text).
     Text { delta: &'a str },
-    /// The text is complete.
-    TextEnd { text: &'a str },
+    /// The text is complete. `understood` is false when the decoder's confidence is below the
+    /// configured minimum: no speech follows, and the kiosk asks the visitor to repeat.
+    TextEnd {
+        text: &'a str,
+        confidence: f64,
+        understood: bool,
+    },
     /// A PCM chunk (16 kHz mono) starting at `offset` samples into the utterance's output, already
     /// handed to the [`PcmOut`].
     Audio { pcm: &'a [f32], offset: u64 },
@@ -47,6 +54,11 @@ pub struct UtteranceReport {
     pub stop: Stop,
     /// Why audio output stopped early, if it did.
     pub output_error: Option<String>,
+    /// The decoder's certainty ([`Confidence::score`], in (0, 1]) and its parts.
+    pub confidence: f64,
+    pub confidence_detail: Confidence,
+    /// Below the minimum confidence: no speech was produced.
+    pub not_understood: bool,
 }
 
 /// Whether `translator` can decode `mode` in `direction` (with a vocoder when it speaks).
@@ -70,6 +82,7 @@ pub struct UtteranceTranslator {
     direction: Direction,
     mode: Mode,
     chunk_units: usize,
+    min_confidence: f64,
 }
 
 impl UtteranceTranslator {
@@ -86,7 +99,15 @@ impl UtteranceTranslator {
             direction,
             mode,
             chunk_units: chunk_units.max(1),
+            min_confidence: 0.0,
         })
+    }
+
+    /// Utterances whose text confidence ([`Confidence::score`]) is below `min` are reported
+    /// not understood and get no speech (0 turns the check off).
+    pub fn with_min_confidence(mut self, min: f64) -> Self {
+        self.min_confidence = min;
+        self
     }
 
     /// Direction and mode of the next utterances (checked as in [`Self::new`]).
@@ -137,7 +158,9 @@ impl UtteranceTranslator {
         let mut samples_out = 0u64;
         let mut error: Option<PipelineError> = None;
         let mut output_error: Option<String> = None;
+        let mut understood = true;
         let chunk = self.chunk_units;
+        let min_confidence = self.min_confidence;
 
         // Vocodes `units` (or flushes) and hands the PCM on.
         let mut emit_audio = |voc: &mut VocoderStream,
@@ -193,7 +216,17 @@ impl UtteranceTranslator {
                             first_text.get_or_insert_with(|| since_end(Instant::now()));
                             on(Output::Text { delta });
                         }
-                        Event::TextEnd { text } => on(Output::TextEnd { text }),
+                        Event::TextEnd { text, confidence } => {
+                            let score = confidence.score();
+                            understood = !(score < min_confidence);
+                            on(Output::TextEnd {
+                                text,
+                                confidence: score,
+                                understood,
+                            });
+                        }
+                        // Not understood: the units are decoded but never spoken.
+                        Event::Unit(_) if !understood => {}
                         Event::Unit(u) => {
                             pending.push(u as i64);
                             if pending.len() >= chunk {
@@ -220,7 +253,7 @@ impl UtteranceTranslator {
         if let Some(e) = error {
             return Err(e);
         }
-        if let Some(v) = vocoder.as_mut() {
+        if let Some(v) = vocoder.as_mut().filter(|_| understood) {
             let units = std::mem::take(&mut pending);
             emit_audio(
                 v,
@@ -256,6 +289,9 @@ impl UtteranceTranslator {
             rtf: processing_s / duration_s,
             stop: res.stop,
             output_error,
+            confidence: res.confidence.score(),
+            confidence_detail: res.confidence,
+            not_understood: !understood,
         })
     }
 }
@@ -299,7 +335,8 @@ impl Translating {
                 opts.direction,
                 opts.mode,
                 opts.vocoder_chunk_units,
-            )?,
+            )?
+            .with_min_confidence(opts.min_confidence),
         })
     }
 

@@ -29,7 +29,9 @@ use tolk_models::audio::condition::to_mono_16k;
 use tolk_models::audio::wav::{read_wav, write_wav, WavFormat};
 use tolk_models::audio::SAMPLE_RATE;
 
-use super::manifest::{read_manifest, write_manifest, ManifestEntry, ManifestError, ReadOptions};
+use super::manifest::{
+    read_manifest, refuse_test_only, write_manifest, ManifestEntry, ManifestError, ReadOptions,
+};
 
 /// Errors of [`augment`]; each names the file or entry.
 #[derive(Debug, thiserror::Error)]
@@ -333,6 +335,8 @@ pub fn augment(
 ) -> Result<AugmentSummary, AugmentError> {
     cfg.check()?;
     let mut m = read_manifest(input, ReadOptions::default())?;
+    // Augmented copies are training data.
+    refuse_test_only(&m, "augmented training data")?;
     if cfg.reverse {
         m.entries = m
             .entries

@@ -41,6 +41,16 @@ pub struct ManifestEntry {
     /// never a target, so such an entry has no [`ManifestEntry::reversed`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augmentation: Option<String>,
+    /// Audio that may never be trained on: human recordings, voices whose licence allows test
+    /// use only (`tolk-train voices`). Every training command refuses such an entry
+    /// ([`refuse_test_only`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test_only: bool,
+    /// The recording the audio was converted from, and the SHA-256 of its bytes (human sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_sha256: Option<String>,
 }
 
 impl ManifestEntry {
@@ -64,6 +74,9 @@ impl ManifestEntry {
             voice: None,
             target_voice: None,
             augmentation: None,
+            test_only: false,
+            source_file: None,
+            source_sha256: None,
         }
     }
 
@@ -94,6 +107,10 @@ impl ManifestEntry {
             voice: self.target_voice.clone(),
             target_voice: self.voice.clone(),
             augmentation: None,
+            test_only: self.test_only,
+            // The source recording was the source side; the reversed entry's target.
+            source_file: None,
+            source_sha256: None,
         })
     }
 }
@@ -293,6 +310,26 @@ fn validate(
         }
     }
     Ok(())
+}
+
+/// Refuses a manifest with a test-only entry for `purpose` (e.g. "SFT training"): held-out human
+/// recordings and test-only voices never reach a training set.
+pub fn refuse_test_only(manifest: &Manifest, purpose: &str) -> Result<(), ManifestError> {
+    match manifest.entries.iter().position(|e| e.test_only) {
+        None => Ok(()),
+        Some(i) => {
+            let e = &manifest.entries[i];
+            Err(ManifestError::Invalid {
+                path: manifest.path.clone(),
+                line: i + 1,
+                id: e.id.clone(),
+                message: format!(
+                    "test-only audio ({}) cannot be used for {purpose}",
+                    e.voice.as_deref().unwrap_or("test_only")
+                ),
+            })
+        }
+    }
 }
 
 /// Writes entries as JSONL (one compact JSON object per line).

@@ -45,6 +45,7 @@ pub mod augment;
 pub mod grammar;
 pub mod manifest;
 pub mod synth;
+pub mod voices;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;

@@ -11,17 +11,24 @@
 //!   units, both deduplicated, summed over the set and divided by the summed reference length;
 //! - **MCD** ([`crate::metrics::mcd::mcd_from_audio`], Kaldi MFCC + DTW) between the synthesized
 //!   speech and the reference target speech, averaged over utterances;
-//! - for English output, **ASR-BLEU**: PocketSphinx ([`asr`]) transcribes the synthesized speech
-//!   and corpus BLEU is computed against `target_text` after [`asr::normalize_for_asr_bleu`]
-//!   (lower case, punctuation removed) on both sides; the same recognizer on the reference
-//!   target speech gives the **ceiling**.
+//! - **ASR-BLEU** and **ASR-chrF** of the synthesized speech, French or English: Whisper base
+//!   ([`whisper`], the default `--asr whisper`) transcribes it, and transcripts and `target_text`
+//!   are normalised with Whisper's own normalisers; `--asr pocketsphinx` ([`asr`], English only)
+//!   uses [`asr::normalize_for_asr_bleu`] instead. The same recognizer on the reference target
+//!   speech gives the **ceiling**;
+//! - with `--dnsmos`, the mean **DNSMOS** overall score ([`dnsmos`]) of the synthesized and of the
+//!   reference speech;
+//! - the decoder's **confidence** per utterance
+//!   ([`tolk_models::translator::Confidence`]).
 //!
 //! Writes `report.md` (a table), `report.json` (figures and per-utterance results), `hyps.txt`
-//! and `refs.txt` (line-aligned text), `asr_hyps.txt` / `asr_refs.txt` (English output) and
-//! `wavs/<id>.wav` (16-bit, 16 kHz).
+//! and `refs.txt` (line-aligned text), `asr_hyps.txt` / `asr_refs.txt` and `wavs/<id>.wav`
+//! (16-bit, 16 kHz).
 
 pub mod asr;
+pub mod dnsmos;
 pub mod tiny;
+pub mod whisper;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,11 +40,12 @@ use tolk_models::audio::features::MfccConfig;
 use tolk_models::audio::wav::{read_wav, write_wav, WavFormat};
 use tolk_models::device::{parse_device, parse_dtype};
 use tolk_models::prompt::Lang;
-use tolk_models::translator::{Direction, Mode, Session, Stop, Translator};
+use tolk_models::translator::{Confidence, Direction, Mode, Session, Stop, Translator};
 
 use crate::corpus::manifest::{read_manifest, ManifestEntry, ReadOptions};
-use crate::metrics::{bleu, mcd, meteor, wer};
+use crate::metrics::{bleu, chrf, mcd, meteor, wer};
 use crate::units::read_units;
+use dnsmos::DnsmosScore;
 
 /// Arguments of `tolk-train eval`.
 #[derive(Debug, Clone, clap::Args)]
@@ -67,12 +75,68 @@ pub struct EvalArgs {
     pub device: String,
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-    /// Python with pocketsphinx (default: $TOLK_PYTHON, else the project's .venv).
+    /// Python with the recognizer (default: $TOLK_PYTHON, else the project's .venv).
     #[arg(long)]
     pub python: Option<PathBuf>,
+    /// Recognizer of ASR-BLEU: whisper (French and English) or pocketsphinx (English only).
+    #[arg(long, value_enum, default_value_t = AsrKind::Whisper)]
+    pub asr: AsrKind,
     /// Skip ASR-BLEU (no recognizer needed).
     #[arg(long)]
     pub no_asr: bool,
+    /// Also score the synthesized and the reference speech with DNSMOS.
+    #[arg(long)]
+    pub dnsmos: bool,
+}
+
+/// The recognizer of ASR-BLEU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AsrKind {
+    Whisper,
+    Pocketsphinx,
+}
+
+enum Recognizer {
+    Whisper(whisper::Whisper),
+    PocketSphinx(asr::PocketSphinx),
+}
+
+impl Recognizer {
+    /// Normalised transcripts of `wavs` and normalised `refs`, and the recognizer's name and
+    /// normalisation.
+    fn run(
+        &mut self,
+        wavs: &[PathBuf],
+        lang: Lang,
+        refs: &[String],
+        work: &Path,
+    ) -> Result<(Vec<String>, Vec<String>, String, String)> {
+        match self {
+            Self::Whisper(w) => {
+                let t = w.transcribe(wavs, lang, refs, work)?;
+                Ok((
+                    t.normalized,
+                    t.references,
+                    w.name.clone().unwrap_or_default(),
+                    w.normalization.clone().unwrap_or_default(),
+                ))
+            }
+            Self::PocketSphinx(p) => {
+                let h = p.transcribe(wavs, work)?;
+                Ok((
+                    h.iter().map(|t| asr::normalize_for_asr_bleu(t)).collect(),
+                    refs.iter()
+                        .map(|t| asr::normalize_for_asr_bleu(t))
+                        .collect(),
+                    p.name.clone().unwrap_or_default(),
+                    "lower-case; characters other than letters, digits and in-word apostrophes \
+                     become spaces; whitespace collapsed (both sides)"
+                        .to_string(),
+                ))
+            }
+        }
+    }
 }
 
 fn parse_direction(s: &str) -> Result<Direction, String> {
@@ -102,6 +166,11 @@ pub struct UtteranceResult {
     pub asr_hypothesis: Option<String>,
     pub asr_reference: Option<String>,
     pub decode_seconds: f64,
+    /// [`Confidence::score`] and its parts.
+    pub confidence: f64,
+    pub confidence_detail: Confidence,
+    pub dnsmos: Option<DnsmosScore>,
+    pub dnsmos_reference: Option<DnsmosScore>,
 }
 
 /// The figures of one run.
@@ -125,6 +194,14 @@ pub struct EvalReport {
     pub asr_bleu: Option<f64>,
     /// ASR-BLEU of the reference target speech (the recognizer's ceiling).
     pub asr_bleu_reference: Option<f64>,
+    /// chrF (sacreBLEU chrF2) of the same normalised transcripts.
+    pub asr_chrf: Option<f64>,
+    pub asr_chrf_reference: Option<f64>,
+    /// Utterances whose synthesized speech is empty.
+    pub no_speech: usize,
+    /// Mean DNSMOS overall score of the synthesized and of the reference speech (`--dnsmos`).
+    pub dnsmos: Option<f64>,
+    pub dnsmos_reference: Option<f64>,
     pub asr_recognizer: Option<String>,
     pub asr_normalization: Option<String>,
     /// Decoding real-time factor: decode seconds / source audio seconds (when durations known).
@@ -225,15 +302,30 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
         );
     }
     let tgt = args.direction.tgt();
-    let english_speech = tgt == Lang::En && mode.has_units() && !args.no_asr;
-    // Find the recognizer before the long part.
-    let mut recognizer = if english_speech {
-        Some(asr::PocketSphinx::new(asr::find_python(
+    let with_asr = mode.has_units() && !args.no_asr;
+    // Find the recognizer (and DNSMOS) before the long part.
+    let mut recognizer = match (with_asr, args.asr) {
+        (false, _) => None,
+        (true, AsrKind::Whisper) => Some(Recognizer::Whisper(whisper::Whisper::new(
+            asr::find_python(args.python.as_deref())?,
+        )?)),
+        (true, AsrKind::Pocketsphinx) if tgt != Lang::En => bail!(
+            "PocketSphinx recognizes English only, and {} speaks {}: use --asr whisper",
+            args.direction,
+            tgt.code()
+        ),
+        (true, AsrKind::Pocketsphinx) => Some(Recognizer::PocketSphinx(asr::PocketSphinx::new(
+            asr::find_python(args.python.as_deref())?,
+        )?)),
+    };
+    let dnsmos = if args.dnsmos && mode.has_units() {
+        Some(dnsmos::Dnsmos::new(asr::find_python(
             args.python.as_deref(),
         )?)?)
     } else {
         None
     };
+    let keep_reference = recognizer.is_some() || dnsmos.is_some();
 
     std::fs::create_dir_all(args.out.join("wavs"))
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -281,6 +373,10 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
             asr_hypothesis: None,
             asr_reference: None,
             decode_seconds: out.timings.decode_s,
+            confidence: out.confidence.score(),
+            confidence_detail: out.confidence,
+            dnsmos: None,
+            dnsmos_reference: None,
         };
         if mode.has_units() {
             let tgt_audio = e
@@ -317,7 +413,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
                     None
                 }
             };
-            if english_speech {
+            if keep_reference {
                 let p = args
                     .out
                     .join(".asr/reference")
@@ -345,25 +441,44 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
     let mcds: Vec<f64> = results.iter().filter_map(|r| r.mcd).collect();
     let mut asr_bleu = None;
     let mut asr_bleu_reference = None;
+    let mut asr_chrf = None;
+    let mut asr_chrf_reference = None;
     let mut recognizer_name = None;
+    let mut normalization = None;
     if let Some(rec) = recognizer.as_mut() {
         let work = args.out.join(".asr");
-        let h = rec.transcribe(&synth_paths, &work.join("system"))?;
-        let c = rec.transcribe(&ref_paths, &work.join("ceiling"))?;
-        let norm_refs: Vec<String> = refs
-            .iter()
-            .map(|r| asr::normalize_for_asr_bleu(r))
-            .collect();
-        let nh: Vec<String> = h.iter().map(|t| asr::normalize_for_asr_bleu(t)).collect();
-        let nc: Vec<String> = c.iter().map(|t| asr::normalize_for_asr_bleu(t)).collect();
+        let owned_refs: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
+        let (nh, norm_refs, name, norm) =
+            rec.run(&synth_paths, tgt, &owned_refs, &work.join("system"))?;
+        let (nc, _, _, _) = rec.run(&ref_paths, tgt, &[], &work.join("ceiling"))?;
         asr_bleu = Some(bleu::corpus_bleu(&nh, &norm_refs)?.score);
         asr_bleu_reference = Some(bleu::corpus_bleu(&nc, &norm_refs)?.score);
+        asr_chrf = Some(chrf::corpus_chrf(&nh, &norm_refs)?.score);
+        asr_chrf_reference = Some(chrf::corpus_chrf(&nc, &norm_refs)?.score);
         for ((r, h), c) in results.iter_mut().zip(nh).zip(nc) {
             r.asr_hypothesis = Some(h);
             r.asr_reference = Some(c);
         }
-        recognizer_name = rec.name.clone();
+        recognizer_name = Some(name);
+        normalization = Some(norm);
     }
+    let (mut dnsmos_mean, mut dnsmos_ref_mean) = (None, None);
+    if let Some(d) = &dnsmos {
+        let work = args.out.join(".dnsmos");
+        let s = d.score(&synth_paths, &work.join("system"))?;
+        let c = d.score(&ref_paths, &work.join("reference"))?;
+        dnsmos_mean = dnsmos::mean_ovrl(&s);
+        dnsmos_ref_mean = dnsmos::mean_ovrl(&c);
+        for ((r, s), c) in results.iter_mut().zip(s).zip(c) {
+            r.dnsmos = s;
+            r.dnsmos_reference = c;
+        }
+    }
+    let no_speech = if mode.has_units() {
+        results.iter().filter(|r| r.audio_seconds == 0.0).count()
+    } else {
+        0
+    };
     let report = EvalReport {
         model: args.model.display().to_string(),
         manifest: args.manifest.display().to_string(),
@@ -380,12 +495,13 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
         mcd_utterances: mcds.len(),
         asr_bleu,
         asr_bleu_reference,
+        asr_chrf,
+        asr_chrf_reference,
+        no_speech,
+        dnsmos: dnsmos_mean,
+        dnsmos_reference: dnsmos_ref_mean,
         asr_recognizer: recognizer_name,
-        asr_normalization: asr_bleu.map(|_| {
-            "lower-case; characters other than letters, digits and in-word apostrophes become \
-             spaces; whitespace collapsed (both sides)"
-                .to_string()
-        }),
+        asr_normalization: normalization,
         decode_seconds: total_decode,
         per_utterance: results,
     };
@@ -440,6 +556,17 @@ pub fn write_report(out: &Path, r: &EvalReport) -> Result<()> {
     row(
         "ASR-BLEU of the reference speech (ceiling)",
         fmt(r.asr_bleu_reference, 2),
+    );
+    row("ASR-chrF (synthesized speech)", fmt(r.asr_chrf, 2));
+    row(
+        "ASR-chrF of the reference speech (ceiling)",
+        fmt(r.asr_chrf_reference, 2),
+    );
+    row("utterances without speech", r.no_speech.to_string());
+    row("DNSMOS overall (synthesized speech)", fmt(r.dnsmos, 2));
+    row(
+        "DNSMOS overall (reference speech)",
+        fmt(r.dnsmos_reference, 2),
     );
     row("decoding time, s", format!("{:.2}", r.decode_seconds));
     if let Some(sig) = &r.bleu_signature {

@@ -557,6 +557,15 @@ fn read_sources_manifest(path: &Path) -> Result<Vec<ManifestEntry>> {
             }
             .into());
         }
+        if e.test_only {
+            return Err(ManifestError::Invalid {
+                path: path.to_path_buf(),
+                line: line_no,
+                id: e.id,
+                message: "test-only audio cannot be a source of preference pairs".into(),
+            }
+            .into());
+        }
         entries.push(e);
     }
     Ok(entries)

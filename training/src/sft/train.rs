@@ -25,7 +25,7 @@ use tolk_models::vocab::unit_token_names;
 use super::data::{build_examples, collate, BatchConfig, BatchPosition, Batcher, Example};
 use super::optim::{learning_rate, AdamW};
 use super::recipe::SftRecipe;
-use crate::corpus::manifest::{read_manifest, ManifestEntry, ReadOptions};
+use crate::corpus::manifest::{read_manifest, refuse_test_only, ManifestEntry, ReadOptions};
 use crate::run_dir::{
     append_jsonl, commit_checkpoint, latest_checkpoint, write_atomic, RunDirError, RunFlags,
     StepProgress,
@@ -338,6 +338,7 @@ pub(crate) fn read_entries(manifests: &[PathBuf]) -> Result<Vec<ManifestEntry>> 
     for m in manifests {
         let man = read_manifest(m, ReadOptions { check_audio: false })
             .map_err(|e| SftError::Data(format!("{}: {e}", m.display())))?;
+        refuse_test_only(&man, "training").map_err(|e| SftError::Data(e.to_string()))?;
         out.extend(man.entries);
     }
     Ok(out)

@@ -16,7 +16,7 @@ use tch::Tensor;
 use tolk_models::audio::condition::to_mono_16k;
 use tolk_models::audio::wav::read_wav;
 
-use crate::corpus::manifest::{read_manifest, ReadOptions};
+use crate::corpus::manifest::{read_manifest, refuse_test_only, ReadOptions};
 use crate::units::file::read_units;
 
 /// One utterance: raw units and the 16 kHz waveform.
@@ -58,6 +58,7 @@ pub struct DataOptions<'a> {
 pub fn load(o: &DataOptions) -> Result<VocoderData> {
     let _span = tracing::info_span!("vocoder_data", manifest = %o.manifest.display()).entered();
     let manifest = read_manifest(o.manifest, ReadOptions { check_audio: false })?;
+    refuse_test_only(&manifest, "vocoder training")?;
     let table = read_units(o.units)?;
     let mut keys: Vec<String> = Vec::new();
     let mut seen = HashSet::new();

@@ -295,6 +295,7 @@ impl Front {
             queue_limit: s.queue_size.max(1) as usize,
             vocoder_chunk_units: VOCODE_CHUNK_UNITS,
             workers: 1,
+            min_confidence: kiosk.min_confidence,
         };
         let inner = FrontEnd::new(engine.translator.clone(), &vad, &opts, RATE)
             .map_err(|e| e.to_string())?;
@@ -1038,7 +1039,7 @@ impl TolkTranslate {
                     let first = *first_text_ms.get_or_insert_with(|| since_end(Instant::now()));
                     post_subtitle(&text, delta, false, Some(first));
                 }
-                WorkerOutput::TextEnd { text: full } => {
+                WorkerOutput::TextEnd { text: full, .. } => {
                     final_posted = true;
                     let rest = full.strip_prefix(text.as_str()).unwrap_or("").to_string();
                     text = full.to_string();

