@@ -690,6 +690,7 @@ mod tests {
         cfg.mqtt.client_key = None;
         cfg.pipeline.mode = "fast".into();
         cfg.pipeline.max_queued_utterances = 0;
+        cfg.pipeline.min_confidence = f32::NAN;
         cfg.vad.lead_ms = 5000;
         cfg.vad.tail_ms = Some(cfg.vad.min_silence_ms + 1);
         let errs = cfg.validate().unwrap_err();
@@ -706,6 +707,7 @@ mod tests {
             "mqtt.client_key",
             "pipeline.mode",
             "pipeline.max_queued_utterances",
+            "pipeline.min_confidence",
         ] {
             assert!(paths.contains(&want), "{want} missing from {errs}");
         }

@@ -150,3 +150,82 @@ fn translate_writes_a_finite_16k_wav_through_the_streaming_pipeline() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("nope"));
 }
+
+/// `tolk translate --events` on the demo model: each final subtitle carries the decoder's
+/// confidence, and a minimum above it turns the utterance into `not_understood` with no speech.
+#[test]
+fn low_confidence_utterances_are_not_understood_and_not_spoken() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = |min: &str, out: &std::path::Path| -> Vec<Event> {
+        let o = Command::new(env!("CARGO_BIN_EXE_tolk"))
+            .arg("translate")
+            .arg(repo.join("models/demo/samples/fr.wav"))
+            .arg("-o")
+            .arg(out)
+            .arg("--model")
+            .arg(repo.join("models/demo"))
+            .args(["--direction", "fr-en", "--events", "--min-confidence", min])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| EventRecord::from_json(l).unwrap().event)
+            .collect()
+    };
+    let open = run("0", &dir.path().join("open.wav"));
+    let confidences: Vec<f64> = open
+        .iter()
+        .filter_map(|e| match e {
+            Event::SubtitleFinal { confidence, .. } => Some(*confidence),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(confidences.len(), 2, "{open:?}");
+    assert!(
+        confidences.iter().all(|c| *c > 0.0 && *c <= 1.0),
+        "{confidences:?}"
+    );
+    assert!(open.iter().any(|e| matches!(e, Event::AudioChunk { .. })));
+
+    // Just above the more confident of the two: both refused, nothing spoken.
+    let min = confidences.iter().cloned().fold(0.0, f64::max) + 1e-6;
+    let closed = run(&format!("{min}"), &dir.path().join("closed.wav"));
+    let refused: Vec<(String, f64)> = closed
+        .iter()
+        .filter_map(|e| match e {
+            Event::NotUnderstood {
+                text, confidence, ..
+            } => Some((text.clone(), *confidence)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 2, "{closed:?}");
+    assert!(refused.iter().all(|(t, c)| !t.is_empty() && *c < min));
+    assert!(!closed
+        .iter()
+        .any(|e| matches!(e, Event::SubtitleFinal { .. } | Event::AudioChunk { .. })));
+    assert!(read_wav(dir.path().join("closed.wav"))
+        .unwrap()
+        .samples
+        .is_empty());
+
+    // Out of range: a clear error.
+    let o = Command::new(env!("CARGO_BIN_EXE_tolk"))
+        .arg("translate")
+        .arg(repo.join("models/demo/samples/fr.wav"))
+        .arg("-o")
+        .arg(dir.path().join("bad.wav"))
+        .arg("--model")
+        .arg(repo.join("models/demo"))
+        .args(["--direction", "fr-en", "--min-confidence", "1.5"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("minimum confidence"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -218,7 +218,7 @@ impl UtteranceTranslator {
                         }
                         Event::TextEnd { text, confidence } => {
                             let score = confidence.score();
-                            understood = !(score < min_confidence);
+                            understood = score >= min_confidence;
                             on(Output::TextEnd {
                                 text,
                                 confidence: score,
