@@ -3,12 +3,11 @@
 //! the project's Python like [`super::asr`]).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::whisper::{check_imports, write_list};
+use super::whisper::{check_imports, run_script, write_list};
 
 /// The scorer script (`training/scripts/dnsmos.py`).
 pub const SCRIPT: &str = include_str!("../../scripts/dnsmos.py");
@@ -51,30 +50,18 @@ impl Dnsmos {
     /// Scores WAV files in order; `None` for a clip with no speech to score (under 0.1 s).
     pub fn score(&self, wavs: &[PathBuf], work: &Path) -> Result<Vec<Option<DnsmosScore>>> {
         std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-        let script = work.join("dnsmos.py");
-        std::fs::write(&script, SCRIPT)?;
         let list = work.join("wavs.txt");
         write_list(wavs, &list)?;
-        let out_json = work.join("dnsmos.json");
-        let out = Command::new(&self.python)
-            .arg(&script)
-            .arg("--list")
-            .arg(&list)
-            .arg("--out")
-            .arg(&out_json)
-            .output()
-            .with_context(|| format!("running {}", self.python.display()))?;
-        if !out.status.success() {
-            bail!(
-                "DNSMOS failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let parsed: Output = serde_json::from_slice(
-            &std::fs::read(&out_json).with_context(|| format!("reading {}", out_json.display()))?,
-        )
-        .with_context(|| format!("parsing {}", out_json.display()))?;
+        let json = run_script(
+            &self.python,
+            work,
+            ("dnsmos.py", SCRIPT),
+            &["--list".as_ref(), list.as_os_str()],
+            "dnsmos.json",
+            "DNSMOS",
+        )?;
+        let parsed: Output = serde_json::from_slice(&json)
+            .with_context(|| format!("parsing {}", work.join("dnsmos.json").display()))?;
         if parsed.scores.len() != wavs.len() {
             bail!(
                 "DNSMOS returned {} scores for {} files",

@@ -84,6 +84,38 @@ pub(crate) fn check_imports(python: &Path, modules: &str, what: &str) -> Result<
     Ok(())
 }
 
+/// Runs an embedded measurement script: writes `source` to `work/name`, runs it with `python`
+/// and `args`, and returns the bytes of the JSON file it wrote at `work/out_name`. `what` names
+/// the tool in errors.
+pub(crate) fn run_script(
+    python: &Path,
+    work: &Path,
+    (name, source): (&str, &str),
+    args: &[&std::ffi::OsStr],
+    out_name: &str,
+    what: &str,
+) -> Result<Vec<u8>> {
+    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    let script = work.join(name);
+    std::fs::write(&script, source)?;
+    let out_json = work.join(out_name);
+    let out = Command::new(python)
+        .arg(&script)
+        .args(args)
+        .arg("--out")
+        .arg(&out_json)
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    std::fs::read(&out_json).with_context(|| format!("reading {}", out_json.display()))
+}
+
 impl Whisper {
     /// Checks that `python` has faster-whisper, ctranslate2 and both model parts.
     pub fn new(python: PathBuf) -> Result<Self> {
@@ -109,8 +141,6 @@ impl Whisper {
         work: &Path,
     ) -> Result<Transcription> {
         std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-        let script = work.join("asr_whisper.py");
-        std::fs::write(&script, SCRIPT)?;
         let list = work.join("wavs.txt");
         write_list(wavs, &list)?;
         let refs = work.join("references.txt");
@@ -120,30 +150,23 @@ impl Whisper {
             text.push('\n');
         }
         std::fs::write(&refs, text)?;
-        let out_json = work.join("transcripts.json");
-        let out = Command::new(&self.python)
-            .arg(&script)
-            .arg("--list")
-            .arg(&list)
-            .arg("--language")
-            .arg(language.code())
-            .arg("--references")
-            .arg(&refs)
-            .arg("--out")
-            .arg(&out_json)
-            .output()
-            .with_context(|| format!("running {}", self.python.display()))?;
-        if !out.status.success() {
-            bail!(
-                "the Whisper recognizer failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let parsed: Output = serde_json::from_slice(
-            &std::fs::read(&out_json).with_context(|| format!("reading {}", out_json.display()))?,
-        )
-        .with_context(|| format!("parsing {}", out_json.display()))?;
+        let json = run_script(
+            &self.python,
+            work,
+            ("asr_whisper.py", SCRIPT),
+            &[
+                "--list".as_ref(),
+                list.as_os_str(),
+                "--language".as_ref(),
+                language.code().as_ref(),
+                "--references".as_ref(),
+                refs.as_os_str(),
+            ],
+            "transcripts.json",
+            "the Whisper recognizer",
+        )?;
+        let parsed: Output = serde_json::from_slice(&json)
+            .with_context(|| format!("parsing {}", work.join("transcripts.json").display()))?;
         if parsed.transcripts.len() != wavs.len()
             || parsed.references_normalized.len() != references.len()
         {
