@@ -205,7 +205,8 @@ pub fn parse_semver(s: &str) -> Option<(u64, u64, u64)> {
 }
 
 /// Checks a bundle-relative path: non-empty, relative, only normal components, no backslash,
-/// not the manifest or signature file.
+/// and no component equal to the manifest or signature file name (`manifest.sig/x` would need a
+/// folder where the signature file lies, and an install could never create it).
 pub fn check_relative_path(p: &str) -> std::result::Result<(), String> {
     if p.is_empty() || p.len() > 255 {
         return Err("path is empty or longer than 255 bytes".into());
@@ -213,8 +214,8 @@ pub fn check_relative_path(p: &str) -> std::result::Result<(), String> {
     if p.contains('\\') || p.contains('\0') {
         return Err("path holds a backslash or NUL".into());
     }
-    if p == MANIFEST_FILE || p == SIGNATURE_FILE {
-        return Err("path names the manifest or its signature".into());
+    if p.split('/').any(|s| s == MANIFEST_FILE || s == SIGNATURE_FILE) {
+        return Err("path has a component named like the manifest or its signature".into());
     }
     for c in Path::new(p).components() {
         if !matches!(c, Component::Normal(_)) {
@@ -658,6 +659,11 @@ mod tests {
             "a\\b",
             "",
             "manifest.json",
+            "manifest.sig",
+            "manifest.sig/x",
+            "manifest.json/x",
+            "model/manifest.sig",
+            "a/manifest.json/b",
             "./a",
         ] {
             assert!(check_relative_path(p).is_err(), "{p:?} accepted");
