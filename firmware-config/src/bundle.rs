@@ -205,7 +205,8 @@ pub fn parse_semver(s: &str) -> Option<(u64, u64, u64)> {
 }
 
 /// Checks a bundle-relative path: non-empty, relative, only normal components, no backslash,
-/// not the manifest or signature file.
+/// and no component equal to the manifest or signature file name (`manifest.sig/x` would need a
+/// folder where the signature file lies, and an install could never create it).
 pub fn check_relative_path(p: &str) -> std::result::Result<(), String> {
     if p.is_empty() || p.len() > 255 {
         return Err("path is empty or longer than 255 bytes".into());
@@ -213,8 +214,10 @@ pub fn check_relative_path(p: &str) -> std::result::Result<(), String> {
     if p.contains('\\') || p.contains('\0') {
         return Err("path holds a backslash or NUL".into());
     }
-    if p == MANIFEST_FILE || p == SIGNATURE_FILE {
-        return Err("path names the manifest or its signature".into());
+    if p.split('/')
+        .any(|s| s == MANIFEST_FILE || s == SIGNATURE_FILE)
+    {
+        return Err("path has a component named like the manifest or its signature".into());
     }
     for c in Path::new(p).components() {
         if !matches!(c, Component::Normal(_)) {
@@ -392,10 +395,34 @@ impl Policy {
     }
 }
 
+/// Opens a file for reading only if it is a regular file. The final component is not followed
+/// (`O_NOFOLLOW`) and the open does not wait (`O_NONBLOCK`: a FIFO with no writer would block
+/// a plain open forever); the type is then checked on the open descriptor (`fstat`), so nothing
+/// can be swapped in between the check and the read. Devices, FIFOs, sockets, folders and
+/// symlinks give an `InvalidInput` error.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let f = opts.open(path)?;
+    let ty = f.metadata()?.file_type();
+    if !ty.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file ({ty:?})"),
+        ));
+    }
+    Ok(f)
+}
+
 /// Streams a file through SHA-256, reading at most `entry.size + 1` bytes, and checks size and
 /// hash against the signed entry.
 pub fn verify_file(path: &Path, entry: &FileEntry) -> Result<()> {
-    let f = std::fs::File::open(path).map_err(|e| BundleError::io(path, e))?;
+    let f = open_regular(path).map_err(|e| BundleError::io(path, e))?;
     let mut reader = f.take(entry.size.saturating_add(1));
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -458,7 +485,7 @@ pub fn read_metadata(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
 }
 
 fn read_capped(path: &Path, cap: usize) -> Result<Vec<u8>> {
-    let f = std::fs::File::open(path).map_err(|e| BundleError::io(path, e))?;
+    let f = open_regular(path).map_err(|e| BundleError::io(path, e))?;
     let mut out = Vec::new();
     f.take(cap as u64 + 1)
         .read_to_end(&mut out)
@@ -475,7 +502,7 @@ fn read_capped(path: &Path, cap: usize) -> Result<Vec<u8>> {
 
 /// SHA-256 and size of a file (host side).
 pub fn hash_file(path: &Path) -> Result<(u64, String)> {
-    let mut f = std::fs::File::open(path).map_err(|e| BundleError::io(path, e))?;
+    let mut f = open_regular(path).map_err(|e| BundleError::io(path, e))?;
     let mut hasher = Sha256::new();
     let n = std::io::copy(&mut f, &mut hasher).map_err(|e| BundleError::io(path, e))?;
     Ok((n, hex::encode(hasher.finalize())))
@@ -658,11 +685,41 @@ mod tests {
             "a\\b",
             "",
             "manifest.json",
+            "manifest.sig",
+            "manifest.sig/x",
+            "manifest.json/x",
+            "model/manifest.sig",
+            "a/manifest.json/b",
             "./a",
         ] {
             assert!(check_relative_path(p).is_err(), "{p:?} accepted");
         }
         check_relative_path("model/weights.safetensors").unwrap();
+    }
+
+    #[test]
+    fn only_regular_files_are_opened() {
+        let dir = std::env::temp_dir().join(format!("tolk-open-regular-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // A plain open of this FIFO would block forever (no writer); this returns at once.
+        let e = open_regular(&fifo).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        std::fs::write(dir.join("real"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+        assert!(open_regular(&dir.join("link")).is_err());
+        assert!(open_regular(&dir).is_err());
+        open_regular(&dir.join("real")).unwrap();
+        let entry = FileEntry {
+            path: "fifo".into(),
+            size: 1,
+            sha256: "00".repeat(32),
+        };
+        assert!(verify_file(&fifo, &entry).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     proptest::proptest! {

@@ -209,11 +209,13 @@ fn publish_over_mqtt_with_hostile_data_plane() {
     let (r, ..) = run_publish(&o3);
     assert_eq!(r.status, JobStatus::Succeeded, "{r:?}");
 
-    // Row 3: replay of the captured job-2 document: it stays a finished job, v3 stays active.
+    // Row 3: replay of the captured job-2 document: it stays a finished job, v3 stays active,
+    // and the answer is the device's current state, not job-2's old SUCCEEDED.
     let (r, ..) = run_publish(&o);
-    assert_eq!(
-        (r.job_id.as_str(), r.status),
-        ("job-2", JobStatus::Succeeded)
+    assert_eq!((r.job_id.as_str(), r.status), ("job-2", JobStatus::Failed));
+    assert!(
+        r.reason.contains("replay") && r.reason.contains("version 3"),
+        "{r:?}"
     );
     let st = state_of(&b, |s| s.active.as_ref().is_some_and(|a| a.version == 3));
     assert_eq!(

@@ -97,8 +97,19 @@ pub struct State {
     pub pending: Option<Pending>,
     pub last_job: Option<StatusReport>,
     pub stale: bool,
-    /// Final reports of the last jobs, for idempotency (a replayed job gets its outcome again).
-    pub finished_jobs: Vec<StatusReport>,
+    /// Final reports of the last jobs whose manifest verified, for idempotency keyed on (job id,
+    /// manifest digest): a replay changes nothing and is answered with the device's real state.
+    pub finished_jobs: Vec<FinishedJob>,
+}
+
+/// A job that ended, with the SHA-256 of its verified manifest. Records written before the digest
+/// was kept have an empty digest, which matches no document (such a job is verified again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishedJob {
+    #[serde(flatten)]
+    pub report: StatusReport,
+    #[serde(default)]
+    pub digest: String,
 }
 
 /// A job being received.
@@ -116,7 +127,13 @@ pub struct Job {
     done: Vec<bool>,
     /// Blocks requested and not yet received.
     pub outstanding: usize,
+    /// Per file: how many times its assembled bytes failed the signed hash (in memory only).
+    mismatches: Vec<u32>,
 }
+
+/// How many times a file whose assembled bytes do not match the signed hash is fetched again
+/// before the job fails; a publisher serving wrong bytes would otherwise be asked forever.
+pub const MAX_FILE_REFETCHES: u32 = 3;
 
 impl Job {
     pub fn block_size(&self) -> u64 {
@@ -179,6 +196,8 @@ pub enum BlockOutcome {
     Written,
     Duplicate,
     Ignored(String),
+    /// The job failed while handling this block (reported FAILED with this reason).
+    Failed(String),
 }
 
 pub struct Updater {
@@ -296,13 +315,23 @@ impl Updater {
         self.outbox.push(r);
     }
 
-    /// Records a terminal outcome durably and reports it.
-    fn finish(&mut self, r: StatusReport) -> Result<(), OtaError> {
-        self.state.finished_jobs.retain(|j| j.job_id != r.job_id);
-        self.state.finished_jobs.push(r.clone());
-        let n = self.state.finished_jobs.len();
-        if n > REMEMBERED_JOBS {
-            self.state.finished_jobs.drain(..n - REMEMBERED_JOBS);
+    /// Records a terminal outcome durably and reports it. `digest` is the SHA-256 of the job's
+    /// verified manifest; without one (the document never verified) the outcome is reported and
+    /// kept as `last_job` but not remembered for idempotency, so an unsigned document cannot
+    /// squat the id of a genuine job.
+    fn finish(&mut self, r: StatusReport, digest: Option<String>) -> Result<(), OtaError> {
+        if let Some(digest) = digest {
+            self.state
+                .finished_jobs
+                .retain(|j| !(j.report.job_id == r.job_id && j.digest == digest));
+            self.state.finished_jobs.push(FinishedJob {
+                report: r.clone(),
+                digest,
+            });
+            let n = self.state.finished_jobs.len();
+            if n > REMEMBERED_JOBS {
+                self.state.finished_jobs.drain(..n - REMEMBERED_JOBS);
+            }
         }
         self.state.last_job = Some(r.clone());
         self.save()?;
@@ -323,15 +352,18 @@ impl Updater {
                     .as_ref()
                     .map(|a| format!("version {} stays active", a.version))
                     .unwrap_or_else(|| "no model is active".into());
-                self.finish(report(
-                    &p.job_id,
-                    JobStatus::RolledBack,
-                    Some(p.info.version),
-                    format!(
-                        "crash loop: the new model did not survive {} trial attempts; {kept}",
-                        p.attempts
+                self.finish(
+                    report(
+                        &p.job_id,
+                        JobStatus::RolledBack,
+                        Some(p.info.version),
+                        format!(
+                            "crash loop: the new model did not survive {} trial attempts; {kept}",
+                            p.attempts
+                        ),
                     ),
-                ))?;
+                    Some(p.info.digest.clone()),
+                )?;
                 let _ = remove_tree(&self.slot_dir(&p.info.slot));
                 return Ok(false);
             }
@@ -354,20 +386,32 @@ impl Updater {
         if doc.operation == Operation::Cancel {
             return self.cancel(&doc.job_id);
         }
+        let (Ok(mbytes), Ok(sbytes)) = (doc.manifest_bytes(), doc.signature_bytes()) else {
+            return self.finish(
+                report(
+                    &doc.job_id,
+                    JobStatus::Failed,
+                    None,
+                    "job document: bad base64",
+                ),
+                None,
+            );
+        };
+        let digest = Manifest::digest(&mbytes);
         if let Some(done) = self
             .state
             .finished_jobs
             .iter()
-            .find(|j| j.job_id == doc.job_id)
+            .find(|j| j.report.job_id == doc.job_id && j.digest == digest)
         {
-            // Replayed or duplicate job: report the recorded outcome again, change nothing.
-            let done = done.clone();
-            self.emit(done);
+            // Replayed or duplicate job: change nothing, answer with what is true now.
+            let r = self.replay_report(&done.report.clone(), &digest);
+            self.emit(r);
             tracing::info!(job = %doc.job_id, "job already finished; ignored");
             return Ok(());
         }
         if let Some(j) = &self.job {
-            if j.job_id == doc.job_id {
+            if j.job_id == doc.job_id && Manifest::digest(&j.manifest_bytes) == digest {
                 return Ok(());
             }
             let busy = j.job_id.clone();
@@ -389,25 +433,17 @@ impl Updater {
             ));
             return Ok(());
         }
-        let (Ok(mbytes), Ok(sbytes)) = (doc.manifest_bytes(), doc.signature_bytes()) else {
-            return self.finish(report(
-                &doc.job_id,
-                JobStatus::Failed,
-                None,
-                "job document: bad base64",
-            ));
-        };
         let manifest = match self.check_manifest(&mbytes, &sbytes) {
             Ok(m) => m,
             Err(e) => {
                 self.state.stale = matches!(e, BundleError::Expired { .. });
                 let version = Manifest::parse(&mbytes).ok().map(|m| m.version);
-                return self.finish(report(
-                    &doc.job_id,
-                    JobStatus::Failed,
-                    version,
-                    e.to_string(),
-                ));
+                // Refusals are not remembered: the same id may come again with a document
+                // that verifies, and a refused one costs only its verification to refuse again.
+                return self.finish(
+                    report(&doc.job_id, JobStatus::Failed, version, e.to_string()),
+                    None,
+                );
             }
         };
         self.state.stale = false;
@@ -421,22 +457,35 @@ impl Updater {
             Some(manifest.version),
             "",
         ));
-        let job = self.open_staging(&doc.job_id, manifest, mbytes, sbytes, transfer)?;
+        let version = manifest.version;
+        let job = match self.open_staging(&doc.job_id, manifest, mbytes, sbytes, transfer) {
+            Ok(job) => job,
+            Err(e) => {
+                // A per-job I/O error fails the job; the agent keeps serving.
+                self.discard_staging(&doc.job_id);
+                return self.finish(
+                    report(&doc.job_id, JobStatus::Failed, Some(version), e.to_string()),
+                    Some(digest),
+                );
+            }
+        };
         let need = job
             .manifest
             .total_size()
             .saturating_sub(job.received_bytes())
             + SPACE_MARGIN;
         let free = free_bytes(&self.root.join("staging")).unwrap_or(u64::MAX);
-        let version = job.manifest.version;
         if free < need {
             self.discard_staging(&doc.job_id);
-            return self.finish(report(
-                &doc.job_id,
-                JobStatus::Failed,
-                Some(version),
-                format!("not enough free space: need {need} bytes, {free} available"),
-            ));
+            return self.finish(
+                report(
+                    &doc.job_id,
+                    JobStatus::Failed,
+                    Some(version),
+                    format!("not enough free space: need {need} bytes, {free} available"),
+                ),
+                Some(digest),
+            );
         }
         self.job = Some(job);
         seam("accepted");
@@ -447,6 +496,38 @@ impl Updater {
             "",
         ));
         Ok(())
+    }
+
+    /// The answer to a replay of a finished job: the device's state now, not the old report. A job
+    /// that succeeded is SUCCEEDED only while its manifest is still the active one.
+    fn replay_report(&self, done: &StatusReport, digest: &str) -> StatusReport {
+        let active = self.state.active.as_ref();
+        let now = active
+            .map(|a| format!("active: {} version {} (slot {})", a.name, a.version, a.slot))
+            .unwrap_or_else(|| "no model is active".into());
+        if active.is_some_and(|a| a.digest == digest) {
+            return report(
+                &done.job_id,
+                JobStatus::Succeeded,
+                done.version,
+                format!("already installed; {now}"),
+            );
+        }
+        let status = if done.status == JobStatus::Succeeded {
+            // Installed once, no longer active (reverted or replaced since).
+            JobStatus::Failed
+        } else {
+            done.status
+        };
+        report(
+            &done.job_id,
+            status,
+            done.version,
+            format!(
+                "replay of a finished job ({:?}: {}); nothing changed; {now}",
+                done.status, done.reason
+            ),
+        )
     }
 
     /// The anti-rollback floor in force under the currently trusted keys (see
@@ -526,6 +607,7 @@ impl Updater {
             have: Vec::new(),
             done: Vec::new(),
             outstanding: 0,
+            mismatches: Vec::new(),
         };
         for f in 0..job.manifest.files.len() {
             let n = job.blocks_of(f) as usize;
@@ -549,7 +631,43 @@ impl Updater {
     /// other jobs, out-of-range indices and wrong lengths are ignored. When a file's last block
     /// arrives, the file is checked against its signed size and hash; a mismatch clears it so
     /// its blocks are requested again.
+    ///
+    /// Any I/O error while writing (EIO, ENOSPC, a path that cannot be created) and a file that
+    /// fails its hash more than [`MAX_FILE_REFETCHES`] times fail the job with the reason; only
+    /// an error recording that outcome is returned.
     pub fn handle_block(&mut self, b: &Block) -> Result<BlockOutcome, OtaError> {
+        match self.write_block(b) {
+            Ok(BlockOutcome::Failed(reason)) => {
+                self.fail_job(reason.clone())?;
+                Ok(BlockOutcome::Failed(reason))
+            }
+            Ok(o) => Ok(o),
+            Err(e) => {
+                let reason = e.to_string();
+                self.fail_job(reason.clone())?;
+                Ok(BlockOutcome::Failed(reason))
+            }
+        }
+    }
+
+    /// Ends the job in progress as FAILED and frees its staging.
+    fn fail_job(&mut self, reason: String) -> Result<(), OtaError> {
+        let Some(job) = self.job.take() else {
+            return Ok(());
+        };
+        self.discard_staging(&job.job_id);
+        self.finish(
+            report(
+                &job.job_id,
+                JobStatus::Failed,
+                Some(job.manifest.version),
+                reason,
+            ),
+            Some(Manifest::digest(&job.manifest_bytes)),
+        )
+    }
+
+    fn write_block(&mut self, b: &Block) -> Result<BlockOutcome, OtaError> {
         let Some(job) = self.job.as_mut() else {
             return Ok(BlockOutcome::Ignored("no job in progress".into()));
         };
@@ -613,6 +731,16 @@ impl Updater {
                     std::fs::write(&d, b"").map_err(io(&d))?;
                 }
                 Err(e) => {
+                    if job.mismatches.len() < job.done.len() {
+                        job.mismatches.resize(job.done.len(), 0);
+                    }
+                    job.mismatches[f] += 1;
+                    if job.mismatches[f] > MAX_FILE_REFETCHES {
+                        return Ok(BlockOutcome::Failed(format!(
+                            "{}: assembled bytes failed the signed hash {} times: {e}",
+                            entry.path, job.mismatches[f]
+                        )));
+                    }
                     tracing::warn!(file = %entry.path, error = %e, "assembled file does not verify; fetching it again");
                     job.have[f].iter_mut().for_each(|h| *h = 0);
                     std::fs::write(&bm, &job.have[f]).map_err(io(&bm))?;
@@ -634,6 +762,7 @@ impl Updater {
         };
         let job_id = job.job_id.clone();
         let version = job.manifest.version;
+        let digest = Manifest::digest(&job.manifest_bytes);
         let result = (|| -> Result<(), String> {
             let base_url = url::Url::parse(&base).map_err(|e| format!("URL {base:?}: {e}"))?;
             if base_url.scheme() != "file" {
@@ -657,7 +786,7 @@ impl Updater {
                         .map_err(|e| format!("{}: {e}", parent.display()))?;
                 }
                 let input =
-                    std::fs::File::open(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+                    bundle::open_regular(&src).map_err(|e| format!("{}: {e}", src.display()))?;
                 let mut out =
                     std::fs::File::create(&dst).map_err(|e| format!("{}: {e}", dst.display()))?;
                 // Cap by the signed size (+1 to notice a longer source).
@@ -681,7 +810,10 @@ impl Updater {
         if let Err(reason) = result {
             self.job = None;
             self.discard_staging(&job_id);
-            return self.finish(report(&job_id, JobStatus::Failed, Some(version), reason));
+            return self.finish(
+                report(&job_id, JobStatus::Failed, Some(version), reason),
+                Some(digest),
+            );
         }
         Ok(())
     }
@@ -690,14 +822,16 @@ impl Updater {
     pub fn cancel(&mut self, job_id: &str) -> Result<(), OtaError> {
         if self.job.as_ref().is_some_and(|j| j.job_id == job_id) {
             let v = self.job.as_ref().map(|j| j.manifest.version);
+            let digest = self
+                .job
+                .as_ref()
+                .map(|j| Manifest::digest(&j.manifest_bytes));
             self.job = None;
             self.discard_staging(job_id);
-            return self.finish(report(
-                job_id,
-                JobStatus::Canceled,
-                v,
-                "canceled by request",
-            ));
+            return self.finish(
+                report(job_id, JobStatus::Canceled, v, "canceled by request"),
+                digest,
+            );
         }
         if self
             .state
@@ -736,12 +870,10 @@ impl Updater {
             .and_then(|m| bundle::verify_files(&job.dir, &m));
         if let Err(e) = verified {
             self.discard_staging(&job.job_id);
-            self.finish(report(
-                &job.job_id,
-                JobStatus::Failed,
-                Some(version),
-                e.to_string(),
-            ))?;
+            self.finish(
+                report(&job.job_id, JobStatus::Failed, Some(version), e.to_string()),
+                Some(Manifest::digest(&job.manifest_bytes)),
+            )?;
             return Ok(true);
         }
         seam("verified");
@@ -753,12 +885,25 @@ impl Updater {
         ));
         let slot = self.inactive_slot();
         let slot_dir = self.slot_dir(slot);
-        remove_tree(&slot_dir).map_err(io(&slot_dir))?;
-        sync_path(&self.root.join("slots")).map_err(io(&slot_dir))?;
-        sync_tree(&job.dir).map_err(io(&job.dir))?;
-        std::fs::rename(&job.dir, &slot_dir).map_err(io(&slot_dir))?;
-        sync_path(&self.root.join("slots")).map_err(io(&slot_dir))?;
-        sync_path(&self.root.join("staging")).map_err(io(&slot_dir))?;
+        let moved = (|| -> Result<(), OtaError> {
+            remove_tree(&slot_dir).map_err(io(&slot_dir))?;
+            sync_path(&self.root.join("slots")).map_err(io(&slot_dir))?;
+            sync_tree(&job.dir).map_err(io(&job.dir))?;
+            std::fs::rename(&job.dir, &slot_dir).map_err(io(&slot_dir))?;
+            sync_path(&self.root.join("slots")).map_err(io(&slot_dir))?;
+            sync_path(&self.root.join("staging")).map_err(io(&slot_dir))?;
+            Ok(())
+        })();
+        if let Err(e) = moved {
+            // Nothing points at the inactive slot yet: free it and fail the job.
+            let _ = remove_tree(&slot_dir);
+            self.discard_staging(&job.job_id);
+            self.finish(
+                report(&job.job_id, JobStatus::Failed, Some(version), e.to_string()),
+                Some(Manifest::digest(&job.manifest_bytes)),
+            )?;
+            return Ok(true);
+        }
         self.state.pending = Some(Pending {
             job_id: job.job_id.clone(),
             info: SlotInfo {
@@ -802,22 +947,23 @@ impl Updater {
                 self.state.rollback_keys =
                     self.settings.trusted.iter().map(|k| k.key_id()).collect();
                 self.state.pending = None;
-                self.finish(report(
-                    &p.job_id,
-                    JobStatus::Succeeded,
-                    Some(p.info.version),
-                    r.summary,
-                ))?;
+                self.finish(
+                    report(
+                        &p.job_id,
+                        JobStatus::Succeeded,
+                        Some(p.info.version),
+                        r.summary,
+                    ),
+                    Some(p.info.digest.clone()),
+                )?;
                 seam("committed");
             }
             Err(reason) => {
                 self.state.pending = None;
-                self.finish(report(
-                    &p.job_id,
-                    JobStatus::Failed,
-                    Some(p.info.version),
-                    reason,
-                ))?;
+                self.finish(
+                    report(&p.job_id, JobStatus::Failed, Some(p.info.version), reason),
+                    Some(p.info.digest.clone()),
+                )?;
                 let _ = remove_tree(&slot_dir);
             }
         }
@@ -838,7 +984,9 @@ impl Updater {
     pub fn install_dir(&mut self, job_id: &str, bundle_dir: &Path) -> Result<(), OtaError> {
         let (m, s) = match bundle::read_metadata(bundle_dir) {
             Ok(x) => x,
-            Err(e) => return self.finish(report(job_id, JobStatus::Failed, None, e.to_string())),
+            Err(e) => {
+                return self.finish(report(job_id, JobStatus::Failed, None, e.to_string()), None)
+            }
         };
         let abs = std::fs::canonicalize(bundle_dir).map_err(io(bundle_dir))?;
         let base = url::Url::from_directory_path(&abs)
