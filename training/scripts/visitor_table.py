@@ -27,6 +27,7 @@ overall of output / reference; no speech = share of utterances with no translate
 """
 import argparse
 import concurrent.futures
+import hashlib
 import json
 import os
 import re
@@ -198,7 +199,9 @@ def main():
             ref_wavs = [reference_wav(e) for e in es]
             ceiling = None
             if all(ref_wavs):
-                asr_c, _ = whisper(ref_wavs, tgt, [], os.path.join(cell, "asr-ref"))
+                # The same reference files recur across sets: one run per list of files.
+                key = hashlib.sha256("\n".join(ref_wavs).encode()).hexdigest()[:16]
+                asr_c, _ = whisper(ref_wavs, tgt, [], os.path.join(w, "score", f"ceiling-{tgt}-{key}"))
                 ceiling = {"bleu": sacrebleu.corpus_bleu(asr_c, [asr_refs]).score,
                            "chrf": sacrebleu.corpus_chrf(asr_c, [asr_refs]).score}
             keep = list(range(len(es)))

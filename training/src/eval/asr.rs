@@ -27,6 +27,75 @@ struct Transcript {
     text: String,
 }
 
+/// Writes `paths` one per line (none may hold a newline).
+pub(crate) fn write_list(paths: &[PathBuf], list: &Path) -> Result<()> {
+    let mut text = String::new();
+    for w in paths {
+        let s = w
+            .to_str()
+            .with_context(|| format!("{} is not UTF-8", w.display()))?;
+        if s.contains('\n') {
+            bail!("{s:?}: a path with a newline cannot be listed");
+        }
+        text.push_str(s);
+        text.push('\n');
+    }
+    std::fs::write(list, text).with_context(|| format!("writing {}", list.display()))
+}
+
+/// Checks that `python` imports `modules`, or says which package and set-up step is missing.
+pub(crate) fn check_imports(python: &Path, modules: &str, what: &str) -> Result<()> {
+    let out = Command::new(python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{what} needs the Python packages {modules}, but {} cannot import them ({}); run \
+             deploy/host/setup.sh (it installs tests/reference/requirements*.txt into .venv)",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim(),
+        );
+    }
+    Ok(())
+}
+
+/// Runs an embedded measurement script: writes `source` to `work/name`, runs it with `python`
+/// and `args`, and returns the bytes of the JSON file it wrote at `work/out_name`. `what` names
+/// the tool in errors.
+pub(crate) fn run_script(
+    python: &Path,
+    work: &Path,
+    (name, source): (&str, &str),
+    args: &[&std::ffi::OsStr],
+    out_name: &str,
+    what: &str,
+) -> Result<Vec<u8>> {
+    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    let script = work.join(name);
+    std::fs::write(&script, source)?;
+    let out_json = work.join(out_name);
+    let out = Command::new(python)
+        .arg(&script)
+        .args(args)
+        .arg("--out")
+        .arg(&out_json)
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    std::fs::read(&out_json).with_context(|| format!("reading {}", out_json.display()))
+}
+
 /// A Python that can run PocketSphinx.
 #[derive(Debug, Clone)]
 pub struct PocketSphinx {
@@ -84,41 +153,18 @@ impl PocketSphinx {
     /// Transcribes 16-bit mono 16 kHz WAV files (in order); `work` holds the script and lists.
     pub fn transcribe(&mut self, wavs: &[PathBuf], work: &Path) -> Result<Vec<String>> {
         std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-        let script = work.join("asr_pocketsphinx.py");
-        std::fs::write(&script, SCRIPT)?;
         let list = work.join("wavs.txt");
-        let mut text = String::new();
-        for w in wavs {
-            let s = w
-                .to_str()
-                .with_context(|| format!("{} is not UTF-8", w.display()))?;
-            if s.contains('\n') {
-                bail!("{s:?}: a WAV path with a newline cannot be listed");
-            }
-            text.push_str(s);
-            text.push('\n');
-        }
-        std::fs::write(&list, text)?;
-        let out_json = work.join("transcripts.json");
-        let out = Command::new(&self.python)
-            .arg(&script)
-            .arg("--list")
-            .arg(&list)
-            .arg("--out")
-            .arg(&out_json)
-            .output()
-            .with_context(|| format!("running {}", self.python.display()))?;
-        if !out.status.success() {
-            bail!(
-                "PocketSphinx recognizer failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let parsed: Output = serde_json::from_slice(
-            &std::fs::read(&out_json).with_context(|| format!("reading {}", out_json.display()))?,
-        )
-        .with_context(|| format!("parsing {}", out_json.display()))?;
+        write_list(wavs, &list)?;
+        let json = run_script(
+            &self.python,
+            work,
+            ("asr_pocketsphinx.py", SCRIPT),
+            &["--list".as_ref(), list.as_os_str()],
+            "transcripts.json",
+            "PocketSphinx recognizer",
+        )?;
+        let parsed: Output = serde_json::from_slice(&json)
+            .with_context(|| format!("parsing {}", work.join("transcripts.json").display()))?;
         if parsed.transcripts.len() != wavs.len() {
             bail!(
                 "the recognizer returned {} transcripts for {} files",

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::whisper::{check_imports, run_script, write_list};
+use super::asr::{check_imports, run_script, write_list};
 
 /// The scorer script (`training/scripts/dnsmos.py`).
 pub const SCRIPT: &str = include_str!("../../scripts/dnsmos.py");

@@ -6,10 +6,11 @@
 //! [`super::asr`], the script is compiled in and run by the project's Python.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
+
+use super::asr::{check_imports, run_script, write_list};
 use tolk_models::prompt::Lang;
 
 /// The recognizer script (`training/scripts/asr_whisper.py`).
@@ -45,75 +46,6 @@ pub struct Whisper {
     /// e.g. `whisper-base (faster-whisper, ctranslate2 4.8.5, int8, beam 5, language fr)`.
     pub name: Option<String>,
     pub normalization: Option<String>,
-}
-
-/// Writes `paths` one per line (none may hold a newline).
-pub(crate) fn write_list(paths: &[PathBuf], list: &Path) -> Result<()> {
-    let mut text = String::new();
-    for w in paths {
-        let s = w
-            .to_str()
-            .with_context(|| format!("{} is not UTF-8", w.display()))?;
-        if s.contains('\n') {
-            bail!("{s:?}: a path with a newline cannot be listed");
-        }
-        text.push_str(s);
-        text.push('\n');
-    }
-    std::fs::write(list, text).with_context(|| format!("writing {}", list.display()))
-}
-
-/// Checks that `python` imports `modules`, or says which package and set-up step is missing.
-pub(crate) fn check_imports(python: &Path, modules: &str, what: &str) -> Result<()> {
-    let out = Command::new(python)
-        .args(["-c", &format!("import {modules}")])
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{what} needs the Python packages {modules}, but {} cannot import them ({}); run \
-             deploy/host/setup.sh (it installs tests/reference/requirements*.txt into .venv)",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-                .trim(),
-        );
-    }
-    Ok(())
-}
-
-/// Runs an embedded measurement script: writes `source` to `work/name`, runs it with `python`
-/// and `args`, and returns the bytes of the JSON file it wrote at `work/out_name`. `what` names
-/// the tool in errors.
-pub(crate) fn run_script(
-    python: &Path,
-    work: &Path,
-    (name, source): (&str, &str),
-    args: &[&std::ffi::OsStr],
-    out_name: &str,
-    what: &str,
-) -> Result<Vec<u8>> {
-    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-    let script = work.join(name);
-    std::fs::write(&script, source)?;
-    let out_json = work.join(out_name);
-    let out = Command::new(python)
-        .arg(&script)
-        .args(args)
-        .arg("--out")
-        .arg(&out_json)
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    std::fs::read(&out_json).with_context(|| format!("reading {}", out_json.display()))
 }
 
 impl Whisper {
