@@ -46,6 +46,12 @@ $(REF)/hubert/reference.json: tests/reference/hubert.py models/convert/fairseq_h
 	    || { rm -f $@; exit 1; }; \
 	done
 
+# Whisper base encoder: the PyPI parts' CTranslate2 model.bin -> converter -> transformers and
+# CTranslate2 outputs on espeak-ng speech.
+$(REF)/whisper/reference.json: tests/reference/whisper.py tests/reference/speech.py models/convert/ctranslate2_whisper.py training/scripts/asr_whisper.py | setup
+	rm -f $@
+	$(PY) tests/reference/whisper.py $(REF)/whisper
+
 $(REF)/kmeans/reference.json: tests/reference/kmeans.py models/convert/kmeans_joblib.py | setup
 	rm -f $@
 	$(PY) tests/reference/kmeans.py $(REF)/kmeans
@@ -69,7 +75,7 @@ $(REF)/metrics/reference.json: tests/reference/metrics.py | setup
 $(REF)/quant/reference.json: tests/reference/quant_check.py | setup
 	$(PY) tests/reference/quant_check.py $(REF)/quant
 
-reference: setup $(REF)/smollm2/reference.json $(REF)/llama_tiny/reference.json $(REF)/vocoder/reference.json $(REF)/hubert/reference.json $(REF)/kmeans/reference.json $(REF)/audio_features/reference.json $(REF)/silero/reference.json $(REF)/metrics/reference.json $(REF)/lora_peft/reference.json $(REF)/quant/reference.json
+reference: setup $(REF)/smollm2/reference.json $(REF)/llama_tiny/reference.json $(REF)/vocoder/reference.json $(REF)/hubert/reference.json $(REF)/kmeans/reference.json $(REF)/audio_features/reference.json $(REF)/silero/reference.json $(REF)/metrics/reference.json $(REF)/lora_peft/reference.json $(REF)/quant/reference.json $(REF)/whisper/reference.json
 
 # The main job: English and French held-out utterances through the streaming pipeline of the
 # built-in demo model (models/demo); subtitles and latencies printed, translated speech written.

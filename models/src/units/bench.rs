@@ -4,6 +4,7 @@
 use super::extractor::{HubertFeaturizer, MfccFeaturizer, StreamOptions, UnitExtractor};
 use super::hubert::{Hubert, HubertConfig, HubertLoadOptions};
 use super::kmeans::KMeans;
+use super::whisper::{Whisper, WhisperConfig, WhisperFeaturizer, WhisperLoadOptions};
 use crate::audio::features::MfccConfig;
 use crate::Result;
 use std::sync::Arc;
@@ -91,6 +92,20 @@ pub fn mhubert_base_random(device: Device) -> Result<Arc<UnitExtractor>> {
     )?))
 }
 
+/// The Whisper-base encoder shape (last layer, K = 1000) with random weights.
+pub fn whisper_base_random(device: Device) -> Result<Arc<UnitExtractor>> {
+    let opts = WhisperLoadOptions {
+        device,
+        dtype: Kind::Float,
+    };
+    let model = Whisper::random(WhisperConfig::base(), 6, 0, opts)?;
+    let km = random_kmeans(1000, 512, 1, device)?;
+    Ok(Arc::new(UnitExtractor::new(
+        Arc::new(WhisperFeaturizer::new(Arc::new(model))),
+        km,
+    )?))
+}
+
 /// Kaldi MFCC (13 cepstra, 100 Hz) with random centroids (K = 100).
 pub fn mfcc_random() -> Result<Arc<UnitExtractor>> {
     let feat = MfccFeaturizer::new(MfccConfig::default())?;
@@ -151,8 +166,10 @@ pub fn measure(
 }
 
 /// The standard benchmark on `seconds` of synthetic audio pushed in 20 ms pieces: mHuBERT-base
-/// units (2 s left context with 200 ms and 500 ms steps, 1 s with 500 ms; 100 ms look-ahead) and
-/// MFCC units (exact frame-local streaming).
+/// units (2 s left context with 200 ms and 500 ms steps, 1 s with 500 ms; 100 ms look-ahead),
+/// Whisper-base units (the same settings; its stream runs the conv stem once per sample) and
+/// MFCC units (exact frame-local streaming). Whisper offline is capped at 30 s per forward pass,
+/// so `seconds` above 30 are windowed offline too.
 pub fn run(seconds: f64, device: Device) -> Result<Vec<RtfReport>> {
     let audio = synthetic_audio(seconds, 0);
     let hubert_settings = [
@@ -169,11 +186,19 @@ pub fn run(seconds: f64, device: Device) -> Result<Vec<RtfReport>> {
         },
     ];
     let hubert = mhubert_base_random(device)?;
+    let whisper = whisper_base_random(device)?;
     let mfcc = mfcc_random()?;
     Ok(vec![
         measure(
             "mhubert-base L11 K1000",
             &hubert,
+            &audio,
+            320,
+            &hubert_settings,
+        )?,
+        measure(
+            "whisper-base encoder L6 K1000",
+            &whisper,
             &audio,
             320,
             &hubert_settings,

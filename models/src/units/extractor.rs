@@ -31,6 +31,27 @@ pub trait Featurizer: Send + Sync + std::fmt::Debug {
     fn device(&self) -> Device {
         Device::Cpu
     }
+    /// The most frames one [`Featurizer::features`] call can give (Whisper: 1500 positions);
+    /// `None` when unbounded.
+    fn max_frames(&self) -> Option<usize> {
+        None
+    }
+    /// A featurizer-specific stream that computes its front end once per new sample rather
+    /// than over every window of samples (Whisper's conv stem); `None` to use the generic
+    /// window recomputation of [`FeatureStream`].
+    fn incremental_stream(&self, _opts: StreamOptions) -> Option<Box<dyn IncrementalFeatures>> {
+        None
+    }
+}
+
+/// The per-stream contract of [`Featurizer::incremental_stream`], the same as [`FeatureStream`]'s:
+/// `push` returns the features `[n, D]` of the frames now final (n may be 0), `finish` the rest.
+pub trait IncrementalFeatures: Send + std::fmt::Debug {
+    fn push(&mut self, samples: &[f32]) -> Result<Tensor>;
+    fn finish(&mut self) -> Result<Tensor>;
+    fn reset(&mut self);
+    fn frames_emitted(&self) -> usize;
+    fn buffered_samples(&self) -> usize;
 }
 
 /// HuBERT layer-L hidden states as features.
@@ -169,10 +190,12 @@ impl StreamOptions {
 }
 
 /// Per-stream featurizer state: the samples still needed, and how many frames were emitted.
+/// A featurizer with its own [`IncrementalFeatures`] stream (Whisper) is delegated to.
 #[derive(Debug)]
 pub struct FeatureStream {
     featurizer: Arc<dyn Featurizer>,
     opts: StreamOptions,
+    incremental: Option<Box<dyn IncrementalFeatures>>,
     /// Samples from global index `buffer_start` on.
     buffer: Vec<f32>,
     buffer_start: usize,
@@ -183,6 +206,7 @@ pub struct FeatureStream {
 impl FeatureStream {
     pub fn new(featurizer: Arc<dyn Featurizer>, opts: StreamOptions) -> Self {
         Self {
+            incremental: featurizer.incremental_stream(opts),
             featurizer,
             opts,
             buffer: Vec::new(),
@@ -194,16 +218,25 @@ impl FeatureStream {
 
     /// Frames emitted since the last reset.
     pub fn frames_emitted(&self) -> usize {
-        self.emitted
+        match &self.incremental {
+            Some(s) => s.frames_emitted(),
+            None => self.emitted,
+        }
     }
 
     /// Samples held (bounded by the context, the step and the push size).
     pub fn buffered_samples(&self) -> usize {
-        self.buffer.len()
+        match &self.incremental {
+            Some(s) => s.buffered_samples(),
+            None => self.buffer.len(),
+        }
     }
 
     /// Forgets everything (a new utterance).
     pub fn reset(&mut self) {
+        if let Some(s) = &mut self.incremental {
+            s.reset();
+        }
         self.buffer.clear();
         self.buffer_start = 0;
         self.received = 0;
@@ -214,6 +247,9 @@ impl FeatureStream {
     /// push is taken in pieces of `min_step` frames, so the window (and the memory of a
     /// contextual featurizer) stays bounded whatever the push size.
     pub fn push(&mut self, samples: &[f32]) -> Result<Tensor> {
+        if let Some(s) = &mut self.incremental {
+            return s.push(samples);
+        }
         check_finite(samples, self.received)?;
         let piece = self.opts.min_step.max(1) * self.featurizer.frame_shift();
         let mut out = Vec::new();
@@ -243,6 +279,9 @@ impl FeatureStream {
 
     /// End of the utterance: the features of every frame not yet emitted.
     pub fn finish(&mut self) -> Result<Tensor> {
+        if let Some(s) = &mut self.incremental {
+            return s.finish();
+        }
         let available = self.featurizer.num_frames(self.received);
         if available <= self.emitted {
             return self.empty();
@@ -368,13 +407,24 @@ impl UnitExtractor {
         if frames == 0 {
             return Ok(Vec::new());
         }
-        if frames > self.max_offline_frames {
+        let limit = self.featurizer.max_frames();
+        let max_offline = self.max_offline_frames.min(limit.unwrap_or(usize::MAX));
+        if frames > max_offline {
             // Bounded windows (the stream takes a large push in `min_step` pieces).
-            let m = self.max_offline_frames;
-            let opts = StreamOptions {
-                left_context: m / 2,
-                lookahead: m / 4,
-                min_step: m / 4,
+            let m = max_offline;
+            let opts = match limit {
+                None => StreamOptions {
+                    left_context: m / 2,
+                    lookahead: m / 4,
+                    min_step: m / 4,
+                },
+                // A featurizer whose window is capped (Whisper) sees up to left context +
+                // 2 x step + look-ahead frames at once: keep that within the cap.
+                Some(_) => StreamOptions {
+                    left_context: m / 2,
+                    lookahead: m / 8,
+                    min_step: m / 8,
+                },
             };
             let mut s = UnitStream::new(self.featurizer.clone(), self, opts);
             let mut units = s.push(samples)?;

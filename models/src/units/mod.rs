@@ -3,6 +3,8 @@
 //!
 //! - [`hubert`]: the encoder from a Hugging Face `HubertModel` folder, cut at layer L;
 //! - [`kmeans`]: centroids, nearest-centroid assignment, deduplication, mini-batch fitting;
+//! - [`whisper`]: Whisper's audio encoder (log-mel, conv stem, Transformer) cut at layer L, with
+//!   its own stream that runs the conv stem once per sample;
 //! - [`extractor`]: [`UnitExtractor`] (shared model) and [`UnitStream`] (per-stream state);
 //! - [`bench`]: real-time factor of unit extraction, for the CLI.
 
@@ -10,10 +12,14 @@ pub mod bench;
 pub mod extractor;
 pub mod hubert;
 pub mod kmeans;
+pub mod whisper;
 
 pub use extractor::{
-    mfcc_50hz_config, FeatureStream, Featurizer, HubertFeaturizer, MfccFeaturizer, StreamOptions,
-    UnitExtractor, UnitStream,
+    mfcc_50hz_config, FeatureStream, Featurizer, HubertFeaturizer, IncrementalFeatures,
+    MfccFeaturizer, StreamOptions, UnitExtractor, UnitStream,
 };
 pub use hubert::{Hubert, HubertConfig, HubertLoadOptions};
+pub use whisper::{
+    StreamPositions, Whisper, WhisperConfig, WhisperFeaturizer, WhisperLoadOptions, WhisperStream,
+};
 pub use kmeans::{dedup, fit_minibatch, Deduped, FitConfig, KMeans};
