@@ -28,7 +28,7 @@ use crate::llama::{KvCache, Llama, LoadOptions};
 use crate::prompt::{Lang, PromptFormat};
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::tokenizer::Tokenizer;
-use crate::units::{mfcc_50hz_config, HubertLoadOptions, UnitExtractor};
+use crate::units::{mfcc_50hz_config, HubertLoadOptions, UnitExtractor, WhisperLoadOptions};
 use crate::vocoder::{CodeHiFiGan, SynthesisOptions, VocoderStream};
 use crate::{ModelError, Result};
 use std::collections::HashMap;
@@ -138,6 +138,23 @@ impl Translator {
                     *layer,
                     &kmeans_path,
                     HubertLoadOptions {
+                        device,
+                        dtype: Kind::Float,
+                    },
+                )?
+            }
+            UnitsSpec::Whisper { whisper, layer, .. } => {
+                let wdir = dir.join(whisper);
+                require(&wdir.join("config.json"), "Whisper encoder config.json")?;
+                require(
+                    &wdir.join("model.safetensors"),
+                    "Whisper encoder model.safetensors",
+                )?;
+                UnitExtractor::from_whisper(
+                    &wdir,
+                    *layer,
+                    &kmeans_path,
+                    WhisperLoadOptions {
                         device,
                         dtype: Kind::Float,
                     },

@@ -308,8 +308,10 @@ impl Plan {
     fn of(root: &Path, m: &ModelManifest) -> Result<Self> {
         let mut entries = vec![MANIFEST_FILE.to_string(), normalize(&m.llm)];
         entries.push(normalize(m.units.kmeans()));
-        if let UnitsSpec::Hubert { hubert, .. } = &m.units {
-            entries.push(normalize(hubert));
+        match &m.units {
+            UnitsSpec::Hubert { hubert, .. } => entries.push(normalize(hubert)),
+            UnitsSpec::Whisper { whisper, .. } => entries.push(normalize(whisper)),
+            UnitsSpec::Mfcc { .. } => {}
         }
         entries.extend(m.vocoders.values().map(|v| normalize(v)));
         let mut plan = Self::default();

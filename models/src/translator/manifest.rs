@@ -89,12 +89,22 @@ pub enum UnitsSpec {
         layer: usize,
         kmeans: String,
     },
+    /// Whisper encoder `hidden_states[layer]` of the Hugging Face `WhisperModel`-style folder
+    /// `whisper` (from `models/convert/ctranslate2_whisper.py`; `layer` = encoder_layers means
+    /// after the final layer norm) + k-means.
+    Whisper {
+        whisper: String,
+        layer: usize,
+        kmeans: String,
+    },
 }
 
 impl UnitsSpec {
     pub fn kmeans(&self) -> &str {
         match self {
-            Self::Mfcc { kmeans } | Self::Hubert { kmeans, .. } => kmeans,
+            Self::Mfcc { kmeans } | Self::Hubert { kmeans, .. } | Self::Whisper { kmeans, .. } => {
+                kmeans
+            }
         }
     }
 
@@ -102,6 +112,7 @@ impl UnitsSpec {
         match self {
             Self::Mfcc { .. } => "mfcc",
             Self::Hubert { .. } => "hubert",
+            Self::Whisper { .. } => "whisper",
         }
     }
 }
@@ -182,6 +193,14 @@ impl ModelManifest {
                     return err("units.layer", "HuBERT layers count from 1".into());
                 }
             }
+            // Layer 0 (the conv stem + positions) is allowed; the upper bound is the encoder's
+            // `encoder_layers`, checked when the folder is loaded.
+            UnitsSpec::Whisper {
+                whisper, kmeans, ..
+            } => {
+                check_rel("units.whisper", whisper, path)?;
+                check_rel("units.kmeans", kmeans, path)?;
+            }
         }
         for (lang, dir) in &self.vocoders {
             Lang::parse(lang).map_err(|e| ModelError::config(path, "vocoders", e.to_string()))?;
@@ -258,6 +277,18 @@ mod tests {
             parse(&h).unwrap().units,
             UnitsSpec::Hubert { layer: 11, .. }
         ));
+        let w = GOOD.replace(
+            r#"{"extractor": "mfcc", "kmeans": "units/kmeans.safetensors"}"#,
+            r#"{"extractor": "whisper", "whisper": "units/whisper", "layer": 6, "kmeans": "k.npy"}"#,
+        );
+        let u = parse(&w).unwrap().units;
+        assert!(matches!(u, UnitsSpec::Whisper { layer: 6, .. }));
+        assert_eq!(u.extractor_name(), "whisper");
+        let bad = w.replace("units/whisper", "../whisper");
+        assert!(parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("units.whisper"));
     }
 
     #[test]

@@ -42,7 +42,8 @@ impl Session {
         let sampler = Sampler::new(sampling)?;
         let opts = match translator.manifest().units {
             UnitsSpec::Mfcc { .. } => StreamOptions::frame_local(),
-            UnitsSpec::Hubert { .. } => StreamOptions::hubert_default(),
+            // Both 50 Hz encoders: 2 s left context, 100 ms look-ahead, 200 ms steps.
+            UnitsSpec::Hubert { .. } | UnitsSpec::Whisper { .. } => StreamOptions::hubert_default(),
         };
         let units = translator.extractor().stream(opts);
         Ok(Self {

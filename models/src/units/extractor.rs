@@ -376,6 +376,23 @@ impl UnitExtractor {
             .map_err(|e| ModelError::InvalidArgument(format!("{}: {e}", centroids.display())))
     }
 
+    /// Whisper encoder layer `layer` from a converted folder (`models/convert/ctranslate2_whisper.py`)
+    /// + centroids (.npy or .safetensors), both on `opts.device`.
+    pub fn from_whisper(
+        dir: &std::path::Path,
+        layer: usize,
+        centroids: &std::path::Path,
+        opts: super::whisper::WhisperLoadOptions,
+    ) -> Result<Self> {
+        let model = super::whisper::Whisper::load(dir, layer, opts)?;
+        let km = KMeans::load(centroids, opts.device, Kind::Float)?;
+        Self::new(
+            Arc::new(super::whisper::WhisperFeaturizer::new(Arc::new(model))),
+            km,
+        )
+        .map_err(|e| ModelError::InvalidArgument(format!("{}: {e}", centroids.display())))
+    }
+
     /// Kaldi MFCC + centroids (.npy or .safetensors), on the CPU.
     pub fn from_mfcc(config: MfccConfig, centroids: &std::path::Path) -> Result<Self> {
         let km = KMeans::load(centroids, Device::Cpu, Kind::Float)?;

@@ -19,7 +19,7 @@ pub use extractor::{
     MfccFeaturizer, StreamOptions, UnitExtractor, UnitStream,
 };
 pub use hubert::{Hubert, HubertConfig, HubertLoadOptions};
+pub use kmeans::{dedup, fit_minibatch, Deduped, FitConfig, KMeans};
 pub use whisper::{
     StreamPositions, Whisper, WhisperConfig, WhisperFeaturizer, WhisperLoadOptions, WhisperStream,
 };
-pub use kmeans::{dedup, fit_minibatch, Deduped, FitConfig, KMeans};

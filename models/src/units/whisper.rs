@@ -353,7 +353,10 @@ impl Whisper {
         for i in 0..layer {
             let p = layer_prefix(i);
             for n in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-                s.push(TensorSpec::new(format!("{p}.self_attn.{n}.weight"), &[d, d]));
+                s.push(TensorSpec::new(
+                    format!("{p}.self_attn.{n}.weight"),
+                    &[d, d],
+                ));
                 if n != "k_proj" {
                     s.push(TensorSpec::new(format!("{p}.self_attn.{n}.bias"), &[d]));
                 }
@@ -686,7 +689,8 @@ pub fn sinusoids(length: i64, channels: i64) -> Result<Tensor> {
     let half = channels / 2;
     let inc = (10000f64).ln() / (half - 1).max(1) as f64;
     let inv = (Tensor::f_arange(half, (Kind::Float, Device::Cpu))? * -inc).f_exp()?;
-    let t = Tensor::f_arange(length, (Kind::Float, Device::Cpu))?.f_unsqueeze(1)? * inv.f_unsqueeze(0)?;
+    let t = Tensor::f_arange(length, (Kind::Float, Device::Cpu))?.f_unsqueeze(1)?
+        * inv.f_unsqueeze(0)?;
     Ok(Tensor::f_cat(&[t.f_sin()?, t.f_cos()?], 1)?)
 }
 
@@ -930,7 +934,13 @@ impl WhisperStream {
             .f_gelu("none")?
             .f_squeeze_dim(0)?;
         // c1 holds conv1 outputs [j0, j1); pad to [2*i0 - 1, 2*i1 + 1).
-        let c1 = Self::padded_cols(&c1, j0 as usize, j1 as usize, 2 * i0 as i64 - 1, 2 * i1 as i64 + 1)?;
+        let c1 = Self::padded_cols(
+            &c1,
+            j0 as usize,
+            j1 as usize,
+            2 * i0 as i64 - 1,
+            2 * i1 as i64 + 1,
+        )?;
         Ok(c1
             .f_unsqueeze(0)?
             .f_conv1d(&m.conv2_weight, Some(&m.conv2_bias), [2], [0], [1], 1)?
@@ -1033,7 +1043,8 @@ impl IncrementalFeatures for WhisperStream {
                 "push after finish: reset the stream for a new utterance".into(),
             ));
         }
-        let max_window = self.opts.left_context + 2 * self.opts.min_step.max(1) + self.opts.lookahead + 2;
+        let max_window =
+            self.opts.left_context + 2 * self.opts.min_step.max(1) + self.opts.lookahead + 2;
         if max_window > self.model.cfg.max_source_positions as usize {
             return Err(ModelError::InvalidArgument(format!(
                 "streaming window of up to {max_window} frames (left context {} + 2 x step {} + \
