@@ -27,6 +27,19 @@ impl Tokenizer {
         })
     }
 
+    /// Parses the bytes of a `tokenizer.json`; `path` names it in the errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let inner =
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| ModelError::Tokenizer {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            inner,
+            path: path.to_path_buf(),
+        })
+    }
+
     /// Loads `dir/tokenizer.json` and checks that every id fits a model vocabulary of
     /// `vocab_size` rows (the model may have more rows than the tokenizer, never fewer).
     pub fn for_model(dir: &Path, vocab_size: i64) -> Result<Self> {

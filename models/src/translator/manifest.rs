@@ -139,6 +139,16 @@ impl ModelManifest {
         Ok(m)
     }
 
+    /// Parses and validates the bytes of a `tolk-model.json`; `path` names it in the errors.
+    pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Self> {
+        let m: Self = serde_json::from_slice(bytes).map_err(|e| ModelError::Json {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        m.validate(path)?;
+        Ok(m)
+    }
+
     /// Checks the values; `path` is only used in the errors.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let err = |field: &str, msg: String| Err(ModelError::config(path, field, msg));
