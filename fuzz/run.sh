@@ -38,7 +38,7 @@ for t in "${targets[@]}"; do
   echo "| $t | $secs | $runs | $rate | $corpus | $crashes |" >> "$report"
   if ((rc != 0 || crashes > 0)); then
     echo "fuzz: $t failed (exit $rc); log $log:" >&2
-    tail -40 "$log" >&2
+    grep -v "^\s*\[" "$log" | cut -c1-300 | tail -60 >&2
     failed=1
   fi
 done

@@ -1,6 +1,7 @@
 //! OTA fault soak: `tolk run` translates live-paced audio while `tolk ota agent` receives signed
-//! translator updates over MQTT, the broker is killed and restarted at random moments, and the
-//! publisher drops blocks. Afterwards: every utterance that ended was translated or reported
+//! translator updates over MQTT, the broker is killed and restarted at random moments, the agent
+//! is SIGKILLed at random moments (power loss in whatever phase it is: download, verify, write,
+//! switch, trial) and started again, and the publisher drops blocks. Afterwards: every utterance that ended was translated or reported
 //! dropped, exactly one verified slot is active (the last update that succeeded), and neither
 //! process's memory grew.
 //!
@@ -66,9 +67,11 @@ fn sigterm(pid: u32) {
     assert!(ok.success());
 }
 
-/// Largest RSS in the first and the last quarter of the samples (after the first 20 s).
-fn memory_growth(samples: &[(f64, u64)]) -> (u64, u64) {
-    let warm: Vec<_> = samples.iter().filter(|(t, _)| *t >= 20.0).collect();
+/// Largest RSS in the first and the last quarter of the samples (seconds since the process
+/// started, KiB) taken after `warm_s`.
+fn memory_growth(samples: &[(f64, u64)], warm_s: f64) -> (u64, u64) {
+    let warm: Vec<_> = samples.iter().filter(|(t, _)| *t >= warm_s).collect();
+    assert!(warm.len() >= 8, "only {} memory samples", warm.len());
     let q = (warm.len() / 4).max(1);
     let first = warm.iter().take(q).map(|(_, r)| *r).max().unwrap_or(0);
     let last = warm
@@ -119,13 +122,16 @@ fn translation_continues_while_updates_arrive_and_the_broker_fails() {
     std::fs::write(&cfg, text).unwrap();
 
     let tolk = env!("CARGO_BIN_EXE_tolk");
-    let mut agent: Child = Command::new(tolk)
-        .args(["ota", "agent", "--config", cfg.to_str().unwrap()])
-        .env("TOLK_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let spawn_agent = || -> Child {
+        Command::new(tolk)
+            .args(["ota", "agent", "--config", cfg.to_str().unwrap()])
+            .env("TOLK_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut agent = spawn_agent();
     let mut run: Child = Command::new(tolk)
         .args(["run", "--events", "--config", cfg.to_str().unwrap()])
         .env("TOLK_LOG", "warn")
@@ -212,6 +218,15 @@ fn translation_continues_while_updates_arrive_and_the_broker_fails() {
     let start = Instant::now();
     let mut rng = rand::rng();
     let mut broker_restarts = 0;
+    let mut agent_kills = 0;
+    // Agent kills in the first half of long soaks, so that the last agent process lives long
+    // enough for its memory to be judged.
+    let mut agent_started = start;
+    let mut next_agent_kill = if secs >= 600 {
+        start + Duration::from_secs(rand::Rng::random_range(&mut rng, 30..60))
+    } else {
+        start + Duration::from_secs(secs * 2)
+    };
     let mut rss_run = Vec::new();
     let mut rss_agent = Vec::new();
     let mut next_kill = start + Duration::from_secs(rand::Rng::random_range(&mut rng, 20..40));
@@ -224,7 +239,7 @@ fn translation_continues_while_updates_arrive_and_the_broker_fails() {
             rss_run.push((now, r));
         }
         if let Some(r) = rss_kib(agent.id()) {
-            rss_agent.push((now, r));
+            rss_agent.push((agent_started.elapsed().as_secs_f64(), r));
         }
         if Instant::now() >= next_kill
             && start.elapsed() + Duration::from_secs(15) < Duration::from_secs(secs)
@@ -300,8 +315,11 @@ fn translation_continues_while_updates_arrive_and_the_broker_fails() {
     verify_bundle_dir(&slots.join("slots").join(&active.slot), &[key(1).public()]).unwrap();
     assert!(last_ok >= 2, "no update installed: {outcomes:?}");
 
-    let (run_first, run_last) = memory_growth(&rss_run);
-    let (agent_first, agent_last) = memory_growth(&rss_agent);
+    // After 20 s both have loaded a translator (tolk run at start, the agent in its first
+    // probe); a restarted agent is given 90 s.
+    let (run_first, run_last) = memory_growth(&rss_run, 20.0);
+    let agent_warm = if agent_kills > 0 { 90.0 } else { 20.0 };
+    let (agent_first, agent_last) = memory_growth(&rss_agent, agent_warm);
     // Flat: the last quarter's peak within 10 % (+16 MiB slack for allocator noise) of the
     // first quarter's.
     for (who, a, z) in [
@@ -324,6 +342,7 @@ fn translation_continues_while_updates_arrive_and_the_broker_fails() {
         "updates_installed": outcomes.iter().filter(|(_, o)| o == "succeeded").count(),
         "publish_attempts": outcomes.len(),
         "broker_restarts": broker_restarts,
+        "agent_sigkills": agent_kills,
         "active_version": active.version,
         "rss_kib": {
             "tolk_run_first_quarter_peak": run_first, "tolk_run_last_quarter_peak": run_last,
