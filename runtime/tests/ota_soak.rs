@@ -48,6 +48,16 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// A child process killed when the test ends, passed or not.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Resident memory of a process in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -122,27 +132,31 @@ fn translation_continues_while_updates_arrive_and_the_broker_fails() {
     std::fs::write(&cfg, text).unwrap();
 
     let tolk = env!("CARGO_BIN_EXE_tolk");
-    let spawn_agent = || -> Child {
-        Command::new(tolk)
-            .args(["ota", "agent", "--config", cfg.to_str().unwrap()])
-            .env("TOLK_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+    let spawn_agent = || -> Proc {
+        Proc(
+            Command::new(tolk)
+                .args(["ota", "agent", "--config", cfg.to_str().unwrap()])
+                .env("TOLK_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
     };
     let mut agent = spawn_agent();
-    let mut run: Child = Command::new(tolk)
-        .args(["run", "--events", "--config", cfg.to_str().unwrap()])
-        .env("TOLK_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut run = Proc(
+        Command::new(tolk)
+            .args(["run", "--events", "--config", cfg.to_str().unwrap()])
+            .env("TOLK_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let events = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
     let reader = {
         let events = events.clone();
-        let stdout = run.stdout.take().unwrap();
+        let stdout = run.0.stdout.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let line = line.unwrap();
@@ -153,7 +167,7 @@ fn translation_continues_while_updates_arrive_and_the_broker_fails() {
         })
     };
     let stderr_reader = {
-        let stderr = run.stderr.take().unwrap();
+        let stderr = run.0.stderr.take().unwrap();
         std::thread::spawn(move || {
             let mut s = String::new();
             std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s).unwrap();
@@ -182,7 +196,7 @@ fn translation_continues_while_updates_arrive_and_the_broker_fails() {
                 let mut o = PublishOptions::new(&bdir, DEVICE, b.clone(), &job);
                 o.transfer = TransferMode::Mqtt { block_size: 65536 };
                 o.timeout = Duration::from_secs(90);
-                if version % 3 == 0 {
+                if version.is_multiple_of(3) {
                     o.chaos = Chaos {
                         drop_every: Some(5),
                         duplicate: false,
@@ -233,12 +247,12 @@ fn translation_continues_while_updates_arrive_and_the_broker_fails() {
     while start.elapsed() < Duration::from_secs(secs) {
         std::thread::sleep(Duration::from_secs(2));
         let now = start.elapsed().as_secs_f64();
-        assert!(run.try_wait().unwrap().is_none(), "tolk run exited");
-        assert!(agent.try_wait().unwrap().is_none(), "the agent exited");
-        if let Some(r) = rss_kib(run.id()) {
+        assert!(run.0.try_wait().unwrap().is_none(), "tolk run exited");
+        assert!(agent.0.try_wait().unwrap().is_none(), "the agent exited");
+        if let Some(r) = rss_kib(run.0.id()) {
             rss_run.push((now, r));
         }
-        if let Some(r) = rss_kib(agent.id()) {
+        if let Some(r) = rss_kib(agent.0.id()) {
             rss_agent.push((agent_started.elapsed().as_secs_f64(), r));
         }
         if Instant::now() >= next_kill
@@ -254,16 +268,26 @@ fn translation_continues_while_updates_arrive_and_the_broker_fails() {
             next_kill =
                 Instant::now() + Duration::from_secs(rand::Rng::random_range(&mut rng, 20..60));
         }
+        if Instant::now() >= next_agent_kill && start.elapsed() < Duration::from_secs(secs / 2) {
+            agent.0.kill().unwrap();
+            agent.0.wait().unwrap();
+            agent_kills += 1;
+            rss_agent.clear(); // a new process: memory is compared within one
+            agent = spawn_agent();
+            agent_started = Instant::now();
+            next_agent_kill =
+                Instant::now() + Duration::from_secs(rand::Rng::random_range(&mut rng, 30..90));
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let (last_ok, outcomes) = publisher.join().expect("publisher thread");
-    sigterm(run.id());
-    let status = run.wait().unwrap();
+    sigterm(run.0.id());
+    let status = run.0.wait().unwrap();
     reader.join().unwrap();
     let stderr = stderr_reader.join().unwrap();
     assert!(status.success(), "tolk run: {status:?}\n{stderr}");
-    sigterm(agent.id());
-    agent.wait().unwrap();
+    sigterm(agent.0.id());
+    agent.0.wait().unwrap();
 
     // Every utterance that ended was translated or reported dropped.
     let events = events.lock().unwrap();

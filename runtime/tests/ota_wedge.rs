@@ -121,9 +121,12 @@ fn spawn_agent(cfg: &Path) -> Child {
         .unwrap()
 }
 
+/// Messages as received: when, topic, payload.
+type Seen = Arc<Mutex<Vec<(Instant, String, Vec<u8>)>>>;
+
 /// Everything the device publishes (state and job status), collected by a second client.
 struct Watcher {
-    seen: Arc<Mutex<Vec<(Instant, String, Vec<u8>)>>>,
+    seen: Seen,
     topics: Topics,
     _client: Client,
 }
