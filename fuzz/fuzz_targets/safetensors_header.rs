@@ -5,7 +5,10 @@ use std::path::Path;
 use tolk_models::checkpoint::read_safetensors_bytes;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = read_safetensors_bytes(data, Path::new("fuzz.safetensors"), tch::Kind::Float, |_| {
-        true
-    });
+    let _ = read_safetensors_bytes(
+        data,
+        Path::new("fuzz.safetensors"),
+        tch::Kind::Float,
+        |_| true,
+    );
 });
