@@ -12,7 +12,7 @@ export TOLK_REFERENCE_DIR := $(ROOT)/target/reference
 REF := $(TOLK_REFERENCE_DIR)
 THREADS ?= $(shell nproc)
 
-.PHONY: setup reference demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota bench bench-demo fmt lint clean-reference
+.PHONY: setup reference demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota jetson-build jetson-check bench bench-demo fmt lint clean-reference
 
 setup:
 	deploy/host/setup.sh
@@ -235,6 +235,18 @@ SOAK_SECS ?= 1800
 soak-ota: setup
 	TOLK_SOAK_SECS=$(SOAK_SECS) TOLK_SOAK_REPORT=$(ROOT)/target/soak-ota.json \
 	  cargo test --release -p tolk-runtime --test ota_soak -- --nocapture
+
+# The kiosk for a Jetson (aarch64-unknown-linux-gnu): release `tolk` and `libgsttolk.so`
+# cross-compiled against PyPI's aarch64 libtorch 2.11 (wheels unpacked under
+# ~/.cache/tolk/jetson, about 5 GB; arm64 multiarch packages and qemu-user-static from apt), with
+# the rpath of the torch deploy/jetson/install.sh puts on a board. jetson-check runs them under
+# qemu-aarch64 on the demo model and compares the translations with the x86-64 build's.
+jetson-build: setup
+	deploy/jetson/cross.sh setup
+	deploy/jetson/cross.sh build
+
+jetson-check: jetson-build
+	deploy/jetson/cross.sh check
 
 # Benchmarks print figures; they are not tests.
 bench: setup $(REF)/smollm2/reference.json

@@ -23,16 +23,18 @@ impl Tokenizer {
 
     /// Parses the bytes of a `tokenizer.json`; `path` names it in the errors.
     ///
-    /// The JSON syntax is checked first: tokenizers 0.23 panics (`expect("Helper")` in
-    /// `decoders/mod.rs`) on a syntax error inside the `decoder` object, and a corrupt file in a
-    /// bundle must be an error, not a crash. A panic from another corner of its deserializers
-    /// is caught and reported the same way.
+    /// The bytes are parsed as a JSON value first: tokenizers 0.23 panics (`expect("Helper")` in
+    /// `decoders/mod.rs`) on anything inside the `decoder` object that is not valid JSON (a
+    /// syntax error, a lone surrogate escape), and a corrupt file in a bundle must be an error,
+    /// not a crash. A full value parse checks what a skipping parse does not (escapes are only
+    /// validated when strings are built). A panic from another corner of its deserializers is
+    /// caught and reported the same way.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
         let err = |message: String| ModelError::Tokenizer {
             path: path.to_path_buf(),
             message,
         };
-        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        serde_json::from_slice::<serde_json::Value>(bytes)
             .map_err(|e| err(format!("not valid JSON: {e}")))?;
         let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
             .map_err(|p| {
@@ -209,6 +211,23 @@ mod tests {
             msg.contains("bundle/tokenizer.json") && msg.contains("not valid JSON"),
             "{msg}"
         );
+        let raw = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(text.as_bytes()));
+        assert!(
+            raw.is_err(),
+            "tokenizers itself no longer panics here: drop the pre-check"
+        );
+    }
+
+    /// Found by the long fuzz run: a string in the decoder holding a lone surrogate escape is
+    /// well-formed JSON syntax but not a string, and made tokenizers panic the same way.
+    #[test]
+    fn a_lone_surrogate_in_the_decoder_is_an_error_not_a_panic() {
+        let text = WORDS.replace("DECODER", r#"{"type":"ByteLevel","x":"\udc00"}"#);
+        let e = Tokenizer::from_bytes(text.as_bytes(), Path::new("bundle/tokenizer.json"))
+            .err()
+            .expect("refused");
+        let msg = e.to_string();
+        assert!(msg.contains("not valid JSON"), "{msg}");
         let raw = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(text.as_bytes()));
         assert!(
             raw.is_err(),
