@@ -88,12 +88,15 @@ pub fn run(
             Ok(MqttEvent::Connected) => {
                 tracing::info!("connected; subscribing");
                 connected = true;
+                // The state first: a retained message the subscription delivers may break the
+                // connection (a packet above the device's limit), and the state naming that
+                // must already be on its way to the broker.
+                publish_state(&updater, &refused);
                 for t in [&topics.job_notify, &topics.block_data] {
                     if let Err(e) = client.try_subscribe(t.as_str(), QoS::AtLeastOnce) {
                         tracing::warn!(topic = %t, error = %e, "subscribe failed");
                     }
                 }
-                publish_state(&updater, &refused);
                 if let Some(j) = updater.job_mut() {
                     j.outstanding = 0; // ask again for whatever is missing
                 }
