@@ -238,7 +238,7 @@ soak-ota: setup
 
 # The kiosk for a Jetson (aarch64-unknown-linux-gnu): release `tolk` and `libgsttolk.so`
 # cross-compiled against PyPI's aarch64 libtorch 2.11 (wheels unpacked under
-# ~/.cache/tolk/jetson, about 5 GB; arm64 multiarch packages and qemu-user-static from apt), with
+# ~/.cache/tolk/jetson, 5.4 GB; arm64 multiarch packages and qemu-user-static from apt), with
 # the rpath of the torch deploy/jetson/install.sh puts on a board. jetson-check runs them under
 # qemu-aarch64 on the demo model and compares the translations with the x86-64 build's.
 jetson-build: setup

@@ -136,9 +136,9 @@ lib_path() {
 }
 
 cross_cargo() {
-  # libtorch from the unpacked wheel (LIBTORCH), not from the host venv's torch.
-  # --allow-shlib-undefined: libtorch's references into its own dependencies are resolved on the
-  # device (the cupti stub of the emulated run defines none of them).
+  # libtorch from the unpacked wheel (LIBTORCH), not from the host venv's torch; every library it
+  # needs is found through TOLK_LIBTORCH_RPATH_LINK (the cupti stub included), so the link is
+  # checked in full.
   env -u LIBTORCH_USE_PYTORCH \
     LIBTORCH="$SITE/torch" \
     TOLK_LIBTORCH_RPATH="$JETSON_TORCH_LIB" \
@@ -149,7 +149,7 @@ cross_cargo() {
     AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar \
     PKG_CONFIG_ALLOW_CROSS=1 \
     PKG_CONFIG_LIBDIR="$CACHE/gst-dev/pkgconfig:$MULTIARCH/pkgconfig:/usr/share/pkgconfig" \
-    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-L native=$CACHE/gst-dev/lib -C link-arg=-Wl,--allow-shlib-undefined" \
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-L native=$CACHE/gst-dev/lib" \
     cargo build --release --target "$TARGET" "$@"
 }
 
@@ -193,7 +193,7 @@ check() {
   emulate "$OUT/tolk" config check deploy/tolk.example.toml
   # The x86-64 side: the debug build `make test` already made (the same libtorch ops; Rust's float
   # code is not reassociated at any optimization level, so the text does not depend on it).
-  cargo build -q -p tolk-runtime --bin tolk
+  (source deploy/host/env.sh && cargo build -q -p tolk-runtime --bin tolk)
   local failed=0
   for d in en-fr fr-en; do
     local wav=models/demo/samples/${d%%-*}.wav
