@@ -5,6 +5,7 @@ use super::extractor::{HubertFeaturizer, MfccFeaturizer, StreamOptions, UnitExtr
 use super::hubert::{Hubert, HubertConfig, HubertLoadOptions};
 use super::kmeans::KMeans;
 use crate::audio::features::MfccConfig;
+use crate::stream::Streaming;
 use crate::Result;
 use std::sync::Arc;
 use std::time::Instant;

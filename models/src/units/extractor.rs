@@ -11,7 +11,9 @@
 
 use super::hubert::Hubert;
 use super::kmeans::KMeans;
+use super::UnitId;
 use crate::audio::features::{FbankConfig, Mfcc, MfccConfig};
+use crate::stream::Streaming;
 use crate::{ModelError, Result};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -202,34 +204,6 @@ impl FeatureStream {
         self.buffer.len()
     }
 
-    /// Forgets everything (a new utterance).
-    pub fn reset(&mut self) {
-        self.buffer.clear();
-        self.buffer_start = 0;
-        self.received = 0;
-        self.emitted = 0;
-    }
-
-    /// Adds samples; returns the features `[n, D]` of the frames now final (n may be 0). A large
-    /// push is taken in pieces of `min_step` frames, so the window (and the memory of a
-    /// contextual featurizer) stays bounded whatever the push size.
-    pub fn push(&mut self, samples: &[f32]) -> Result<Tensor> {
-        check_finite(samples, self.received)?;
-        let piece = self.opts.min_step.max(1) * self.featurizer.frame_shift();
-        let mut out = Vec::new();
-        for part in samples.chunks(piece.max(1)) {
-            let f = self.push_piece(part)?;
-            if f.size()[0] > 0 {
-                out.push(f);
-            }
-        }
-        match out.len() {
-            0 => self.empty(),
-            1 => Ok(out.pop().unwrap_or_else(Tensor::new)),
-            _ => Ok(Tensor::f_cat(&out, 0)?),
-        }
-    }
-
     fn push_piece(&mut self, samples: &[f32]) -> Result<Tensor> {
         self.buffer.extend_from_slice(samples);
         self.received += samples.len();
@@ -239,15 +213,6 @@ impl FeatureStream {
             return self.empty();
         }
         self.emit_until(ready)
-    }
-
-    /// End of the utterance: the features of every frame not yet emitted.
-    pub fn finish(&mut self) -> Result<Tensor> {
-        let available = self.featurizer.num_frames(self.received);
-        if available <= self.emitted {
-            return self.empty();
-        }
-        self.emit_until(available)
     }
 
     fn empty(&self) -> Result<Tensor> {
@@ -282,6 +247,52 @@ impl FeatureStream {
             self.buffer_start = keep_from;
         }
         Ok(out)
+    }
+}
+
+impl Streaming for FeatureStream {
+    type Input = [f32];
+    type Output = Tensor;
+    type Error = ModelError;
+
+    /// Adds samples; returns the features `[n, D]` of the frames now final (n may be 0). A large
+    /// push is taken in pieces of `min_step` frames, so the window (and the memory of a
+    /// contextual featurizer) stays bounded whatever the push size.
+    fn push(&mut self, samples: &[f32]) -> Result<Tensor> {
+        check_finite(samples, self.received)?;
+        let piece = self.opts.min_step.max(1) * self.featurizer.frame_shift();
+        let mut out = Vec::new();
+        for part in samples.chunks(piece.max(1)) {
+            let f = self.push_piece(part)?;
+            if f.size()[0] > 0 {
+                out.push(f);
+            }
+        }
+        match out.len() {
+            0 => self.empty(),
+            1 => Ok(out.pop().unwrap_or_else(Tensor::new)),
+            _ => Ok(Tensor::f_cat(&out, 0)?),
+        }
+    }
+
+    /// End of the utterance: the features of every frame not yet emitted; then a new stream.
+    fn finish(&mut self) -> Result<Tensor> {
+        let available = self.featurizer.num_frames(self.received);
+        let out = if available <= self.emitted {
+            self.empty()
+        } else {
+            self.emit_until(available)
+        };
+        self.reset();
+        out
+    }
+
+    /// Forgets everything (a new utterance).
+    fn reset(&mut self) {
+        self.buffer.clear();
+        self.buffer_start = 0;
+        self.received = 0;
+        self.emitted = 0;
     }
 }
 
@@ -361,7 +372,7 @@ impl UnitExtractor {
     }
 
     /// Units of one utterance (empty when it is shorter than one frame).
-    pub fn extract(&self, samples: &[f32]) -> Result<Vec<i64>> {
+    pub fn extract(&self, samples: &[f32]) -> Result<Vec<UnitId>> {
         let _span = tracing::debug_span!("units_extract", samples = samples.len()).entered();
         check_finite(samples, 0)?;
         let frames = self.featurizer.num_frames(samples.len());
@@ -406,28 +417,34 @@ impl<E: std::ops::Deref<Target = UnitExtractor>> UnitStream<E> {
         }
     }
 
-    /// Adds samples (any count, including 0); returns the units that became final.
-    pub fn push(&mut self, samples: &[f32]) -> Result<Vec<i64>> {
-        let f = self.features.push(samples)?;
-        self.extractor.kmeans.assign_vec(&f)
-    }
-
-    /// End of the utterance: the remaining units. The stream can then be `reset` and reused.
-    pub fn finish(&mut self) -> Result<Vec<i64>> {
-        let f = self.features.finish()?;
-        self.extractor.kmeans.assign_vec(&f)
-    }
-
-    pub fn reset(&mut self) {
-        self.features.reset();
-    }
-
     pub fn frames_emitted(&self) -> usize {
         self.features.frames_emitted()
     }
 
     pub fn buffered_samples(&self) -> usize {
         self.features.buffered_samples()
+    }
+}
+
+impl<E: std::ops::Deref<Target = UnitExtractor>> Streaming for UnitStream<E> {
+    type Input = [f32];
+    type Output = Vec<UnitId>;
+    type Error = ModelError;
+
+    /// Adds samples (any count, including 0); returns the units that became final.
+    fn push(&mut self, samples: &[f32]) -> Result<Vec<UnitId>> {
+        let f = self.features.push(samples)?;
+        self.extractor.kmeans.assign_vec(&f)
+    }
+
+    /// End of the utterance: the remaining units; then a new stream.
+    fn finish(&mut self) -> Result<Vec<UnitId>> {
+        let f = self.features.finish()?;
+        self.extractor.kmeans.assign_vec(&f)
+    }
+
+    fn reset(&mut self) {
+        self.features.reset();
     }
 }
 
@@ -473,17 +490,21 @@ mod tests {
         let ex = Arc::new(UnitExtractor::new(Arc::new(Toy), KMeans::new(c).unwrap()).unwrap());
         let offline = ex.extract(&audio).unwrap();
         assert_eq!(offline.len(), 54);
-        for chunk in [1usize, 7, 160, 333, 640, 9000] {
+        let sizes = [1usize, 7, 160, 333, 640, 9000];
+        crate::stream::testing::assert_chunked_eq_offline_exact(
+            || ex.stream(StreamOptions::frame_local()),
+            &audio,
+            &offline,
+            &sizes,
+        );
+        for chunk in sizes {
             let mut s = ex.stream(StreamOptions::frame_local());
-            let mut got = Vec::new();
             for c in audio.chunks(chunk) {
-                got.extend(s.push(c).unwrap());
+                s.push(c).unwrap();
                 assert!(s.buffered_samples() <= 400 + chunk);
             }
-            got.extend(s.finish().unwrap());
-            assert_eq!(got, offline, "chunk {chunk}");
-            s.reset();
-            assert_eq!(s.frames_emitted(), 0);
+            s.finish().unwrap();
+            assert_eq!(s.frames_emitted(), 0, "finish starts a new stream");
         }
         // One huge push is taken in pieces: the buffer stays bounded.
         let mut s = ex.stream(StreamOptions::frame_local());
@@ -505,8 +526,8 @@ mod tests {
     fn bad_input_is_an_error_or_empty() {
         let c = Tensor::zeros([3, 2], (Kind::Float, Device::Cpu));
         let ex = Arc::new(UnitExtractor::new(Arc::new(Toy), KMeans::new(c).unwrap()).unwrap());
-        assert_eq!(ex.extract(&[]).unwrap(), Vec::<i64>::new());
-        assert_eq!(ex.extract(&[0.5]).unwrap(), Vec::<i64>::new());
+        assert_eq!(ex.extract(&[]).unwrap(), Vec::<UnitId>::new());
+        assert_eq!(ex.extract(&[0.5]).unwrap(), Vec::<UnitId>::new());
         let e = ex.extract(&[0.0, f32::NAN]).unwrap_err().to_string();
         assert!(e.contains("sample 1"), "{e}");
         let mut s = ex.stream(StreamOptions::frame_local());

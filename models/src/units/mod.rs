@@ -11,6 +11,10 @@ pub mod extractor;
 pub mod hubert;
 pub mod kmeans;
 
+/// A discrete speech unit: a k-means cluster index in `0..K`, the one unit-id type from the
+/// extractor through the decoder's prompt and output to the vocoder.
+pub type UnitId = u32;
+
 pub use extractor::{
     mfcc_50hz_config, FeatureStream, Featurizer, HubertFeaturizer, MfccFeaturizer, StreamOptions,
     UnitExtractor, UnitStream,

@@ -44,7 +44,8 @@ pub use output::{MemoryOut, NullOut, PcmOut, SinkOut};
 pub use queue::UtteranceQueue;
 pub use runner::{rss_kib, FeedEnd, Pipeline, PipelineSummary};
 
-pub use worker::{Output, StreamEvent, Translating, UtteranceReport, UtteranceTranslator};
+pub use tolk_models::translator::Output;
+pub use worker::{StreamEvent, Translating, UtteranceReport, UtteranceTranslator};
 
 use tolk_models::audio::endpoint::EndpointConfig;
 use tolk_models::translator::{Direction, Mode};
