@@ -1,4 +1,4 @@
-//! Machine-readable events of the kiosk (issue 8, item 5), one JSON object per line on stdout
+//! Machine-readable events of the kiosk, one JSON object per line on stdout
 //! with `--events` (and the same records for MQTT when configured): utterance start and end,
 //! partial and final subtitles with their direction and timings, audio chunks, dropped
 //! utterances and lost sources.

@@ -1,4 +1,4 @@
-//! `tolk config ...`, `tolk ota ...` and `tolk doctor`: device operations (issue 5).
+//! `tolk config ...`, `tolk ota ...` and `tolk doctor`: device operations.
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;

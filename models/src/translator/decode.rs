@@ -96,6 +96,13 @@ impl Mode {
     }
 }
 
+impl std::str::FromStr for Mode {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
 /// What the decoder reports while it runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event<'a> {

@@ -71,6 +71,14 @@ impl Direction {
     }
 }
 
+/// `"en-fr".parse::<Direction>()`, and a clap `value_parser` for CLIs.
+impl std::str::FromStr for Direction {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
 impl std::fmt::Display for Direction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -16,6 +16,7 @@ pub mod config;
 pub mod discriminators;
 pub mod duration;
 pub mod generator;
+pub(crate) mod layers;
 pub mod losses;
 pub mod streaming;
 pub mod trainable;

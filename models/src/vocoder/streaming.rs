@@ -14,10 +14,8 @@
 //! mHuBERT vocoder, plus the duration predictor's 2 units).
 
 use super::duration::{durations_from_log, VariancePredictor};
-use super::generator::{
-    leaky_relu, CodeHiFiGan, Conv1d, ConvTranspose1d, ResBlock, Speaker, LRELU_SLOPE,
-    LRELU_SLOPE_POST,
-};
+use super::generator::{CodeHiFiGan, Speaker};
+use super::layers::{leaky_relu, Conv1d, ConvTranspose1d, ResBlock, LRELU_SLOPE, LRELU_SLOPE_POST};
 use crate::stream::Streaming;
 use crate::units::UnitId;
 use crate::{ModelError, Result};

@@ -1,15 +1,15 @@
-//! The streaming translation pipeline of the kiosk (issue 8, items 1 and 5):
+//! The streaming translation pipeline of the kiosk:
 //!
 //! ```text
 //! AudioSource ring --> pipeline thread: FrontEnd                       (frontend.rs)
 //!                        conditioning/resampling to 16 kHz mono (NaN/Inf -> 0, clamped)
 //!                        VAD (Silero or energy) + endpointer
-//!                        during speech: Session::push_audio (streaming unit extraction)
+//!                        during speech: the unit stream (streaming unit extraction)
 //!                      at the endpoint: Utterance{units} --> UtteranceQueue (queue.rs)
 //!                                                          bounded, drop-oldest
 //! model worker thread(s): UtteranceTranslator                        (worker.rs)
-//!                        decode (chain of modality by default): text deltas -> subtitle events
-//!                        units -> VocoderStream as they come -> PCM chunks -> PcmOut (sink)
+//!                        DecodeSession (chain of modality by default): text deltas -> subtitle
+//!                        events; units -> VocoderStream as they come -> PCM chunks -> PcmOut
 //! ```
 //!
 //! **Overload policy.** The utterance queue holds at most [`PipelineOptions::queue_limit`]
