@@ -12,7 +12,7 @@ export TOLK_REFERENCE_DIR := $(ROOT)/target/reference
 REF := $(TOLK_REFERENCE_DIR)
 THREADS ?= $(shell nproc)
 
-.PHONY: setup reference demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test bench bench-demo fmt lint clean-reference
+.PHONY: setup reference demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota jetson-build jetson-check bench bench-demo fmt lint clean-reference
 
 setup:
 	deploy/host/setup.sh
@@ -222,6 +222,37 @@ quant-table: setup
 
 test: reference
 	cargo test --workspace --no-fail-fast
+	$(MAKE) fuzz-smoke
+
+# Fuzzing of every parser that takes outside bytes (fuzz/fuzz_targets; cargo-fuzz on the nightly
+# toolchain, both installed by setup): 10 s per target from the committed seeds in make test, 10
+# minutes per target in make fuzz. Table in target/fuzz-report.md; crashes in fuzz/artifacts.
+FUZZ_SECS ?= 600
+fuzz-smoke: setup
+	fuzz/run.sh 10
+
+fuzz: setup
+	fuzz/run.sh $(FUZZ_SECS)
+
+# OTA fault soak (not in make test, which runs the same test for 75 s): `tolk run` translating
+# live-paced audio for 30 minutes while signed updates arrive over MQTT, the broker is killed
+# and restarted, and blocks are dropped. Figures in target/soak-ota.json (deploy/README.md).
+SOAK_SECS ?= 1800
+soak-ota: setup
+	TOLK_SOAK_SECS=$(SOAK_SECS) TOLK_SOAK_REPORT=$(ROOT)/target/soak-ota.json \
+	  cargo test --release -p tolk-runtime --test ota_soak -- --nocapture
+
+# The kiosk for a Jetson (aarch64-unknown-linux-gnu): release `tolk` and `libgsttolk.so`
+# cross-compiled against PyPI's aarch64 libtorch 2.11 (wheels unpacked under
+# ~/.cache/tolk/jetson, 5.4 GB; arm64 multiarch packages and qemu-user-static from apt), with
+# the rpath of the torch deploy/jetson/install.sh puts on a board. jetson-check runs them under
+# qemu-aarch64 on the demo model and compares the translations with the x86-64 build's.
+jetson-build: setup
+	deploy/jetson/cross.sh setup
+	deploy/jetson/cross.sh build
+
+jetson-check: jetson-build
+	deploy/jetson/cross.sh check
 
 # Benchmarks print figures; they are not tests.
 bench: setup $(REF)/smollm2/reference.json

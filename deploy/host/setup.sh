@@ -44,6 +44,14 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Fuzzing (make fuzz-smoke, part of make test): a nightly toolchain and cargo-fuzz.
+if command -v rustup >/dev/null && ! rustup toolchain list | grep -q '^nightly'; then
+  rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version 2>/dev/null | grep -q ' 0\.13\.2'; then
+  cargo install cargo-fuzz --locked --version 0.13.2
+fi
+
 # The virtualenv: torch 2.11.0 exactly (tch 0.24's libtorch), then the reference tools.
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -24,6 +24,12 @@ pub const MAX_BLOCK_HEADER: usize = 4 + 1 + 1 + 64 + 4 + 4 + 4 + 32;
 pub const MAX_JOB_DOCUMENT: usize = 128 * 1024;
 /// Largest control message other than a job document.
 pub const MAX_CONTROL_MESSAGE: usize = 64 * 1024;
+/// Largest MQTT packet (remaining length) the device reads off the wire. It sits well above the
+/// largest valid message so that an oversize job document or block is read whole, refused by
+/// its decoder and reported, instead of breaking the connection (a retained message that breaks
+/// the connection would be delivered again on every reconnect). The shipped broker config sets
+/// `max_packet_size` to this number so that nothing larger is ever stored or forwarded.
+pub const MAX_INCOMING_PACKET: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ProtocolError {
@@ -268,6 +274,21 @@ pub struct DeviceState {
     /// True when the last job was refused as stale (expired metadata or replay).
     #[serde(default)]
     pub stale: bool,
+    /// The last message refused before it could name a job (oversize or malformed job
+    /// document, or a packet above [`MAX_INCOMING_PACKET`] that broke the connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<RefusedMessage>,
+}
+
+/// A message the device could not act on and could not answer through a job status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedMessage {
+    /// The topic, or empty when the packet was too large to read its topic.
+    pub topic: String,
+    pub bytes: usize,
+    pub reason: String,
+    /// Unix seconds.
+    pub at: u64,
 }
 
 /// The device asks for blocks of one file (all missing blocks, or a window of them).

@@ -94,12 +94,38 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
 fn for_each_stored(
     path: &Path,
     keep: impl Fn(&str) -> bool,
-    mut f: impl FnMut(String, Tensor) -> Result<()>,
+    f: impl FnMut(String, Tensor) -> Result<()>,
 ) -> Result<Vec<String>> {
     let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
     // SAFETY: the file is opened read-only and not modified while mapped; tensors copy out of it.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-    let st = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
+    for_each_stored_in(&mmap, path, keep, f)
+}
+
+/// Reads a safetensors file held in memory (`path` names it in errors) into tensors of `kind`
+/// on the CPU, as [`read_safetensors`] does for a file.
+pub fn read_safetensors_bytes(
+    bytes: &[u8],
+    path: &Path,
+    kind: Kind,
+    keep: impl Fn(&str) -> bool,
+) -> Result<ReadTensors> {
+    let mut loaded = Vec::new();
+    let skipped = for_each_stored_in(bytes, path, keep, |name, t| {
+        let target = if is_float(t.kind()) { kind } else { t.kind() };
+        loaded.push((name, t.f_to_kind(target)?));
+        Ok(())
+    })?;
+    Ok((loaded, skipped))
+}
+
+fn for_each_stored_in(
+    bytes: &[u8],
+    path: &Path,
+    keep: impl Fn(&str) -> bool,
+    mut f: impl FnMut(String, Tensor) -> Result<()>,
+) -> Result<Vec<String>> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Safetensors {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;

@@ -9,6 +9,8 @@
 //! - [`vocab`]: vocabulary extension with unit and task tokens;
 //! - [`prompt`]: the sequence formats (ASR, S2TT, S2ST, chain of modality) shared by training
 //!   and the runtime;
+//! - [`stream`]: the streaming contract (push / finish / reset) of every chunked stage and
+//!   its chunked-equals-offline check;
 //! - [`translator`]: the speech translator engine (extractor + decoder + vocoders) and its
 //!   per-stream sessions.
 
@@ -20,6 +22,7 @@ pub mod generate;
 pub mod llama;
 pub mod prompt;
 pub mod sampling;
+pub mod stream;
 pub mod tokenizer;
 pub mod translator;
 pub mod units;

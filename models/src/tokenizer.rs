@@ -17,10 +17,35 @@ impl Tokenizer {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer file not found"),
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses the bytes of a `tokenizer.json`; `path` names it in the errors.
+    ///
+    /// The bytes are parsed as a JSON value first: tokenizers 0.23 panics (`expect("Helper")` in
+    /// `decoders/mod.rs`) on anything inside the `decoder` object that is not valid JSON (a
+    /// syntax error, a lone surrogate escape), and a corrupt file in a bundle must be an error,
+    /// not a crash. A full value parse checks what a skipping parse does not (escapes are only
+    /// validated when strings are built). A panic from another corner of its deserializers is
+    /// caught and reported the same way.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let err = |message: String| ModelError::Tokenizer {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .map_err(|e| err(format!("not valid JSON: {e}")))?;
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .map_err(|p| {
+                let what = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                err(format!("malformed tokenizer (its parser panicked: {what})"))
+            })?;
+        let inner = parsed.map_err(|e| err(e.to_string()))?;
         Ok(Self {
             inner,
             path: path.to_path_buf(),
@@ -154,4 +179,59 @@ where
     tok.train(&mut trainer, texts)
         .map_err(|e| format!("training BPE: {e}"))?;
     Ok(tok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tokenizer;
+    use std::path::Path;
+
+    const WORDS: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+        "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,
+        "decoder":DECODER,
+        "model":{"type":"WordLevel","vocab":{"<unk>":0,"gare":1},"unk_token":"<unk>"}}"#;
+
+    #[test]
+    fn a_well_formed_file_parses() {
+        let text = WORDS.replace("DECODER", "null");
+        let tok = Tokenizer::from_bytes(text.as_bytes(), Path::new("t.json")).unwrap();
+        assert_eq!(tok.encode("gare", false).unwrap(), [1]);
+    }
+
+    /// Found by `fuzz/fuzz_targets/tokenizer.rs`: a syntax error inside the decoder object made
+    /// tokenizers panic instead of returning an error.
+    #[test]
+    fn a_syntax_error_in_the_decoder_is_an_error_not_a_panic() {
+        let text = WORDS.replace("DECODER", r#"{"type" "ByteLevel"}"#);
+        let e = Tokenizer::from_bytes(text.as_bytes(), Path::new("bundle/tokenizer.json"))
+            .err()
+            .expect("refused");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("bundle/tokenizer.json") && msg.contains("not valid JSON"),
+            "{msg}"
+        );
+        let raw = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(text.as_bytes()));
+        assert!(
+            raw.is_err(),
+            "tokenizers itself no longer panics here: drop the pre-check"
+        );
+    }
+
+    /// Found by the long fuzz run: a string in the decoder holding a lone surrogate escape is
+    /// well-formed JSON syntax but not a string, and made tokenizers panic the same way.
+    #[test]
+    fn a_lone_surrogate_in_the_decoder_is_an_error_not_a_panic() {
+        let text = WORDS.replace("DECODER", r#"{"type":"ByteLevel","x":"\udc00"}"#);
+        let e = Tokenizer::from_bytes(text.as_bytes(), Path::new("bundle/tokenizer.json"))
+            .err()
+            .expect("refused");
+        let msg = e.to_string();
+        assert!(msg.contains("not valid JSON"), "{msg}");
+        let raw = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(text.as_bytes()));
+        assert!(
+            raw.is_err(),
+            "tokenizers itself no longer panics here: drop the pre-check"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! The speech translator engine: unit extractor + Llama decoder + unit vocoders, loaded once
-//! from a translator folder (the README section "The translator folder") and shared (`Arc`) by any number of
-//! per-stream [`Session`]s.
+//! from a translator folder (the README section "The translator folder") and shared (`Arc`) by
+//! any number of streams: each audio stream owns a unit stream ([`Translator::unit_stream`]) and
+//! a [`DecodeSession`].
 //!
 //! ```text
 //! DIR/tolk-model.json            ModelManifest
@@ -12,7 +13,8 @@
 //! - [`manifest`]: `tolk-model.json`, strict parsing and validation;
 //! - [`decode`]: constrained decoding in every [`Mode`] with [`Event`]s as tokens come;
 //! - [`batch`]: several sampled continuations of one prompt decoded in lockstep;
-//! - [`session`]: [`Session`], the per-stream KV cache, sampler and streaming unit extraction.
+//! - [`session`]: [`DecodeSession`], the per-stream KV cache, sampler and vocoder streams: units
+//!   in, text deltas and PCM chunks out.
 
 pub mod batch;
 pub mod decode;
@@ -22,13 +24,16 @@ pub mod testing;
 
 pub use decode::{Confidence, Event, Mode, Stop, TextStreamer, Timings, TranslationOutput};
 pub use manifest::{Direction, ModelManifest, Strategy, UnitsSpec, MANIFEST_FILE, MODEL_FORMAT};
-pub use session::Session;
+pub use session::{DecodeSession, Output, Translation, DEFAULT_VOCODER_CHUNK_UNITS};
 
 use crate::llama::{KvCache, Llama, LoadOptions};
 use crate::prompt::{Lang, PromptFormat};
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::tokenizer::Tokenizer;
-use crate::units::{mfcc_50hz_config, HubertLoadOptions, UnitExtractor, WhisperLoadOptions};
+use crate::units::{
+    mfcc_50hz_config, HubertLoadOptions, StreamOptions, UnitExtractor, UnitId, UnitStream,
+    WhisperLoadOptions,
+};
 use crate::vocoder::{CodeHiFiGan, SynthesisOptions, VocoderStream};
 use crate::{ModelError, Result};
 use std::collections::HashMap;
@@ -41,7 +46,8 @@ use tch::{Device, Kind};
 /// deduplication).
 pub const DEFAULT_MAX_SOURCE_UNITS: usize = 1500;
 
-/// A loaded translator. Immutable: share it with `Arc` and give each stream a [`Session`].
+/// A loaded translator. Immutable: share it with `Arc` and give each stream its own unit stream
+/// and [`DecodeSession`].
 pub struct Translator {
     dir: PathBuf,
     manifest: ModelManifest,
@@ -285,17 +291,22 @@ impl Translator {
     }
 
     /// Raw 50 Hz units of 16 kHz mono audio (not deduplicated).
-    pub fn extract_units(&self, samples_16k: &[f32]) -> Result<Vec<u32>> {
-        Ok(self
-            .extractor
-            .extract(samples_16k)?
-            .into_iter()
-            .map(|u| u as u32)
-            .collect())
+    pub fn extract_units(&self, samples_16k: &[f32]) -> Result<Vec<UnitId>> {
+        self.extractor.extract(samples_16k)
     }
 
-    /// Translates source units (greedy, a temporary cache). See [`Session::translate_units`]
-    /// for the streaming form.
+    /// A streaming unit extractor for one audio stream, with the context and look-ahead that
+    /// suit the model's featurizer (none for frame-local MFCC, bounded windows for an encoder).
+    pub fn unit_stream(&self) -> UnitStream<Arc<UnitExtractor>> {
+        let opts = match self.manifest.units {
+            UnitsSpec::Mfcc { .. } => StreamOptions::frame_local(),
+            UnitsSpec::Hubert { .. } | UnitsSpec::Whisper { .. } => StreamOptions::hubert_default(),
+        };
+        self.extractor.stream(opts)
+    }
+
+    /// Translates source units (greedy, a temporary cache). See [`DecodeSession`] for the
+    /// streaming form with speech.
     pub fn translate_units(
         &self,
         src_units: &[u32],

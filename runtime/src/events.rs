@@ -1,4 +1,4 @@
-//! Machine-readable events of the kiosk (issue 8, item 5), one JSON object per line on stdout
+//! Machine-readable events of the kiosk, one JSON object per line on stdout
 //! with `--events` (and the same records for MQTT when configured): utterance start and end,
 //! partial and final subtitles with their direction and timings, audio chunks, dropped
 //! utterances and lost sources.
@@ -14,18 +14,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-
-/// Why an utterance ended (the endpointer's reason).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndCause {
-    /// Enough trailing silence.
-    Silence,
-    /// The hard length cut (`max_utterance_ms`).
-    MaxLength,
-    /// The source ended or was lost mid-utterance.
-    SourceEnded,
-}
+use tolk_models::audio::endpoint::EndReason;
 
 /// One event. `direction` is `"<source>-<target>"`, e.g. `"en-fr"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,7 +33,7 @@ pub enum Event {
         direction: String,
         start_s: f64,
         end_s: f64,
-        cause: EndCause,
+        cause: EndReason,
     },
     /// Text so far (grows as the decoder emits tokens).
     SubtitlePartial {

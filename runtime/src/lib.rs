@@ -6,3 +6,4 @@ pub mod events;
 pub mod metrics;
 pub mod ota;
 pub mod pipeline;
+pub mod platform;

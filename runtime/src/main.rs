@@ -68,6 +68,10 @@ enum Command {
         /// Treat a missing CUDA device as a failure (Jetson).
         #[arg(long)]
         require_cuda: bool,
+        /// Read the machine's files (/etc/nv_tegra_release, /proc/meminfo, ...) under this
+        /// folder instead of / (fixtures in tests).
+        #[arg(long, default_value = "/", hide = true)]
+        sysroot: std::path::PathBuf,
     },
 }
 
@@ -109,6 +113,7 @@ fn main() -> Result<()> {
         Command::Doctor {
             config,
             require_cuda,
-        } => ota_cmd::doctor(&config, require_cuda),
+            sysroot,
+        } => ota_cmd::doctor(&config, require_cuda, &sysroot),
     }
 }

@@ -1,4 +1,4 @@
-//! Prometheus metrics of the kiosk (issue 8, item 5): latency from end of speech to first text
+//! Prometheus metrics of the kiosk: latency from end of speech to first text
 //! and to first audio, real-time factor, queue depths, utterance counters and audio xruns,
 //! served in the text exposition format (version 0.0.4) by a small HTTP/1.1 server on a
 //! loopback address by default (`[metrics] bind`).

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use tolk_models::device::{dtype_name, parse_device, parse_dtype};
-use tolk_models::generate::{generate, step_logits, GenerateOptions};
+use tolk_models::generate::{generate, GenerateOptions};
 use tolk_models::llama::{Llama, LlamaConfig, LoadOptions};
 use tolk_models::sampling::{Sampler, SamplingConfig};
 use tolk_models::tokenizer::Tokenizer;
@@ -354,8 +354,6 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let weight_bytes = model.weight_bytes_per_token();
     let bandwidth = read_bandwidth(model.device(), weight_bytes.max(1 << 29));
     let ceiling = bandwidth / weight_bytes as f64;
-    // Confirms the step logits path works on this device (and keeps the helper exercised).
-    let _ = step_logits;
     println!("model                {source}");
     println!(
         "device / dtype       {:?} / {}, {threads} threads",

@@ -1,4 +1,4 @@
-//! `tolk config ...`, `tolk ota ...` and `tolk doctor`: device operations (issue 5).
+//! `tolk config ...`, `tolk ota ...` and `tolk doctor`: device operations.
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -219,7 +219,7 @@ fn command_ok(cmd: &str, args: &[&str]) -> Option<String> {
 
 /// `tolk doctor`: checks the configuration, CUDA, audio devices, GStreamer plugins, the broker
 /// connection and the model slots, and says what to fix. Exit status 1 when anything failed.
-pub fn doctor(config: &Path, require_cuda: bool) -> Result<()> {
+pub fn doctor(config: &Path, require_cuda: bool, root: &Path) -> Result<()> {
     let mut d = Doctor { failures: 0 };
     let cfg = match Config::load(config) {
         Ok(c) => {
@@ -236,6 +236,7 @@ pub fn doctor(config: &Path, require_cuda: bool) -> Result<()> {
         }
     };
 
+    let jetson = platform_checks(&mut d, root);
     if tch::Cuda::is_available() {
         d.ok(
             "cuda",
@@ -259,7 +260,7 @@ pub fn doctor(config: &Path, require_cuda: bool) -> Result<()> {
         );
     }
 
-    match std::fs::read_to_string("/proc/asound/cards") {
+    match std::fs::read_to_string(root.join("proc/asound/cards")) {
         Ok(s) if !s.contains("no soundcards") && !s.trim().is_empty() => {
             d.ok("audio", format!("{} ALSA card(s)", s.lines().filter(|l| l.contains('[')).count()))
         }
@@ -334,11 +335,173 @@ pub fn doctor(config: &Path, require_cuda: bool) -> Result<()> {
         }
         }
     }
+    if let Some(cfg) = &cfg {
+        model_memory_check(&mut d, cfg, root, jetson);
+    }
     if d.failures > 0 {
         bail!("{} check(s) failed", d.failures);
     }
     println!("all checks passed");
     Ok(())
+}
+
+/// The Jetson's release, CUDA toolkit, loaded libtorch, memory and power mode. Returns whether
+/// this is a Jetson.
+fn platform_checks(d: &mut Doctor, root: &Path) -> bool {
+    use tolk_runtime::platform::{
+        cuda_toolkit_version, loaded_libtorch, parse_nvpmodel, L4tRelease,
+    };
+    let release = std::fs::read_to_string(root.join("etc/nv_tegra_release")).ok();
+    let jetson = release.is_some();
+    match release.as_deref().map(L4tRelease::parse) {
+        None => d.ok("platform", "not a Jetson (no /etc/nv_tegra_release)"),
+        Some(None) => d.fail(
+            "platform",
+            "/etc/nv_tegra_release is not in the L4T format (`# R36 (release), REVISION: ...`)",
+            "reflash the board with JetPack 6 (SDK Manager)",
+        ),
+        Some(Some(r)) => match r.jetpack() {
+            Some(jp) if r.major == 36 => d.ok(
+                "platform",
+                format!("Jetson, L4T R{}.{} (JetPack {jp}), board {}", r.major, r.revision, r.board),
+            ),
+            jp => d.fail(
+                "platform",
+                format!(
+                    "L4T R{}.{} (JetPack {}): Tolk's install targets JetPack 6 (L4T R36)",
+                    r.major,
+                    r.revision,
+                    jp.unwrap_or("unknown")
+                ),
+                "upgrade the board to JetPack 6 (`sudo apt dist-upgrade` on 6.x, SDK Manager from 5.x)",
+            ),
+        },
+    }
+    match cuda_toolkit_version(root) {
+        Some(v) => d.ok("cuda toolkit", format!("CUDA {v} (/usr/local/cuda)")),
+        None if jetson => d.fail(
+            "cuda toolkit",
+            "no CUDA toolkit under /usr/local/cuda",
+            "sudo apt-get install nvidia-jetpack (JetPack's CUDA, cuDNN and TensorRT)",
+        ),
+        None => d.ok("cuda toolkit", "none under /usr/local/cuda"),
+    }
+    match loaded_libtorch() {
+        Some((lib, Some(v))) if v.starts_with("2.11.") => {
+            d.ok("libtorch", format!("{v} ({})", lib.display()))
+        }
+        Some((lib, v)) => d.fail(
+            "libtorch",
+            format!(
+                "{} is version {}, tch 0.24 needs 2.11",
+                lib.display(),
+                v.as_deref().unwrap_or("unknown")
+            ),
+            "install torch 2.11 for this platform (deploy/jetson/install.sh on a Jetson) and rebuild",
+        ),
+        None => d.fail(
+            "libtorch",
+            "no libtorch_cpu.so is mapped into this process",
+            "check the rpath (`readelf -d $(which tolk)`) or LD_LIBRARY_PATH",
+        ),
+    }
+    match std::fs::read_to_string(root.join("proc/meminfo"))
+        .ok()
+        .as_deref()
+        .and_then(tolk_runtime::platform::parse_meminfo)
+    {
+        Some((total, avail)) => d.ok(
+            "memory",
+            format!(
+                "{:.1} GiB total, {:.1} GiB available{}",
+                total as f64 / 1048576.0,
+                avail as f64 / 1048576.0,
+                if jetson {
+                    " (shared by the CPU and the GPU)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        None => d.warn(
+            "memory",
+            "/proc/meminfo unreadable",
+            "check /proc is mounted",
+        ),
+    }
+    if jetson {
+        match command_ok("nvpmodel", &["-q"])
+            .as_deref()
+            .and_then(parse_nvpmodel)
+        {
+            Some((name, id)) => d.ok(
+                "power mode",
+                format!(
+                    "{name}{} (deploy/README.md: choose the mode that keeps latency in budget)",
+                    id.map(|i| format!(", mode {i}")).unwrap_or_default()
+                ),
+            ),
+            None => d.warn(
+                "power mode",
+                "`nvpmodel -q` gave no power mode",
+                "install nvidia-l4t-nvpmodel; set a mode with `sudo nvpmodel -m N`",
+            ),
+        }
+    }
+    jetson
+}
+
+/// Whether the model the kiosk would run fits in the memory available, with the decoder's KV
+/// cache at its longest context (f16 on CUDA, f32 on the CPU).
+fn model_memory_check(d: &mut Doctor, cfg: &Config, root: &Path, jetson: bool) {
+    use tolk_runtime::platform::{parse_meminfo, ModelFootprint};
+    let dir = open_updater(cfg)
+        .ok()
+        .and_then(|u| u.active_dir())
+        .unwrap_or_else(|| cfg.pipeline.fallback_model.clone());
+    let bytes_per_value = if tch::Cuda::is_available() { 2 } else { 4 };
+    let footprint = match ModelFootprint::of(&dir, bytes_per_value) {
+        Ok(f) => f,
+        Err(e) => {
+            return d.fail(
+                "model memory",
+                e,
+                "install a model (the active slot or pipeline.fallback_model)",
+            )
+        }
+    };
+    let Some((_, avail_kib)) = std::fs::read_to_string(root.join("proc/meminfo"))
+        .ok()
+        .as_deref()
+        .and_then(parse_meminfo)
+    else {
+        return;
+    };
+    let avail = avail_kib * 1024;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let detail = format!(
+        "{} needs {:.0} MiB ({:.0} MiB weights + {:.0} MiB KV cache at {} positions) of {:.0} MiB available",
+        dir.display(),
+        mib(footprint.total()),
+        mib(footprint.weight_bytes),
+        mib(footprint.kv_cache_bytes),
+        footprint.positions,
+        mib(avail)
+    );
+    // Room is left for the runtime, the audio buffers and (on a Jetson) the GPU's own use.
+    if footprint.total() * 10 <= avail * 7 {
+        d.ok("model memory", detail);
+    } else {
+        d.fail(
+            "model memory",
+            detail,
+            if jetson {
+                "use a quantized export (tolk-train quantize), a smaller model, or a board with more memory"
+            } else {
+                "use a quantized export (tolk-train quantize) or a smaller model"
+            },
+        );
+    }
 }
 
 fn check_broker(cfg: &Config) -> Result<u128> {

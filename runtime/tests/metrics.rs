@@ -6,8 +6,9 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tolk_models::audio::endpoint::EndReason;
 use tolk_runtime::audio::{AudioSource, Pacing, RingOptions};
-use tolk_runtime::events::{EndCause, Event, EventRecord, EventSink, JsonLines};
+use tolk_runtime::events::{Event, EventRecord, EventSink, JsonLines};
 use tolk_runtime::metrics::{Metrics, MetricsServer};
 
 fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
@@ -149,7 +150,7 @@ fn events_round_trip_as_json_lines() {
             direction: "en-fr".into(),
             start_s: 1.25,
             end_s: 3.5,
-            cause: EndCause::Silence,
+            cause: EndReason::Silence,
         },
         Event::SubtitlePartial {
             utterance: 1,

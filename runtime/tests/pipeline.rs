@@ -141,6 +141,63 @@ fn at_16k(audio: &[f32]) -> Vec<f32> {
     .0
 }
 
+/// The front end keeps the streaming contract: its start events and utterances (boundaries,
+/// units, end reason) are the same whatever the chunking, on a second stream after `finish` and
+/// after a reset mid-stream. Wall-clock fields (`ended_at`, `extract_s`) are not compared.
+#[test]
+fn front_end_chunked_equals_whole() {
+    use tolk_models::stream::run_whole;
+    use tolk_models::stream::testing::assert_chunked_eq_offline;
+    use tolk_runtime::pipeline::{FrontEnd, FrontEvent};
+
+    let mut audio = silence(0.4);
+    audio.extend(speech("Where is the museum?"));
+    audio.extend(silence(0.8));
+    audio.extend(speech("Thank you."));
+    // The stream ends inside the second utterance's tail: `finish` must close it. Utterance ids
+    // keep counting across streams (unique within the pipeline), so they are not compared.
+    audio.truncate(audio.len() - SR / 20);
+    let tr = translator();
+    let make = || FrontEnd::new(tr.clone(), &VadKind::energy(), &opts(), SR as u32).unwrap();
+    let key = |evs: &[FrontEvent]| -> Vec<String> {
+        evs.iter()
+            .map(|e| match e {
+                FrontEvent::Start { sample, .. } => format!("start @{sample}"),
+                FrontEvent::Utterance(u) => format!(
+                    "utterance {}..{} speech {}..{} {} units {:?}",
+                    u.start_sample,
+                    u.end_sample,
+                    u.speech_start,
+                    u.speech_end,
+                    u.cause.as_str(),
+                    u.units
+                ),
+            })
+            .collect()
+    };
+    let whole = run_whole(&mut make(), &audio).unwrap();
+    let want = key(&whole);
+    assert_eq!(
+        whole
+            .iter()
+            .filter(|e| matches!(e, FrontEvent::Utterance(_)))
+            .count(),
+        2,
+        "{want:#?}"
+    );
+    assert_chunked_eq_offline(
+        make,
+        &audio,
+        &whole,
+        &[1, 160, 511, 4_000, 16_000],
+        |c, got, _| assert_eq!(key(got), want, "chunk {c}"),
+    );
+    println!(
+        "front end: {} events, identical for chunks 1..16000",
+        want.len()
+    );
+}
+
 #[test]
 fn streaming_matches_offline_for_any_chunk_size() {
     let mut audio = silence(0.5);
@@ -515,7 +572,7 @@ fn sources_that_end_or_disappear_do_not_stop_the_loop() {
     assert!(ev.iter().any(|e| matches!(
         e,
         Event::UtteranceEnd {
-            cause: tolk_runtime::events::EndCause::SourceEnded,
+            cause: tolk_models::audio::endpoint::EndReason::EndOfStream,
             ..
         }
     )));

@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use tch::{Kind, Tensor};
 use tolk_models::audio::features::{Fbank, FbankConfig, Mfcc, MfccConfig, WindowType};
+use tolk_models::stream::testing::assert_chunked_eq_offline;
+use tolk_models::stream::Streaming;
 use tolk_tests::{max_abs_diff, read_tensors, reference_dir};
 
 const TOLERANCE: f64 = 1e-3;
@@ -22,18 +24,24 @@ impl Extractor {
         }
     }
 
-    fn stream(&self, x: &[f32], chunk: usize) -> Tensor {
-        let parts: Vec<Tensor> = match self {
+    /// Asserts chunked streaming equals offline bit for bit at `sizes`.
+    fn assert_streaming_exact(&self, name: &str, x: &[f32], sizes: &[usize]) {
+        let offline = self.compute(x);
+        let exact = |chunk: usize, got: &Tensor, want: &Tensor| {
+            assert!(
+                got.equal(want),
+                "{name}: chunk {chunk} differs from offline (max {:.3e})",
+                max_abs_diff(got, want)
+            )
+        };
+        match self {
             Extractor::Fbank(f) => {
-                let mut s = f.stream();
-                x.chunks(chunk).map(|c| s.push(c).unwrap()).collect()
+                assert_chunked_eq_offline(|| f.stream(), x, &offline, sizes, exact)
             }
             Extractor::Mfcc(m) => {
-                let mut s = m.stream();
-                x.chunks(chunk).map(|c| s.push(c).unwrap()).collect()
+                assert_chunked_eq_offline(|| m.stream(), x, &offline, sizes, exact)
             }
-        };
-        Tensor::cat(&parts, 0)
+        }
     }
 }
 
@@ -132,15 +140,7 @@ fn streaming_features_equal_offline_exactly() {
     let wave = &wave[..48_000];
     for name in ["fbank_default", "mfcc_default", "fbank_energy"] {
         let ex = extractor(name);
-        let offline = ex.compute(wave);
-        for chunk in [1, 100, 160, 320, 512, 641, 16000] {
-            let streamed = ex.stream(wave, chunk);
-            assert!(
-                streamed.equal(&offline),
-                "{name}: chunk {chunk} differs from offline (max {:.3e})",
-                max_abs_diff(&streamed, &offline)
-            );
-        }
+        ex.assert_streaming_exact(name, wave, &[1, 100, 160, 320, 512, 641, 16000]);
         println!("{name}: streaming == offline for chunks 1..16000");
     }
 }

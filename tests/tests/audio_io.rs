@@ -6,6 +6,8 @@
 
 use std::f64::consts::PI;
 use std::time::Instant;
+use tolk_models::stream::testing::assert_chunked_eq_offline_exact;
+use tolk_models::stream::{run_chunked, Streaming};
 
 use tolk_models::audio::condition::{condition, to_mono_16k, ConditionConfig, StreamConditioner};
 use tolk_models::audio::endpoint::{EndpointConfig, Endpointer};
@@ -255,15 +257,12 @@ fn streaming_resampler_equals_offline_for_any_chunking() {
         let offline = resample(&x, from, to).unwrap();
         let expect_len = (x.len() as u64 * to as u64 + from as u64 / 2) / from as u64;
         assert_eq!(offline.len() as u64, expect_len, "{from}->{to}");
-        let mut r = StreamResampler::new(from, to).unwrap();
-        for chunk in [1usize, 37, 160, 1024, 4410, x.len()] {
-            let mut y = Vec::new();
-            for c in x.chunks(chunk) {
-                y.extend(r.push(c).unwrap());
-            }
-            y.extend(r.finish().unwrap()); // resets for the next round
-            assert_eq!(y, offline, "{from}->{to}, chunk {chunk}");
-        }
+        assert_chunked_eq_offline_exact(
+            || StreamResampler::new(from, to).unwrap(),
+            &x,
+            &offline,
+            &[1, 37, 160, 1024, 4410, x.len()],
+        );
     }
     assert!(StreamResampler::new(0, 16000).is_err());
     assert_eq!(resample(&[], 44100, 16000).unwrap().len(), 0);
@@ -318,11 +317,7 @@ fn empty_one_sample_nan_and_ten_minutes() {
         },
     )
     .unwrap();
-    let mut events = Vec::new();
-    for c in y.chunks(16000) {
-        events.extend(ep.push(c).unwrap().events);
-    }
-    events.extend(ep.finish().unwrap().events);
+    let events = run_chunked(&mut ep, &y, 16000).unwrap().events;
     let segs = tolk_models::audio::endpoint::segments(&events);
     println!(
         "ten minutes: {} segments, {:.1} s",
@@ -385,14 +380,17 @@ fn streaming_conditioner_equals_offline() {
     x[1001] = f32::NAN;
     x[5000] = 1.3;
     let (offline, report) = to_mono_16k(&x, 44100, 2).unwrap();
+    let sizes = [1usize, 3, 441, 882, 10001];
+    assert_chunked_eq_offline_exact(
+        || StreamConditioner::new(44100, 2).unwrap(),
+        &x,
+        &offline,
+        &sizes,
+    );
+    // The running report of one stream equals the offline one.
     let mut s = StreamConditioner::new(44100, 2).unwrap();
-    for chunk in [1usize, 3, 441, 882, 10001] {
-        let mut y = Vec::new();
-        for c in x.chunks(chunk) {
-            y.extend(s.push(c).unwrap());
-        }
-        y.extend(s.finish().unwrap());
-        assert_eq!(y, offline, "chunk {chunk}");
+    for chunk in sizes {
+        assert_eq!(run_chunked(&mut s, &x, chunk).unwrap(), offline);
         let r = s.report();
         assert_eq!(
             (r.non_finite, r.clipped, r.input_frames, r.output_samples),

@@ -17,7 +17,9 @@ fn assignments_identical_to_sklearn() {
         let t = std::time::Instant::now();
         let got = km.assign_vec(&r["x"]).unwrap();
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        let differ: Vec<usize> = (0..got.len()).filter(|&i| got[i] != expected[i]).collect();
+        let differ: Vec<usize> = (0..got.len())
+            .filter(|&i| i64::from(got[i]) != expected[i])
+            .collect();
         let margins = r["margin"].to_kind(Kind::Double);
         let worst_margin = differ
             .iter()

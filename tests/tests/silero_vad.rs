@@ -11,9 +11,11 @@
 use std::time::Instant;
 
 use tolk_models::audio::endpoint::{
-    segments, EndpointConfig, EndpointDetector, Endpointer, SpeechEvent,
+    segments, EndpointConfig, EndpointDetector, EndpointOutput, Endpointer, SpeechEvent,
 };
 use tolk_models::audio::vad::{probabilities, EnergyVad, SileroVad, VoiceActivity, WINDOW};
+use tolk_models::stream::testing::assert_chunked_eq_offline_exact;
+use tolk_models::stream::Streaming;
 use tolk_tests::{read_tensors, reference_dir};
 
 const PROB_TOLERANCE: f64 = 1e-4;
@@ -137,25 +139,21 @@ fn silero_streaming_equals_offline() {
     };
     let offline_events = detect(&offline, audio.len() as u64, cfg);
     assert!(!offline_events.is_empty());
-    let mut ep = Endpointer::new(r.vad.stream().unwrap(), cfg).unwrap();
-    for chunk in [160usize, 512, 1000, 4097] {
-        let (mut probs, mut events) = (Vec::new(), Vec::new());
-        for c in audio.chunks(chunk) {
-            let out = ep.push(c).unwrap();
-            probs.extend(out.probabilities);
-            events.extend(out.events);
-        }
-        let out = ep.finish().unwrap(); // also resets for the next round
-        probs.extend(out.probabilities);
-        events.extend(out.events);
-        assert_eq!(probs, offline, "chunk {chunk}: probabilities");
-        assert_eq!(events, offline_events, "chunk {chunk}: events");
-        // Every Start is emitted before its End, no overlaps.
-        let segs = segments(&events);
-        assert!(segs.windows(2).all(|w| w[0].1 <= w[1].0));
-    }
+    let want = EndpointOutput {
+        probabilities: offline.clone(),
+        events: offline_events.clone(),
+    };
+    // Every Start is emitted before its End, no overlaps.
+    let segs = segments(&offline_events);
+    assert!(segs.windows(2).all(|w| w[0].1 <= w[1].0));
+    assert_chunked_eq_offline_exact(
+        || Endpointer::new(r.vad.stream().unwrap(), cfg).unwrap(),
+        audio,
+        &want,
+        &[1, 160, 511, 512, 513, 1000, 4097],
+    );
     println!(
-        "silero streaming == offline (chunks 160/512/1000/4097): {} events",
+        "silero streaming == offline (chunks 1..4097, fresh, reused and reset): {} events",
         offline_events.len()
     );
 }

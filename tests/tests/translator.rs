@@ -5,12 +5,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use tolk_models::stream::run_chunked;
+use tolk_models::stream::testing::assert_chunked_eq_offline_exact;
 
 use tch::{Device, Kind, Tensor};
 use tolk_models::llama::Llama;
 use tolk_models::prompt::{PromptFormat, SpecialToken, Task};
 use tolk_models::translator::{
-    Direction, Event, Mode, Session, Stop, Strategy, TranslationOutput, Translator,
+    DecodeSession, Direction, Event, Mode, Output, Stop, Strategy, TranslationOutput, Translator,
 };
 use tolk_models::ModelError;
 use tolk_training::eval::tiny::{write_random_translator, TinyTranslatorSpec};
@@ -130,7 +132,7 @@ fn check_chain_of_modality(spec: &TinyTranslatorSpec) -> Vec<(bool, Stop)> {
     let tr = load(dir.path());
     let f = tr.format().clone();
     assert_eq!(f.num_units, spec.num_units);
-    let mut session = Session::new(Arc::clone(&tr)).unwrap();
+    let mut session = DecodeSession::new(Arc::clone(&tr)).unwrap();
     let mut stops = Vec::new();
     for (i, direction) in [Direction::EnFr, Direction::FrEn, Direction::EnFr]
         .into_iter()
@@ -141,7 +143,7 @@ fn check_chain_of_modality(spec: &TinyTranslatorSpec) -> Vec<(bool, Stop)> {
         let mut text_end = None;
         let mut streamed_units = Vec::new();
         let out = session
-            .translate_units(&src, direction, Mode::ChainOfModality, |e| match e {
+            .decode_units(&src, direction, Mode::ChainOfModality, |e| match e {
                 Event::Text { delta } => {
                     assert!(text_end.is_none(), "text after the text phase ended");
                     assert!(!delta.is_empty());
@@ -206,7 +208,7 @@ fn check_chain_of_modality(spec: &TinyTranslatorSpec) -> Vec<(bool, Stop)> {
 
         // S2TT through the CoM prompt: the same text, no units.
         let s2tt = session
-            .translate_units(&src, direction, Mode::S2tt, |e| {
+            .decode_units(&src, direction, Mode::S2tt, |e| {
                 assert!(!matches!(e, Event::Unit(_)))
             })
             .unwrap();
@@ -215,7 +217,7 @@ fn check_chain_of_modality(spec: &TinyTranslatorSpec) -> Vec<(bool, Stop)> {
     }
     // A CoM model was never taught direct S2ST or ASR prompts.
     let e = session
-        .translate_units(&[1, 2], Direction::EnFr, Mode::S2st, |_| {})
+        .decode_units(&[1, 2], Direction::EnFr, Mode::S2st, |_| {})
         .unwrap_err();
     assert!(e.to_string().contains("s2st"), "{e}");
     // Bad source units.
@@ -297,7 +299,7 @@ fn streamed_speech_and_audio_equal_offline() {
     };
     let dir = folder(&spec);
     let tr = load(dir.path());
-    let mut session = Session::new(Arc::clone(&tr)).unwrap();
+    let mut session = DecodeSession::new(Arc::clone(&tr)).unwrap();
 
     // Audio in: pushed in chunks of several sizes = offline extraction and translation.
     let audio: Vec<f32> = (0..24_000)
@@ -312,45 +314,42 @@ fn streamed_speech_and_audio_equal_offline() {
     let offline = tr
         .translate_audio(&audio, Direction::EnFr, Mode::ChainOfModality)
         .unwrap();
-    for chunk in [160usize, 512, 16_000] {
-        for c in audio.chunks(chunk) {
-            session.push_audio(c).unwrap();
-        }
-        let out = session
-            .translate_utterance(Direction::EnFr, Mode::ChainOfModality, |_| {})
-            .unwrap();
-        assert_eq!(out.text_ids, offline.text_ids, "chunk {chunk}");
-        assert_eq!(out.units, offline.units, "chunk {chunk}");
-    }
-    assert_eq!(session.end_utterance().unwrap(), Vec::<u32>::new());
+    assert_chunked_eq_offline_exact(
+        || tr.unit_stream(),
+        &audio,
+        &offline_units,
+        &[1, 160, 512, 16_000],
+    );
+    let streamed = run_chunked(&mut tr.unit_stream(), &audio, 320).unwrap();
+    let out = session
+        .decode_units(&streamed, Direction::EnFr, Mode::ChainOfModality, |_| {})
+        .unwrap();
+    assert_eq!(out.text_ids, offline.text_ids);
+    assert_eq!(out.units, offline.units);
 
-    // Units out: streamed into the vocoder in groups of several sizes = offline synthesis.
+    // Units out: the session vocodes them in groups of several sizes = offline synthesis.
     let mut worst = 0f64;
     for direction in [Direction::EnFr, Direction::FrEn] {
         let src = source_units(80, spec.num_units, 5);
         for group in [1usize, 3, 7] {
-            let mut voc = tr.vocoder_stream(direction.tgt()).unwrap();
-            let mut pending = Vec::new();
+            let mut session = DecodeSession::new(Arc::clone(&tr))
+                .unwrap()
+                .with_vocoder_chunk(group);
             let mut pcm: Vec<f32> = Vec::new();
-            let out = session
-                .translate_units(&src, direction, Mode::ChainOfModality, |e| {
-                    if let Event::Unit(u) = e {
-                        pending.push(u as i64);
-                        if pending.len() == group {
-                            if let Some(y) = voc.step(&pending).unwrap() {
-                                pcm.extend(Vec::<f32>::try_from(&y).unwrap());
-                            }
-                            pending.clear();
-                        }
+            let mut deltas = String::new();
+            let t = session
+                .translate(&src, direction, Mode::ChainOfModality, &mut |o| match o {
+                    Output::Audio { pcm: chunk, offset } => {
+                        assert_eq!(offset as usize, pcm.len(), "audio chunks in order");
+                        pcm.extend_from_slice(chunk);
                     }
+                    Output::Text { delta } => deltas.push_str(delta),
+                    Output::TextEnd { understood, .. } => assert!(understood),
                 })
                 .unwrap();
-            if let Some(y) = voc.step(&pending).unwrap() {
-                pcm.extend(Vec::<f32>::try_from(&y).unwrap());
-            }
-            if let Some(y) = voc.flush().unwrap() {
-                pcm.extend(Vec::<f32>::try_from(&y).unwrap());
-            }
+            let out = t.output;
+            assert_eq!(deltas, out.text);
+            assert_eq!(t.samples_out as usize, pcm.len());
             let reference = tr.synthesize(&out.units, direction.tgt()).unwrap();
             assert!(!out.units.is_empty());
             assert_eq!(pcm.len(), reference.len(), "{direction} group {group}");
@@ -373,7 +372,7 @@ fn sessions_share_one_translator_across_threads() {
     fn send_sync<T: Send + Sync>() {}
     fn send<T: Send>() {}
     send_sync::<Translator>();
-    send::<Session>();
+    send::<DecodeSession>();
     let dir = folder(&TinyTranslatorSpec::default());
     let tr = load(dir.path());
     let src = source_units(50, 16, 9);
@@ -385,8 +384,8 @@ fn sessions_share_one_translator_across_threads() {
             let tr = Arc::clone(&tr);
             let src = src.clone();
             std::thread::spawn(move || {
-                let mut s = Session::new(tr).unwrap();
-                s.translate_units(&src, Direction::FrEn, Mode::ChainOfModality, |_| {})
+                let mut s = DecodeSession::new(tr).unwrap();
+                s.decode_units(&src, Direction::FrEn, Mode::ChainOfModality, |_| {})
                     .unwrap()
             })
         })

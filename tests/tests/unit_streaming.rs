@@ -6,9 +6,11 @@
 use std::sync::Arc;
 use tch::{Device, Kind};
 use tolk_models::audio::features::MfccConfig;
+use tolk_models::stream::testing::assert_chunked_eq_offline_exact;
+use tolk_models::stream::{run_chunked, Streaming};
 use tolk_models::units::{
     fit_minibatch, FitConfig, Hubert, HubertFeaturizer, HubertLoadOptions, KMeans, MfccFeaturizer,
-    StreamOptions, UnitExtractor,
+    StreamOptions, UnitExtractor, UnitId,
 };
 use tolk_tests::{read_tensors, reference_dir};
 
@@ -22,14 +24,8 @@ fn stream_units(
     audio: &[f32],
     chunk: usize,
     o: StreamOptions,
-) -> Vec<i64> {
-    let mut s = ex.stream(o);
-    let mut units = Vec::new();
-    for c in audio.chunks(chunk) {
-        units.extend(s.push(c).unwrap());
-    }
-    units.extend(s.finish().unwrap());
-    units
+) -> Vec<UnitId> {
+    run_chunked(&mut ex.stream(o), audio, chunk).unwrap()
 }
 
 fn mfcc_extractor(audio: &[f32]) -> Arc<UnitExtractor> {
@@ -56,15 +52,14 @@ fn mfcc_units_streaming_equals_offline() {
         u.len()
     };
     assert!(distinct > 10, "only {distinct} distinct MFCC units");
-    for chunk in [7usize, 160, 320, 517, 640, audio.len()] {
-        let s = stream_units(&ex, &audio, chunk, StreamOptions::frame_local());
-        let same = s.iter().zip(&offline).filter(|(a, b)| a == b).count();
-        println!(
-            "mfcc units, pushes of {chunk} samples: {same}/{} identical to offline",
-            offline.len()
-        );
-        assert_eq!(s, offline, "chunk {chunk}");
-    }
+    let sizes = [1usize, 7, 160, 320, 517, 640, audio.len()];
+    assert_chunked_eq_offline_exact(
+        || ex.stream(StreamOptions::frame_local()),
+        &audio,
+        &offline,
+        &sizes,
+    );
+    println!("mfcc units identical to offline for pushes of {sizes:?} samples");
     // Two streams on two threads share one extractor.
     let handles: Vec<_> = [320usize, 480]
         .into_iter()

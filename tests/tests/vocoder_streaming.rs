@@ -5,18 +5,25 @@
 
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
+use tolk_models::stream::testing::{assert_chunked_eq_offline, close};
+use tolk_models::stream::{Chunk, Streaming};
+use tolk_models::units::UnitId;
 use tolk_models::vocoder::{CodeHiFiGan, Speaker, SynthesisOptions, VocoderStream};
 use tolk_tests::{max_abs_diff, read_tensors, reference_dir};
 
 const CHUNKS: [usize; 5] = [1, 2, 5, 13, 25];
 const TOL: f64 = 1e-3;
 
-fn setup(name: &str) -> (Arc<CodeHiFiGan>, Vec<i64>, Option<Speaker>) {
+fn setup(name: &str) -> (Arc<CodeHiFiGan>, Vec<UnitId>, Option<Speaker>) {
     let dir = reference_dir("vocoder").join(name);
     let model = CodeHiFiGan::load(&dir.join("model"), Device::Cpu, Kind::Float)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let r = read_tensors(&dir.join("reference.safetensors"));
-    let units = Vec::<i64>::try_from(&r["units"]).unwrap();
+    let units = Vec::<i64>::try_from(&r["units"])
+        .unwrap()
+        .into_iter()
+        .map(|u| UnitId::try_from(u).expect("reference units are ids, not padding"))
+        .collect();
     let speaker = (name == "small").then_some(Speaker::Id(2));
     (Arc::new(model), units, speaker)
 }
@@ -35,7 +42,7 @@ fn snr_db(reference: &Tensor, test: &Tensor) -> f64 {
 /// (units in * hop - samples out, before the flush).
 fn stream(
     model: &Arc<CodeHiFiGan>,
-    units: &[i64],
+    units: &[UnitId],
     chunk: usize,
     dur: bool,
     speaker: Option<&Speaker>,
@@ -44,19 +51,17 @@ fn stream(
     let mut out = Vec::new();
     let mut lag = 0;
     for c in units.chunks(chunk) {
-        if let Some(y) = s.step(c).unwrap() {
-            assert!(y.size()[0] > 0, "a returned chunk is never empty");
+        let y = s.push(c).unwrap();
+        if !Chunk::is_empty(&y) {
             out.push(y);
         }
         if !dur {
             lag = lag.max(s.units_in() as i64 * model.hop_length() - s.samples_out());
         }
         // An empty step is "not enough input", not an error.
-        assert!(s.step(&[]).unwrap().is_none());
+        assert!(Chunk::is_empty(&s.push(&[]).unwrap()));
     }
-    if let Some(y) = s.flush().unwrap() {
-        out.push(y);
-    }
+    out.push(s.finish().unwrap());
     let durations = s.durations().to_vec();
     (Tensor::cat(&out, 0), durations, lag)
 }
@@ -77,7 +82,16 @@ fn check(name: &str) {
             dur_prediction: dur,
             speaker: speaker.clone(),
         };
-        let (offline, offline_durs) = model.synthesize_with_durations(&units, &opts).unwrap();
+        let padded: Vec<i64> = units.iter().map(|&u| i64::from(u)).collect();
+        let (offline, offline_durs) = model.synthesize_with_durations(&padded, &opts).unwrap();
+        // The streaming contract: any chunking, a second stream after finish, a reset mid-way.
+        assert_chunked_eq_offline(
+            || VocoderStream::new(Arc::clone(&model), dur, speaker.as_ref()).unwrap(),
+            &units,
+            &offline,
+            &CHUNKS,
+            close(TOL),
+        );
         let mut worst: f64 = 0.0;
         let mut worst_snr = f64::INFINITY;
         for chunk in CHUNKS {
@@ -140,23 +154,24 @@ fn stream_errors_reset_and_reuse() {
         dur_prediction: true,
         speaker: speaker.clone(),
     };
-    let offline = model.synthesize(&units, &opts).unwrap();
+    let padded: Vec<i64> = units.iter().map(|&u| i64::from(u)).collect();
+    let offline = model.synthesize(&padded, &opts).unwrap();
     let mut s = VocoderStream::new(Arc::clone(&model), true, speaker.as_ref()).unwrap();
-    // Nothing in, nothing out, even at flush.
-    assert!(s.flush().unwrap().is_none());
+    // Nothing in, nothing out, even at finish.
+    assert!(Chunk::is_empty(&s.finish().unwrap()));
     for round in 0..2 {
         let mut out = Vec::new();
         for (i, c) in units.chunks(6).enumerate() {
             if i == 2 {
                 // An out-of-range id is an error and does not disturb the stream.
-                let e = s.step(&[3, 100]).unwrap_err();
+                let e = s.push(&[3, 100]).unwrap_err();
                 assert!(e.to_string().contains("unit id 100"), "{e}");
-                // Negative ids are dropped.
-                out.extend(s.step(&[-1]).unwrap());
+                // Negative ids (fairseq's padding) are dropped.
+                out.push(s.push_padded(&[-1]).unwrap());
             }
-            out.extend(s.step(c).unwrap());
+            out.push(s.push(c).unwrap());
         }
-        out.extend(s.flush().unwrap());
+        out.push(s.finish().unwrap());
         let y = Tensor::cat(&out, 0);
         let d = max_abs_diff(&y, &offline);
         println!("vocoder stream utterance {round} after flush/reset: worst |diff| {d:.3e}");
@@ -169,8 +184,8 @@ fn stream_errors_reset_and_reuse() {
     }
     // A single unit streams to one unit of audio.
     let mut s = VocoderStream::new(Arc::clone(&model), false, speaker.as_ref()).unwrap();
-    assert!(s.step(&[5]).unwrap().is_none());
-    let y = s.flush().unwrap().unwrap();
+    assert!(Chunk::is_empty(&s.push(&[5]).unwrap()));
+    let y = s.finish().unwrap();
     let single = model
         .synthesize(
             &[5],

@@ -9,9 +9,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tch::{Kind, Tensor};
+use tolk_models::stream::testing::assert_chunked_eq_offline;
+use tolk_models::stream::Streaming;
 use tolk_models::units::{
-    fit_minibatch, FitConfig, StreamOptions, StreamPositions, UnitExtractor, Whisper,
-    WhisperFeaturizer, WhisperLoadOptions,
+    fit_minibatch, Featurizer, FitConfig, StreamOptions, StreamPositions, UnitExtractor, UnitId,
+    Whisper, WhisperFeaturizer, WhisperLoadOptions,
 };
 use tolk_tests::{max_abs_diff, read_tensors, reference_dir};
 
@@ -141,7 +143,7 @@ fn stream_features(
     chunk: usize,
     opts: StreamOptions,
 ) -> Tensor {
-    let mut s = tolk_models::units::FeatureStream::new(feat.clone(), opts);
+    let mut s = feat.clone().frame_stream(opts);
     let mut out = Vec::new();
     for c in x.chunks(chunk) {
         out.push(s.push(c).unwrap());
@@ -164,7 +166,7 @@ fn agreement(
     opts: StreamOptions,
     offline: &Tensor,
     km: &tolk_models::units::KMeans,
-    units_off: &[i64],
+    units_off: &[UnitId],
 ) -> (f64, f64) {
     let f = stream_features(feat, x, chunk, opts);
     assert_eq!(f.size(), offline.size(), "chunk {chunk}");
@@ -254,14 +256,21 @@ fn streaming_with_a_whole_utterance_window_equals_offline() {
         lookahead: 700,
         min_step: 10,
     };
-    for chunk in [160usize, 1337, 16000] {
-        let f = stream_features(&feat, &x, chunk, opts);
-        let d = max_abs_diff(&f, &offline);
-        println!(
-            "whisper stream, one window over all {t} frames, chunk {chunk}: max |diff| {d:.2e}"
-        );
-        assert!(d <= TOL, "chunk {chunk}: {d}");
-    }
+    // The one streaming check: fresh stream, a second stream after finish, and a stream after a
+    // reset half way, at each push size.
+    assert_chunked_eq_offline(
+        || feat.clone().frame_stream(opts),
+        &x,
+        &offline,
+        &[160, 1337, 16000],
+        |chunk, f, want| {
+            let d = max_abs_diff(f, want);
+            println!(
+                "whisper stream, one window over all {t} frames, chunk {chunk}: max |diff| {d:.2e}"
+            );
+            assert!(d <= TOL, "chunk {chunk}: {d}");
+        },
+    );
 }
 
 /// Through `UnitExtractor`: offline longer than 30 s is cut in windows (no error), a stream gives
@@ -301,10 +310,8 @@ fn bad_input_is_a_clear_error_or_empty() {
         assert!(e.contains("first window of 400 samples"), "{e}");
     }
     let feat = Arc::new(WhisperFeaturizer::new(model.clone()));
-    use tolk_models::units::Featurizer;
     assert_eq!(feat.features(&[0.1; 399]).unwrap().size(), vec![0, 512]);
-    let mut s =
-        tolk_models::units::FeatureStream::new(feat.clone(), StreamOptions::hubert_default());
+    let mut s = feat.clone().frame_stream(StreamOptions::hubert_default());
     assert_eq!(s.push(&[0.1; 399]).unwrap().size()[0], 0);
     assert_eq!(s.finish().unwrap().size()[0], 0);
     // Exactly one window: one frame.
@@ -326,7 +333,7 @@ fn bad_input_is_a_clear_error_or_empty() {
     x[4321] = f32::NAN;
     let e = model.forward(&x).unwrap_err().to_string();
     assert!(e.contains("sample 4321"), "{e}");
-    let mut s = tolk_models::units::FeatureStream::new(feat, StreamOptions::hubert_default());
+    let mut s = feat.frame_stream(StreamOptions::hubert_default());
     assert_eq!(s.push(&x[..4000]).unwrap().size()[1], 512);
     let e = s.push(&x[4000..]).unwrap_err().to_string();
     assert!(e.contains("sample 4321"), "{e}");

@@ -152,7 +152,8 @@ fn publish_over_mqtt_with_hostile_data_plane() {
     let dev = Device::start(&root, &k, b.clone());
     state_of(&b, |s| s.status == "online");
 
-    // Row 8: a packet above the device's limit on its block topic; the agent reconnects.
+    // Row 8: an oversize block (200 kB, above the block limit) and a malformed job document:
+    // both refused by their decoders, the agent goes on.
     let topics = Topics::new(DEFAULT_PREFIX, DEVICE);
     let (c, mut conn) = Client::new(options(&b, "attacker", None).unwrap(), 8);
     c.publish(

@@ -3,6 +3,7 @@
 
 use super::resample::StreamResampler;
 use super::{AudioError, Result, SAMPLE_RATE};
+use crate::stream::Streaming;
 
 /// Samples at or beyond this magnitude count as clipped.
 pub const CLIP_LEVEL: f32 = 0.999;
@@ -184,8 +185,19 @@ impl StreamConditioner {
         })
     }
 
+    /// The report so far.
+    pub fn report(&self) -> &ConditionReport {
+        &self.report
+    }
+}
+
+impl Streaming for StreamConditioner {
+    type Input = [f32];
+    type Output = Vec<f32>;
+    type Error = AudioError;
+
     /// Conditions `samples` and returns the 16 kHz output completed so far.
-    pub fn push(&mut self, samples: &[f32]) -> Result<Vec<f32>> {
+    fn push(&mut self, samples: &[f32]) -> Result<Vec<f32>> {
         self.mono.clear();
         let mut rest = samples;
         if !self.partial.is_empty() {
@@ -222,8 +234,8 @@ impl StreamConditioner {
     }
 
     /// Flushes the resampler; a dangling partial frame is an error (the input was cut mid-frame).
-    /// The report stays readable until [`StreamConditioner::reset`].
-    pub fn finish(&mut self) -> Result<Vec<f32>> {
+    /// The report stays readable until `reset`.
+    fn finish(&mut self) -> Result<Vec<f32>> {
         if !self.partial.is_empty() {
             let n = self.partial.len();
             self.partial.clear();
@@ -237,13 +249,8 @@ impl StreamConditioner {
         Ok(out)
     }
 
-    /// The report so far.
-    pub fn report(&self) -> &ConditionReport {
-        &self.report
-    }
-
     /// Starts a new stream (same rate and channels).
-    pub fn reset(&mut self) {
+    fn reset(&mut self) {
         self.resampler.reset();
         self.partial.clear();
         self.sum = 0.0;

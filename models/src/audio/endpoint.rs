@@ -18,18 +18,41 @@
 
 use super::vad::{VoiceActivity, WINDOW};
 use super::{AudioError, Result, SAMPLE_RATE};
+use crate::stream::{Chunk, Streaming};
 
-/// Why a segment ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a segment ended: the one end reason from the endpointer through the pipeline's events
+/// to the GStreamer element's messages, spelled as [`EndReason::as_str`] everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EndReason {
     /// Silence lasted the hangover.
+    #[serde(rename = "silence")]
     Silence,
     /// Maximum length reached; cut at the longest pause inside the segment.
+    #[serde(rename = "max_length")]
     MaxLengthAtPause,
     /// Maximum length reached with no usable pause; cut at the limit.
+    #[serde(rename = "max_length_forced")]
     MaxLengthForced,
-    /// The stream finished inside speech.
+    /// The stream finished (or the source was lost) inside speech.
+    #[serde(rename = "source_ended")]
     EndOfStream,
+}
+
+impl EndReason {
+    /// `silence`, `max_length`, `max_length_forced` or `source_ended`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Silence => "silence",
+            Self::MaxLengthAtPause => "max_length",
+            Self::MaxLengthForced => "max_length_forced",
+            Self::EndOfStream => "source_ended",
+        }
+    }
+
+    /// Whether the maximum utterance length cut the segment.
+    pub fn is_max_length(self) -> bool {
+        matches!(self, Self::MaxLengthAtPause | Self::MaxLengthForced)
+    }
 }
 
 /// A speech boundary, in samples since the start of the stream (16 kHz).
@@ -308,6 +331,9 @@ impl<T: VoiceActivity + ?Sized> VoiceActivity for Box<T> {
 /// Streaming VAD + endpointing over 16 kHz samples pushed in chunks of any size.
 pub struct Endpointer<V: VoiceActivity> {
     vad: V,
+    /// The detector's state belongs to a finished stream: reset it before the next window
+    /// (deferred so that `reset` cannot fail).
+    vad_stale: bool,
     detector: EndpointDetector,
     buffer: Vec<f32>,
     samples: u64,
@@ -318,6 +344,7 @@ impl<V: VoiceActivity> Endpointer<V> {
         vad.reset()?;
         Ok(Self {
             vad,
+            vad_stale: false,
             detector: EndpointDetector::new(config)?,
             buffer: Vec::with_capacity(WINDOW),
             samples: 0,
@@ -333,7 +360,31 @@ impl<V: VoiceActivity> Endpointer<V> {
         self.detector.in_speech()
     }
 
-    pub fn push(&mut self, samples: &[f32]) -> Result<EndpointOutput> {
+    fn window_probability(&mut self) -> Result<f32> {
+        if self.vad_stale {
+            self.vad.reset()?;
+            self.vad_stale = false;
+        }
+        self.vad.window_probability(&self.buffer)
+    }
+}
+
+impl Chunk for EndpointOutput {
+    fn is_empty(&self) -> bool {
+        self.probabilities.is_empty() && self.events.is_empty()
+    }
+    fn append(&mut self, next: Self) {
+        self.probabilities.extend(next.probabilities);
+        self.events.extend(next.events);
+    }
+}
+
+impl<V: VoiceActivity> Streaming for Endpointer<V> {
+    type Input = [f32];
+    type Output = EndpointOutput;
+    type Error = AudioError;
+
+    fn push(&mut self, samples: &[f32]) -> Result<EndpointOutput> {
         if let Some((i, v)) = super::first_non_finite(samples) {
             return Err(AudioError::InvalidInput(format!(
                 "sample {i} of the pushed chunk is {v}; condition the audio first"
@@ -347,7 +398,7 @@ impl<V: VoiceActivity> Endpointer<V> {
             rest = &rest[take..];
             self.samples += take as u64;
             if self.buffer.len() == WINDOW {
-                let p = self.vad.window_probability(&self.buffer)?;
+                let p = self.window_probability()?;
                 self.buffer.clear();
                 out.probabilities.push(p);
                 self.detector
@@ -359,25 +410,25 @@ impl<V: VoiceActivity> Endpointer<V> {
 
     /// Ends the stream: the partial window is zero-padded and scored, an open segment closed;
     /// then the endpointer is reset for the next stream.
-    pub fn finish(&mut self) -> Result<EndpointOutput> {
+    fn finish(&mut self) -> Result<EndpointOutput> {
         let mut out = EndpointOutput::default();
         if !self.buffer.is_empty() {
             self.buffer.resize(WINDOW, 0.0);
-            let p = self.vad.window_probability(&self.buffer)?;
+            let p = self.window_probability()?;
             out.probabilities.push(p);
             self.detector
                 .push_probability(p, self.samples, &mut out.events);
         }
         self.detector.finish(self.samples, &mut out.events);
-        self.reset()?;
+        self.reset();
         Ok(out)
     }
 
-    pub fn reset(&mut self) -> Result<()> {
+    fn reset(&mut self) {
         self.buffer.clear();
         self.samples = 0;
         self.detector.reset();
-        self.vad.reset()
+        self.vad_stale = true;
     }
 }
 

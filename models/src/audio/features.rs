@@ -21,6 +21,7 @@ use realfft::{RealFftPlanner, RealToComplex};
 use tch::Tensor;
 
 use super::{first_non_finite, AudioError, Result};
+use crate::stream::Streaming;
 
 /// Kaldi's analysis windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -479,6 +480,10 @@ impl FeatureStream {
         self.buffer.clear();
         self.frames_emitted = 0;
     }
+
+    fn no_frames(&self) -> Tensor {
+        to_tensor(Vec::new(), self.featurizer.map.cols())
+    }
 }
 
 /// Kaldi log-mel filterbank (torchaudio `compliance.kaldi.fbank`).
@@ -531,17 +536,29 @@ impl Fbank {
 /// Streaming filterbank: `push` returns the frames completed by the new samples.
 pub struct FbankStream(FeatureStream);
 
-impl FbankStream {
-    /// New complete frames `[n, num_features]` (n may be 0).
-    pub fn push(&mut self, samples: &[f32]) -> Result<Tensor> {
+impl Streaming for FbankStream {
+    type Input = [f32];
+    type Output = Tensor;
+    type Error = AudioError;
+
+    /// New complete frames `[n, D]` (n may be 0).
+    fn push(&mut self, samples: &[f32]) -> Result<Tensor> {
         self.0.push(samples)
     }
 
-    /// Forgets buffered samples (start of a new utterance).
-    pub fn reset(&mut self) {
-        self.0.reset()
+    /// A partial last frame is dropped (`snip_edges`, as offline): no frames, and a new stream.
+    fn finish(&mut self) -> Result<Tensor> {
+        self.0.reset();
+        Ok(self.0.no_frames())
     }
 
+    /// Forgets buffered samples (start of a new utterance).
+    fn reset(&mut self) {
+        self.0.reset()
+    }
+}
+
+impl FbankStream {
     /// Frames emitted since the last reset.
     pub fn frames_emitted(&self) -> u64 {
         self.0.frames_emitted
@@ -633,17 +650,29 @@ impl Mfcc {
 /// Streaming MFCC: `push` returns the frames completed by the new samples.
 pub struct MfccStream(FeatureStream);
 
-impl MfccStream {
-    /// New complete frames `[n, num_ceps]` (n may be 0).
-    pub fn push(&mut self, samples: &[f32]) -> Result<Tensor> {
+impl Streaming for MfccStream {
+    type Input = [f32];
+    type Output = Tensor;
+    type Error = AudioError;
+
+    /// New complete frames `[n, D]` (n may be 0).
+    fn push(&mut self, samples: &[f32]) -> Result<Tensor> {
         self.0.push(samples)
     }
 
-    /// Forgets buffered samples (start of a new utterance).
-    pub fn reset(&mut self) {
-        self.0.reset()
+    /// A partial last frame is dropped (`snip_edges`, as offline): no frames, and a new stream.
+    fn finish(&mut self) -> Result<Tensor> {
+        self.0.reset();
+        Ok(self.0.no_frames())
     }
 
+    /// Forgets buffered samples (start of a new utterance).
+    fn reset(&mut self) {
+        self.0.reset()
+    }
+}
+
+impl MfccStream {
     /// Frames emitted since the last reset.
     pub fn frames_emitted(&self) -> u64 {
         self.0.frames_emitted
@@ -672,13 +701,16 @@ mod tests {
         let mfcc = Mfcc::new(MfccConfig::default()).unwrap();
         let offline = mfcc.compute(&x).unwrap();
         assert_eq!(offline.size(), [98, 13]);
-        for chunk in [1usize, 7, 160, 320, 333, 4000] {
-            let mut s = mfcc.stream();
-            let parts: Vec<Tensor> = x.chunks(chunk).map(|c| s.push(c).unwrap()).collect();
-            let streamed = Tensor::cat(&parts, 0);
-            assert!(streamed.equal(&offline), "chunk {chunk}");
-            assert_eq!(s.frames_emitted(), 98);
-        }
+        crate::stream::testing::assert_chunked_eq_offline(
+            || mfcc.stream(),
+            &x,
+            &offline,
+            &[1, 7, 160, 320, 333, 4000],
+            |chunk, got, want| assert!(got.equal(want), "chunk {chunk}"),
+        );
+        let mut s = mfcc.stream();
+        assert_eq!(s.push(&x).unwrap().size()[0], 98);
+        assert_eq!(s.frames_emitted(), 98);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use rubato::Resampler as _;
 
 use super::{AudioError, Result};
+use crate::stream::Streaming;
 
 /// Input block size handed to rubato (frames).
 const BLOCK: usize = 1024;
@@ -63,8 +64,20 @@ impl StreamResampler {
         (n_in * self.out_rate as u64 + self.in_rate as u64 / 2) / self.in_rate as u64
     }
 
+    fn take(skip: &mut usize, produced: &[f32], out: &mut Vec<f32>) {
+        let dropped = (*skip).min(produced.len());
+        *skip -= dropped;
+        out.extend_from_slice(&produced[dropped..]);
+    }
+}
+
+impl Streaming for StreamResampler {
+    type Input = [f32];
+    type Output = Vec<f32>;
+    type Error = AudioError;
+
     /// Feeds `samples` (any length, including 0) and returns the newly completed output.
-    pub fn push(&mut self, samples: &[f32]) -> Result<Vec<f32>> {
+    fn push(&mut self, samples: &[f32]) -> Result<Vec<f32>> {
         self.consumed += samples.len() as u64;
         let Some(inner) = self.inner.as_mut() else {
             self.emitted += samples.len() as u64;
@@ -90,7 +103,7 @@ impl StreamResampler {
     }
 
     /// Flushes the buffered input (zero-padded) and returns the rest of the output.
-    pub fn finish(&mut self) -> Result<Vec<f32>> {
+    fn finish(&mut self) -> Result<Vec<f32>> {
         let total = self.output_len(self.consumed);
         let Some(inner) = self.inner.as_mut() else {
             return Ok(Vec::new());
@@ -119,7 +132,7 @@ impl StreamResampler {
     }
 
     /// Drops buffered input and filter state, ready for a new stream.
-    pub fn reset(&mut self) {
+    fn reset(&mut self) {
         if let Some(inner) = self.inner.as_mut() {
             inner.reset();
             self.skip = inner.output_delay();
@@ -127,12 +140,6 @@ impl StreamResampler {
         self.pending.clear();
         self.consumed = 0;
         self.emitted = 0;
-    }
-
-    fn take(skip: &mut usize, produced: &[f32], out: &mut Vec<f32>) {
-        let dropped = (*skip).min(produced.len());
-        *skip -= dropped;
-        out.extend_from_slice(&produced[dropped..]);
     }
 }
 

@@ -1,4 +1,4 @@
-//! Weight-only quantization of the Llama linear layers (issue 7 item 5): the q, k, v, o, gate,
+//! Weight-only quantization of the Llama linear layers: the q, k, v, o, gate,
 //! up and down projections of every decoder layer are stored as integers with float scales; the
 //! activations stay in the compute dtype.
 //!

@@ -12,28 +12,12 @@
 
 use std::time::Instant;
 
-use super::decode::{
-    pick_from_logits, plan, sliced_logits, token_logprob, ConfidenceSum, Mode, Phase, Plan, Stop,
-    Timings, TranslationOutput,
-};
+use super::decode::{plan, ChainRow, Mode, TranslationOutput};
 use super::manifest::Direction;
 use super::Translator;
+use crate::generate::decode_rows;
 use crate::sampling::Sampler;
 use crate::{ModelError, Result};
-use tch::Tensor;
-
-/// The decoding state of one row.
-struct Row {
-    phase: Phase,
-    text_ids: Vec<u32>,
-    units: Vec<u32>,
-    text_truncated: bool,
-    confidence: ConfidenceSum,
-    stop: Option<Stop>,
-    first_text_s: Option<f64>,
-    first_unit_s: Option<f64>,
-    decode_s: f64,
-}
 
 /// Decodes `samplers.len()` continuations of one utterance in lockstep, row `i` sampling with
 /// `samplers[i]`, in a fresh cache of `capacity` positions per row. Row `i` equals what
@@ -62,171 +46,42 @@ pub(crate) fn decode_batch(
         ));
     }
     let p = plan(tr, src_units, direction, mode)?;
-    let first_phase = p.first_phase();
-    let Plan {
-        prompt,
-        text_ranges,
-        unit_ranges,
-        units_tok,
-        end_tok,
-        text_only,
-        ..
-    } = p;
-    if prompt.len() as i64 >= capacity {
+    if p.prompt.len() as i64 >= capacity {
         return Err(ModelError::CacheFull {
-            needed: prompt.len() + 1,
+            needed: p.prompt.len() + 1,
             capacity: capacity as usize,
         });
     }
-    let m = tr.manifest();
-    let unit_base = tr.format().unit_base;
     let llm = tr.llm();
-    let device = llm.device();
     let mut cache = llm.new_cache(b as i64, capacity)?;
 
     let start = Instant::now();
     let _g = tch::no_grad_guard();
     // The rows share the prompt: prefill it once (batch 1) and copy its keys and values into
     // every row.
-    let t = prompt.len() as i64;
+    let t = p.prompt.len() as i64;
     let mut prompt_cache = llm.new_cache(1, t)?;
-    let hidden = llm.forward_hidden_ids(&prompt, &mut prompt_cache)?;
+    let hidden = llm.forward_hidden_ids(&p.prompt, &mut prompt_cache)?;
     cache.fill_rows_from(&prompt_cache)?;
     drop(prompt_cache);
-    let mut last = hidden
+    let last = hidden
         .f_select(1, t - 1)?
         .f_expand([b as i64, -1], false)?
         .f_contiguous()?;
     let prefill_s = start.elapsed().as_secs_f64();
 
-    let mut rows: Vec<Row> = (0..b)
-        .map(|_| Row {
-            phase: first_phase,
-            text_ids: Vec::new(),
-            units: Vec::new(),
-            text_truncated: false,
-            confidence: ConfidenceSum::default(),
-            stop: None,
-            first_text_s: None,
-            first_unit_s: None,
-            decode_s: 0.0,
-        })
+    let mut rows: Vec<ChainRow<'_>> = samplers
+        .iter_mut()
+        .map(|s| ChainRow::new(tr, &p, s, start, None))
         .collect();
-    let finish = |row: &mut Row, stop: Stop| {
-        row.stop = Some(stop);
-        row.decode_s = start.elapsed().as_secs_f64();
-    };
-    loop {
-        let mut next: Vec<Option<u32>> = vec![None; b];
-        let (mut want_text, mut want_units) = (Vec::new(), Vec::new());
-        for (i, row) in rows.iter_mut().enumerate() {
-            if row.stop.is_some() {
-                continue;
-            }
-            match row.phase {
-                Phase::Text if row.text_ids.len() >= m.max_text_tokens => {
-                    if text_only {
-                        finish(row, Stop::MaxTokens);
-                    } else {
-                        // Out of text budget: switch to units rather than lose the speech.
-                        row.text_truncated = true;
-                        next[i] = Some(units_tok);
-                    }
-                }
-                Phase::Text => want_text.push(i),
-                Phase::Units if row.units.len() >= m.max_target_units => {
-                    finish(row, Stop::MaxTokens)
-                }
-                Phase::Units => want_units.push(i),
-            }
-        }
-        for (want, ranges) in [(&want_text, &text_ranges), (&want_units, &unit_ranges)] {
-            if want.is_empty() {
-                continue;
-            }
-            let idx: Vec<i64> = want.iter().map(|&i| i as i64).collect();
-            let idx = Tensor::from_slice(&idx).f_to_device(device)?;
-            let logits = sliced_logits(tr, &last.f_index_select(0, &idx)?, ranges)?;
-            let width: usize = ranges.iter().map(|r| (r.end - r.start) as usize).sum();
-            for (j, &i) in want.iter().enumerate() {
-                let row_logits = &logits[j * width..(j + 1) * width];
-                let tok = pick_from_logits(&mut samplers[i], row_logits, ranges)?;
-                let phase = rows[i].phase;
-                rows[i]
-                    .confidence
-                    .add(phase, token_logprob(row_logits, ranges, tok));
-                next[i] = Some(tok);
-            }
-        }
-        for (row, tok) in rows.iter_mut().zip(&next) {
-            let Some(tok) = *tok else { continue };
-            match row.phase {
-                Phase::Text if tok == units_tok || tok == end_tok => {
-                    if tok == end_tok || text_only {
-                        finish(row, Stop::End);
-                    } else {
-                        row.phase = Phase::Units;
-                    }
-                }
-                Phase::Text => {
-                    row.text_ids.push(tok);
-                    row.first_text_s
-                        .get_or_insert(start.elapsed().as_secs_f64());
-                }
-                Phase::Units if tok == end_tok => finish(row, Stop::End),
-                Phase::Units => {
-                    row.units.push(tok - unit_base);
-                    row.first_unit_s
-                        .get_or_insert(start.elapsed().as_secs_f64());
-                }
-            }
-        }
-        if rows.iter().all(|r| r.stop.is_some()) {
-            break;
-        }
-        if cache.len() >= cache.capacity() {
-            for row in rows.iter_mut().filter(|r| r.stop.is_none()) {
-                finish(row, Stop::CacheFull);
-            }
-            break;
-        }
-        let step: Vec<i64> = rows
-            .iter()
-            .zip(&next)
-            .map(|(row, tok)| match (row.stop, tok) {
-                (None, Some(tok)) => *tok as i64,
-                _ => end_tok as i64,
-            })
-            .collect();
-        let tokens = Tensor::from_slice(&step)
-            .f_to_device(device)?
-            .f_view([b as i64, 1])?;
-        let h = llm.forward_hidden(&tokens, Some(&mut cache), None)?;
-        last = h.f_select(1, 0)?;
-    }
+    decode_rows(llm, &mut cache, last, &p.ranges, &mut rows, p.end_tok)?;
     rows.into_iter()
         .map(|row| {
             let text = tr.tokenizer().decode(&row.text_ids, true)?;
-            Ok(TranslationOutput {
-                direction,
-                mode,
-                text,
-                timings: Timings {
-                    extract_s: 0.0,
-                    prompt_tokens: prompt.len(),
-                    prefill_s,
-                    first_text_s: row.first_text_s,
-                    first_unit_s: row.first_unit_s,
-                    decode_s: row.decode_s,
-                    text_tokens: row.text_ids.len(),
-                    unit_tokens: row.units.len(),
-                },
-                text_ids: row.text_ids,
-                units: row.units,
-                stop: row.stop.unwrap_or(Stop::CacheFull),
-                text_truncated: row.text_truncated,
-                confidence: row.confidence.finish(),
-            })
+            let decode_s = row.decode_s;
+            let mut out = row.into_output(direction, mode, text, p.prompt.len(), decode_s);
+            out.timings.prefill_s = prefill_s;
+            Ok(out)
         })
         .collect()
 }
@@ -236,6 +91,7 @@ mod tests {
     use super::*;
     use crate::sampling::SamplingConfig;
     use crate::translator::testing::{write_random_translator, TinyTranslatorSpec};
+    use crate::translator::Stop;
     use tch::{Device, Kind};
 
     fn source_units(n: usize, k: u32, seed: u32) -> Vec<u32> {

@@ -9,15 +9,15 @@
 
 use super::manifest::{Direction, Strategy};
 use super::Translator;
+use crate::generate::{decode_rows, mask_ranges, Choice, RowRules};
 use crate::llama::KvCache;
 use crate::prompt::{SpecialToken, Task};
-use crate::sampling::{Sampler, TokenMask};
+use crate::sampling::Sampler;
 use crate::tokenizer::Tokenizer;
 use crate::{ModelError, Result};
 use serde::Serialize;
 use std::ops::Range;
 use std::time::Instant;
-use tch::{Kind, Tensor};
 
 /// What to decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -93,6 +93,13 @@ impl Mode {
             }
         };
         Ok(task)
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
     }
 }
 
@@ -217,38 +224,6 @@ impl ConfidenceSum {
     }
 }
 
-/// Log-probability of `token` under the softmax of `logits` (the concatenated `ranges`).
-pub(crate) fn token_logprob(logits: &[f32], ranges: &[Range<u32>], token: u32) -> f64 {
-    let mut offset = 0usize;
-    let mut index = None;
-    for r in ranges {
-        if r.contains(&token) {
-            index = Some(offset + (token - r.start) as usize);
-            break;
-        }
-        offset += (r.end - r.start) as usize;
-    }
-    let Some(i) = index.filter(|&i| i < logits.len()) else {
-        return f64::NEG_INFINITY;
-    };
-    let max = logits
-        .iter()
-        .copied()
-        .filter(|v| v.is_finite())
-        .fold(f32::NEG_INFINITY, f32::max) as f64;
-    if !max.is_finite() {
-        return f64::NEG_INFINITY;
-    }
-    let lse = max
-        + logits
-            .iter()
-            .filter(|v| v.is_finite())
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    logits[i] as f64 - lse
-}
-
 /// Incremental detokenization for subtitles: decodes the whole prefix after every token and
 /// emits the new suffix, holding it back while it ends in an incomplete UTF-8 sequence (U+FFFD
 /// from a byte-level token that splits a character).
@@ -304,75 +279,6 @@ impl<'t> TextStreamer<'t> {
     }
 }
 
-/// The vocabulary slices a phase may produce.
-pub(crate) fn phase_ranges(mask: &TokenMask, vocab: u32) -> Vec<Range<u32>> {
-    match mask {
-        TokenMask::All => std::iter::once(0..vocab).collect(),
-        TokenMask::Ranges(v) => v
-            .iter()
-            .map(|r| r.start.min(vocab)..r.end.min(vocab))
-            .filter(|r| !r.is_empty())
-            .collect(),
-    }
-}
-
-/// Logits of `ranges` only for hidden states `[n, hidden]`, concatenated per row, as f32 on the
-/// host (`n` rows of `sum of range lengths` values).
-pub(crate) fn sliced_logits(
-    tr: &Translator,
-    hidden: &Tensor,
-    ranges: &[Range<u32>],
-) -> Result<Vec<f32>> {
-    let llm = tr.llm();
-    let parts = ranges
-        .iter()
-        .map(|r| llm.logits_range(hidden, r.start as i64, (r.end - r.start) as i64))
-        .collect::<Result<Vec<_>>>()?;
-    let all = if parts.len() == 1 {
-        parts.into_iter().next().unwrap_or_else(Tensor::new)
-    } else {
-        Tensor::f_cat(&parts, -1)?
-    };
-    let host = all
-        .f_to_kind(Kind::Float)?
-        .f_to_device(tch::Device::Cpu)?
-        .f_view([-1])?;
-    Ok(Vec::<f32>::try_from(&host)?)
-}
-
-/// Picks the next token from `logits` of the concatenated `ranges` (ascending, disjoint): the
-/// sampler sees the slices in id order, so greedy ties and sampling draws are those of the full
-/// masked vocabulary.
-pub(crate) fn pick_from_logits(
-    sampler: &mut Sampler,
-    logits: &[f32],
-    ranges: &[Range<u32>],
-) -> Result<u32> {
-    let mut i = sampler.sample(logits, 0, &TokenMask::All)?;
-    for r in ranges {
-        let n = r.end - r.start;
-        if i < n {
-            return Ok(r.start + i);
-        }
-        i -= n;
-    }
-    Err(ModelError::InvalidArgument(
-        "sampled index outside the allowed ranges".into(),
-    ))
-}
-
-/// Picks the next token among `ranges` for hidden state `[1, hidden]`, with its log-probability.
-fn pick(
-    tr: &Translator,
-    sampler: &mut Sampler,
-    hidden: &Tensor,
-    ranges: &[Range<u32>],
-) -> Result<(u32, f64)> {
-    let logits = sliced_logits(tr, hidden, ranges)?;
-    let token = pick_from_logits(sampler, &logits, ranges)?;
-    Ok((token, token_logprob(&logits, ranges, token)))
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     Text,
@@ -384,8 +290,8 @@ pub(crate) enum Phase {
 pub(crate) struct Plan {
     pub(crate) task: Task,
     pub(crate) prompt: Vec<u32>,
-    pub(crate) text_ranges: Vec<Range<u32>>,
-    pub(crate) unit_ranges: Vec<Range<u32>>,
+    /// The text phase's slices ([`TEXT_RANGES`]) and the unit phase's ([`UNIT_RANGES`]).
+    pub(crate) ranges: Vec<Vec<Range<u32>>>,
     pub(crate) units_tok: u32,
     pub(crate) end_tok: u32,
     /// S2TT through a chain-of-modality prompt ends at the switch to units.
@@ -447,13 +353,198 @@ pub(crate) fn plan(
     Ok(Plan {
         task,
         prompt,
-        text_ranges: phase_ranges(&f.text_phase(task), vocab),
-        unit_ranges: phase_ranges(&f.unit_phase(), vocab),
+        ranges: vec![
+            mask_ranges(&f.text_phase(task), vocab),
+            mask_ranges(&f.unit_phase(), vocab),
+        ],
         units_tok: f.id(SpecialToken::Units),
         end_tok: f.id(SpecialToken::End),
         text_only: !mode.has_units(),
     })
 }
+
+/// Where a streaming row reports its events.
+type EventSink<'a> = &'a mut dyn FnMut(Event<'_>);
+
+/// The chain-of-modality rules of one row: a text phase over the text vocabulary and
+/// `<|units|>` (forced when the text budget runs out, unless the mode is text-only), then a unit
+/// phase over the unit tokens and `<|end|>`. With an event sink the text is detokenized as it
+/// comes and every delta, the end of the text and every unit are reported.
+pub(crate) struct ChainRow<'a> {
+    pub(crate) sampler: &'a mut Sampler,
+    plan: &'a Plan,
+    max_text_tokens: usize,
+    max_target_units: usize,
+    unit_base: u32,
+    start: Instant,
+    phase: Phase,
+    streamer: Option<(TextStreamer<'a>, EventSink<'a>)>,
+    pub(crate) text_ids: Vec<u32>,
+    /// The text, once the text phase has ended (streaming rows only).
+    pub(crate) text: Option<String>,
+    pub(crate) units: Vec<u32>,
+    pub(crate) text_truncated: bool,
+    pub(crate) confidence: ConfidenceSum,
+    pub(crate) stop: Option<Stop>,
+    pub(crate) first_token_s: Option<f64>,
+    pub(crate) first_text_s: Option<f64>,
+    pub(crate) first_unit_s: Option<f64>,
+    pub(crate) decode_s: f64,
+}
+
+impl<'a> ChainRow<'a> {
+    pub(crate) fn new(
+        tr: &'a Translator,
+        plan: &'a Plan,
+        sampler: &'a mut Sampler,
+        start: Instant,
+        events: Option<&'a mut dyn FnMut(Event<'_>)>,
+    ) -> Self {
+        let m = tr.manifest();
+        Self {
+            sampler,
+            plan,
+            max_text_tokens: m.max_text_tokens,
+            max_target_units: m.max_target_units,
+            unit_base: tr.format().unit_base,
+            start,
+            phase: plan.first_phase(),
+            streamer: events.map(|e| (TextStreamer::new(tr.tokenizer()), e)),
+            text_ids: Vec::new(),
+            text: None,
+            units: Vec::new(),
+            text_truncated: false,
+            confidence: ConfidenceSum::default(),
+            stop: None,
+            first_token_s: None,
+            first_text_s: None,
+            first_unit_s: None,
+            decode_s: 0.0,
+        }
+    }
+
+    fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    fn finish(&mut self, stop: Stop) {
+        self.stop = Some(stop);
+        self.decode_s = self.elapsed();
+    }
+
+    /// Ends the text phase: the last delta and the whole text to the event sink.
+    fn end_text(&mut self) -> Result<()> {
+        let now = self.elapsed();
+        let confidence = self.confidence.finish();
+        if let Some((streamer, on)) = self.streamer.as_mut() {
+            let (full, rest) = streamer.finish()?;
+            if !rest.is_empty() {
+                self.first_text_s.get_or_insert(now);
+                on(Event::Text { delta: &rest });
+            }
+            on(Event::TextEnd {
+                text: &full,
+                confidence,
+            });
+            self.text = Some(full);
+        }
+        Ok(())
+    }
+
+    /// After the loop: a text phase cut short by a budget or a full cache still ends its text.
+    pub(crate) fn close(&mut self) -> Result<()> {
+        if self.phase == Phase::Text && self.text.is_none() && !self.text_ids.is_empty() {
+            self.end_text()?;
+        }
+        Ok(())
+    }
+}
+
+impl RowRules for ChainRow<'_> {
+    fn next(&mut self) -> Result<Choice> {
+        if self.stop.is_some() {
+            return Ok(Choice::Done);
+        }
+        Ok(match self.phase {
+            Phase::Text if self.text_ids.len() >= self.max_text_tokens => {
+                if self.plan.text_only {
+                    self.finish(Stop::MaxTokens);
+                    Choice::Done
+                } else {
+                    // Out of text budget: switch to units rather than lose the speech.
+                    self.text_truncated = true;
+                    Choice::Force(self.plan.units_tok)
+                }
+            }
+            Phase::Text => Choice::Sample(TEXT_RANGES),
+            Phase::Units if self.units.len() >= self.max_target_units => {
+                self.finish(Stop::MaxTokens);
+                Choice::Done
+            }
+            Phase::Units => Choice::Sample(UNIT_RANGES),
+        })
+    }
+
+    fn sampler(&mut self) -> &mut Sampler {
+        self.sampler
+    }
+
+    fn accept(&mut self, token: u32, logprob: Option<f64>) -> Result<bool> {
+        if let Some(lp) = logprob {
+            self.confidence.add(self.phase, lp);
+        }
+        let now = self.elapsed();
+        self.first_token_s.get_or_insert(now);
+        let p = self.plan;
+        match self.phase {
+            Phase::Text if token == p.units_tok || token == p.end_tok => {
+                self.end_text()?;
+                if token == p.end_tok || p.text_only {
+                    self.finish(Stop::End);
+                    return Ok(true);
+                }
+                self.phase = Phase::Units;
+            }
+            Phase::Text => {
+                self.text_ids.push(token);
+                match self.streamer.as_mut() {
+                    Some((streamer, on)) => {
+                        let delta = streamer.push(token)?;
+                        if !delta.is_empty() {
+                            self.first_text_s.get_or_insert(now);
+                            on(Event::Text { delta: &delta });
+                        }
+                    }
+                    None => {
+                        self.first_text_s.get_or_insert(now);
+                    }
+                }
+            }
+            Phase::Units if token == p.end_tok => {
+                self.finish(Stop::End);
+                return Ok(true);
+            }
+            Phase::Units => {
+                let u = token - self.unit_base;
+                self.units.push(u);
+                self.first_unit_s.get_or_insert(now);
+                if let Some((_, on)) = self.streamer.as_mut() {
+                    on(Event::Unit(u));
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn cache_full(&mut self) {
+        self.finish(Stop::CacheFull);
+    }
+}
+
+/// Index of the text phase's slices in [`Plan::ranges`].
+pub(crate) const TEXT_RANGES: usize = 0;
+/// Index of the unit phase's slices in [`Plan::ranges`].
+pub(crate) const UNIT_RANGES: usize = 1;
 
 /// Decodes one utterance from source units (raw or deduplicated 50 Hz units; deduplicated here
 /// when the manifest says so). Resets `cache` first.
@@ -473,136 +564,56 @@ pub(crate) fn decode(
         units = src_units.len()
     )
     .entered();
-    let m = tr.manifest();
-    let f = tr.format();
     let p = plan(tr, src_units, direction, mode)?;
-    let first_phase = p.first_phase();
-    let Plan {
-        prompt,
-        text_ranges,
-        unit_ranges,
-        units_tok,
-        end_tok,
-        text_only,
-        ..
-    } = p;
-    if prompt.len() as i64 >= cache.capacity() {
+    if p.prompt.len() as i64 >= cache.capacity() {
         return Err(ModelError::CacheFull {
-            needed: prompt.len() + 1,
+            needed: p.prompt.len() + 1,
             capacity: cache.capacity() as usize,
         });
     }
-
     let start = Instant::now();
     cache.reset();
     let _g = tch::no_grad_guard();
-    let hidden = tr.llm().forward_hidden_ids(&prompt, cache)?;
-    let mut last = hidden.f_select(1, hidden.size()[1] - 1)?;
-    let mut timings = Timings {
-        prompt_tokens: prompt.len(),
-        ..Timings::default()
-    };
-    let mut phase = first_phase;
-    let mut streamer = TextStreamer::new(tr.tokenizer());
-    let mut text = String::new();
-    let mut units = Vec::new();
-    let mut text_truncated = false;
-    let mut first = true;
-    let mut confidence = ConfidenceSum::default();
-    let stop = loop {
-        let next = match phase {
-            Phase::Text if streamer.ids().len() >= m.max_text_tokens => {
-                if text_only {
-                    break Stop::MaxTokens;
-                }
-                // Out of text budget: switch to units rather than lose the speech.
-                text_truncated = true;
-                units_tok
-            }
-            Phase::Text => {
-                let (t, lp) = pick(tr, sampler, &last, &text_ranges)?;
-                confidence.add(Phase::Text, lp);
-                t
-            }
-            Phase::Units if units.len() >= m.max_target_units => break Stop::MaxTokens,
-            Phase::Units => {
-                let (t, lp) = pick(tr, sampler, &last, &unit_ranges)?;
-                confidence.add(Phase::Units, lp);
-                t
-            }
-        };
-        if first {
-            timings.prefill_s = start.elapsed().as_secs_f64();
-            first = false;
+    let hidden = tr.llm().forward_hidden_ids(&p.prompt, cache)?;
+    let last = hidden.f_select(1, hidden.size()[1] - 1)?;
+    let mut rows = [ChainRow::new(tr, &p, sampler, start, Some(on_event))];
+    decode_rows(tr.llm(), cache, last, &p.ranges, &mut rows, p.end_tok)?;
+    let [mut row] = rows;
+    row.close()?;
+    let text = row.text.take().unwrap_or_default();
+    let decode_s = start.elapsed().as_secs_f64();
+    Ok(row.into_output(direction, mode, text, p.prompt.len(), decode_s))
+}
+
+impl ChainRow<'_> {
+    /// The row's result; `prefill_s` is the time to its first token.
+    pub(crate) fn into_output(
+        self,
+        direction: Direction,
+        mode: Mode,
+        text: String,
+        prompt_tokens: usize,
+        decode_s: f64,
+    ) -> TranslationOutput {
+        TranslationOutput {
+            direction,
+            mode,
+            text,
+            timings: Timings {
+                extract_s: 0.0,
+                prompt_tokens,
+                prefill_s: self.first_token_s.unwrap_or(0.0),
+                first_text_s: self.first_text_s,
+                first_unit_s: self.first_unit_s,
+                decode_s,
+                text_tokens: self.text_ids.len(),
+                unit_tokens: self.units.len(),
+            },
+            text_ids: self.text_ids,
+            units: self.units,
+            stop: self.stop.unwrap_or(Stop::CacheFull),
+            text_truncated: self.text_truncated,
+            confidence: self.confidence.finish(),
         }
-        match phase {
-            Phase::Text if next == units_tok || next == end_tok => {
-                let (full, rest) = streamer.finish()?;
-                if !rest.is_empty() {
-                    timings
-                        .first_text_s
-                        .get_or_insert(start.elapsed().as_secs_f64());
-                    on_event(Event::Text { delta: &rest });
-                }
-                text = full;
-                on_event(Event::TextEnd {
-                    text: &text,
-                    confidence: confidence.finish(),
-                });
-                if next == end_tok || text_only {
-                    break Stop::End;
-                }
-                phase = Phase::Units;
-            }
-            Phase::Text => {
-                let delta = streamer.push(next)?;
-                if !delta.is_empty() {
-                    timings
-                        .first_text_s
-                        .get_or_insert(start.elapsed().as_secs_f64());
-                    on_event(Event::Text { delta: &delta });
-                }
-            }
-            Phase::Units if next == end_tok => break Stop::End,
-            Phase::Units => {
-                let u = next - f.unit_base;
-                units.push(u);
-                timings
-                    .first_unit_s
-                    .get_or_insert(start.elapsed().as_secs_f64());
-                on_event(Event::Unit(u));
-            }
-        }
-        if cache.len() >= cache.capacity() {
-            break Stop::CacheFull;
-        }
-        let h = tr.llm().forward_hidden_ids(&[next], cache)?;
-        last = h.f_select(1, 0)?;
-    };
-    // A text-only mode that stopped on its budget still reports its text.
-    if phase == Phase::Text && text.is_empty() && !streamer.ids().is_empty() {
-        let (full, rest) = streamer.finish()?;
-        if !rest.is_empty() {
-            on_event(Event::Text { delta: &rest });
-        }
-        text = full;
-        on_event(Event::TextEnd {
-            text: &text,
-            confidence: confidence.finish(),
-        });
     }
-    timings.decode_s = start.elapsed().as_secs_f64();
-    timings.text_tokens = streamer.ids().len();
-    timings.unit_tokens = units.len();
-    Ok(TranslationOutput {
-        direction,
-        mode,
-        text,
-        text_ids: streamer.ids().to_vec(),
-        units,
-        stop,
-        text_truncated,
-        confidence: confidence.finish(),
-        timings,
-    })
 }

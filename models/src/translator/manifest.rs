@@ -71,6 +71,14 @@ impl Direction {
     }
 }
 
+/// `"en-fr".parse::<Direction>()`, and a clap `value_parser` for CLIs.
+impl std::str::FromStr for Direction {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
 impl std::fmt::Display for Direction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -146,6 +154,16 @@ impl ModelManifest {
     /// Reads and validates `path`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let m: Self = crate::checkpoint::read_json(path)?;
+        m.validate(path)?;
+        Ok(m)
+    }
+
+    /// Parses and validates the bytes of a `tolk-model.json`; `path` names it in the errors.
+    pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Self> {
+        let m: Self = serde_json::from_slice(bytes).map_err(|e| ModelError::Json {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         m.validate(path)?;
         Ok(m)
     }

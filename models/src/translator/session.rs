@@ -1,31 +1,65 @@
-//! One translation stream over a shared [`Translator`]: its KV cache, sampler and streaming
-//! unit extraction (units are extracted while the person speaks, so only decoding is left at
-//! the endpoint).
+//! One decoding stream over a shared [`Translator`]: its KV cache, sampler and unit vocoder
+//! streams. Source units come from a unit stream the caller owns ([`Translator::unit_stream`]:
+//! the front end extracts them while the visitor speaks); a decode session turns one
+//! utterance's units into subtitle text deltas and, for speaking modes, PCM chunks as the
+//! target units are decoded.
 
-use super::decode::{decode, Event, Mode, TranslationOutput};
-use super::manifest::{Direction, UnitsSpec};
-use super::Translator;
+use super::decode::{decode, Confidence, Event, Mode, TranslationOutput};
+use super::manifest::Direction;
+use super::{tensor_to_pcm, Translator};
 use crate::llama::KvCache;
+use crate::prompt::Lang;
 use crate::sampling::{Sampler, SamplingConfig};
-use crate::units::{StreamOptions, UnitExtractor, UnitStream};
-use crate::Result;
+use crate::stream::Streaming;
+use crate::units::UnitId;
+use crate::vocoder::VocoderStream;
+use crate::{ModelError, Result};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
-/// Per-stream state. Create one per audio stream (kiosk microphone, GStreamer element, test);
-/// sessions are independent and may run on different threads over the same `Arc<Translator>`.
-pub struct Session {
+/// Target units handed to the vocoder at a time by default (80 ms of 50 Hz units).
+pub const DEFAULT_VOCODER_CHUNK_UNITS: usize = 4;
+
+/// What a decode session reports while it translates one utterance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output<'a> {
+    /// More subtitle text (the deltas of one utterance concatenate to its text).
+    Text { delta: &'a str },
+    /// The text is complete. `understood` is false when the decoder's confidence
+    /// ([`Confidence::score`]) is below the session's minimum: no speech follows.
+    TextEnd {
+        text: &'a str,
+        confidence: Confidence,
+        understood: bool,
+    },
+    /// A PCM chunk (mono, at the translator's sample rate) starting `offset` samples into the
+    /// utterance's speech.
+    Audio { pcm: &'a [f32], offset: u64 },
+}
+
+/// The result of one utterance through [`DecodeSession::translate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translation {
+    pub output: TranslationOutput,
+    /// PCM samples produced.
+    pub samples_out: u64,
+    /// False when the confidence was below the minimum (no speech was produced).
+    pub understood: bool,
+}
+
+/// Per-stream decoding state. Sessions are independent and may run on different threads over
+/// the same `Arc<Translator>`.
+pub struct DecodeSession {
     translator: Arc<Translator>,
     cache: KvCache,
     sampler: Sampler,
-    units: UnitStream<Arc<UnitExtractor>>,
-    /// Units of the current utterance so far.
-    pending: Vec<u32>,
-    /// Seconds spent extracting units for the current utterance.
-    extract_s: f64,
+    /// One vocoder stream per target language, made on first use.
+    vocoders: HashMap<Lang, VocoderStream>,
+    chunk_units: usize,
+    min_confidence: f64,
 }
 
-impl Session {
+impl DecodeSession {
     /// A greedy session with the translator's default cache capacity.
     pub fn new(translator: Arc<Translator>) -> Result<Self> {
         let capacity = translator.default_cache_capacity();
@@ -40,60 +74,37 @@ impl Session {
     ) -> Result<Self> {
         let cache = translator.new_cache(cache_capacity)?;
         let sampler = Sampler::new(sampling)?;
-        let opts = match translator.manifest().units {
-            UnitsSpec::Mfcc { .. } => StreamOptions::frame_local(),
-            // Both 50 Hz encoders: 2 s left context, 100 ms look-ahead, 200 ms steps.
-            UnitsSpec::Hubert { .. } | UnitsSpec::Whisper { .. } => StreamOptions::hubert_default(),
-        };
-        let units = translator.extractor().stream(opts);
         Ok(Self {
             translator,
             cache,
             sampler,
-            units,
-            pending: Vec::new(),
-            extract_s: 0.0,
+            vocoders: HashMap::new(),
+            chunk_units: DEFAULT_VOCODER_CHUNK_UNITS,
+            min_confidence: 0.0,
         })
+    }
+
+    /// Target units handed to the vocoder at a time (at least 1).
+    pub fn with_vocoder_chunk(mut self, units: usize) -> Self {
+        self.chunk_units = units.max(1);
+        self
+    }
+
+    /// Utterances whose text confidence is below `min` get no speech (0 turns the check off).
+    pub fn with_min_confidence(mut self, min: f64) -> Self {
+        self.min_confidence = min;
+        self
     }
 
     pub fn translator(&self) -> &Arc<Translator> {
         &self.translator
     }
 
-    /// Adds 16 kHz mono samples of the current utterance (any count); returns how many units
-    /// the utterance has so far.
-    pub fn push_audio(&mut self, samples_16k: &[f32]) -> Result<usize> {
-        let t0 = Instant::now();
-        let u = self.units.push(samples_16k)?;
-        self.pending.extend(u.into_iter().map(|u| u as u32));
-        self.extract_s += t0.elapsed().as_secs_f64();
-        Ok(self.pending.len())
-    }
-
-    /// Ends the utterance: its raw units (the audio state is reset for the next one).
-    pub fn end_utterance(&mut self) -> Result<Vec<u32>> {
-        let t0 = Instant::now();
-        let rest = self.units.finish()?;
-        self.units.reset();
-        let mut units = std::mem::take(&mut self.pending);
-        units.extend(rest.into_iter().map(|u| u as u32));
-        self.extract_s += t0.elapsed().as_secs_f64();
-        Ok(units)
-    }
-
-    /// Drops the current utterance's audio and units.
-    pub fn reset(&mut self) {
-        self.units.reset();
-        self.pending.clear();
-        self.extract_s = 0.0;
-        self.cache.reset();
-    }
-
-    /// Translates source units (raw or deduplicated), calling `on_event` with subtitle text and
-    /// units as they are decoded.
-    pub fn translate_units(
+    /// Decodes source units (raw or deduplicated) into text and target units, calling
+    /// `on_event` as tokens come; no speech is synthesized.
+    pub fn decode_units(
         &mut self,
-        src_units: &[u32],
+        src_units: &[UnitId],
         direction: Direction,
         mode: Mode,
         mut on_event: impl FnMut(Event<'_>),
@@ -109,17 +120,142 @@ impl Session {
         )
     }
 
-    /// Ends the utterance pushed with [`Self::push_audio`] and translates it.
-    pub fn translate_utterance(
+    /// Translates one utterance's source units: text deltas as they are decoded and, when the
+    /// mode speaks, PCM chunks as the vocoder makes them final (every `chunk_units` target
+    /// units, the rest at the end), all through `on`.
+    pub fn translate(
         &mut self,
+        src_units: &[UnitId],
         direction: Direction,
         mode: Mode,
-        on_event: impl FnMut(Event<'_>),
-    ) -> Result<TranslationOutput> {
-        let units = self.end_utterance()?;
-        let extract_s = std::mem::take(&mut self.extract_s);
-        let mut out = self.translate_units(&units, direction, mode, on_event)?;
-        out.timings.extract_s = extract_s;
-        Ok(out)
+        on: &mut dyn FnMut(Output<'_>),
+    ) -> Result<Translation> {
+        let tgt = direction.tgt();
+        let mut vocoder = if mode.has_units() {
+            let mut v = match self.vocoders.remove(&tgt) {
+                Some(v) => v,
+                None => self.translator.vocoder_stream(tgt)?,
+            };
+            v.reset();
+            Some(v)
+        } else {
+            None
+        };
+        let mut speech = Speech {
+            pending: Vec::with_capacity(self.chunk_units),
+            chunk: self.chunk_units,
+            samples_out: 0,
+            understood: true,
+            error: None,
+        };
+        let min_confidence = self.min_confidence;
+        let result = decode(
+            &self.translator,
+            &mut self.cache,
+            &mut self.sampler,
+            src_units,
+            direction,
+            mode,
+            &mut |ev| {
+                if speech.error.is_some() {
+                    return;
+                }
+                match ev {
+                    Event::Text { delta } => on(Output::Text { delta }),
+                    Event::TextEnd { text, confidence } => {
+                        speech.understood = confidence.score() >= min_confidence;
+                        on(Output::TextEnd {
+                            text,
+                            confidence,
+                            understood: speech.understood,
+                        });
+                    }
+                    // Not understood: the units are decoded but never spoken.
+                    Event::Unit(_) if !speech.understood => {}
+                    Event::Unit(u) => {
+                        if let Some(v) = vocoder.as_mut() {
+                            speech.unit(v, u, on);
+                        }
+                    }
+                }
+            },
+        );
+        let output = match (result, speech.error.take()) {
+            (Err(e), _) | (Ok(_), Some(e)) => {
+                if let Some(v) = vocoder {
+                    self.vocoders.insert(tgt, v);
+                }
+                return Err(e);
+            }
+            (Ok(o), None) => o,
+        };
+        if let Some(mut v) = vocoder {
+            if speech.understood {
+                speech.flush(&mut v, on)?;
+            }
+            v.reset();
+            self.vocoders.insert(tgt, v);
+        }
+        Ok(Translation {
+            output,
+            samples_out: speech.samples_out,
+            understood: speech.understood,
+        })
+    }
+}
+
+/// The speech side of one utterance: target units gathered into vocoder chunks.
+struct Speech {
+    pending: Vec<UnitId>,
+    chunk: usize,
+    samples_out: u64,
+    understood: bool,
+    /// The first vocoder error; decoding stops reporting after it.
+    error: Option<ModelError>,
+}
+
+impl Speech {
+    fn unit(&mut self, v: &mut VocoderStream, u: UnitId, on: &mut dyn FnMut(Output<'_>)) {
+        self.pending.push(u);
+        if self.pending.len() >= self.chunk {
+            let units = std::mem::take(&mut self.pending);
+            if let Err(e) = self.vocode(v, &units, false, on) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn flush(&mut self, v: &mut VocoderStream, on: &mut dyn FnMut(Output<'_>)) -> Result<()> {
+        let units = std::mem::take(&mut self.pending);
+        self.vocode(v, &units, true, on)
+    }
+
+    fn vocode(
+        &mut self,
+        v: &mut VocoderStream,
+        units: &[UnitId],
+        finish: bool,
+        on: &mut dyn FnMut(Output<'_>),
+    ) -> Result<()> {
+        let pcm = {
+            let _s = tracing::debug_span!("vocoder", units = units.len(), finish).entered();
+            let mut pcm = if units.is_empty() {
+                Vec::new()
+            } else {
+                tensor_to_pcm(&v.push(units)?)?
+            };
+            if finish {
+                pcm.extend(tensor_to_pcm(&v.finish()?)?);
+            }
+            pcm
+        };
+        if !pcm.is_empty() {
+            on(Output::Audio {
+                pcm: &pcm,
+                offset: self.samples_out,
+            });
+            self.samples_out += pcm.len() as u64;
+        }
+        Ok(())
     }
 }

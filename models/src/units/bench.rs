@@ -6,6 +6,7 @@ use super::hubert::{Hubert, HubertConfig, HubertLoadOptions};
 use super::kmeans::KMeans;
 use super::whisper::{Whisper, WhisperConfig, WhisperFeaturizer, WhisperLoadOptions};
 use crate::audio::features::MfccConfig;
+use crate::stream::Streaming;
 use crate::Result;
 use std::sync::Arc;
 use std::time::Instant;

@@ -11,7 +11,9 @@
 
 use super::hubert::Hubert;
 use super::kmeans::KMeans;
+use super::UnitId;
 use crate::audio::features::{FbankConfig, Mfcc, MfccConfig};
+use crate::stream::Streaming;
 use crate::{ModelError, Result};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -36,21 +38,20 @@ pub trait Featurizer: Send + Sync + std::fmt::Debug {
     fn max_frames(&self) -> Option<usize> {
         None
     }
-    /// A featurizer-specific stream that computes its front end once per new sample rather
-    /// than over every window of samples (Whisper's conv stem); `None` to use the generic
-    /// window recomputation of [`FeatureStream`].
-    fn incremental_stream(&self, _opts: StreamOptions) -> Option<Box<dyn IncrementalFeatures>> {
-        None
-    }
+    /// A stream of this featurizer's frames. The default recomputes the featurizer over a
+    /// bounded window of samples ([`FeatureStream`]); a featurizer with an incremental front end
+    /// (Whisper's conv stem, computed once per new sample) gives its own.
+    fn frame_stream(self: Arc<Self>, opts: StreamOptions) -> Box<dyn FrameStream>;
 }
 
-/// The per-stream contract of [`Featurizer::incremental_stream`], the same as [`FeatureStream`]'s:
-/// `push` returns the features `[n, D]` of the frames now final (n may be 0), `finish` the rest.
-pub trait IncrementalFeatures: Send + std::fmt::Debug {
-    fn push(&mut self, samples: &[f32]) -> Result<Tensor>;
-    fn finish(&mut self) -> Result<Tensor>;
-    fn reset(&mut self);
+/// A stream of feature frames under the streaming contract: samples in, the features `[n, D]`
+/// of the frames now final out (n may be 0).
+pub trait FrameStream:
+    Streaming<Input = [f32], Output = Tensor, Error = ModelError> + Send + std::fmt::Debug
+{
+    /// Frames emitted since the last reset.
     fn frames_emitted(&self) -> usize;
+    /// Samples held (bounded by the context, the step and the push size).
     fn buffered_samples(&self) -> usize;
 }
 
@@ -95,6 +96,10 @@ impl Featurizer for HubertFeaturizer {
 
     fn device(&self) -> Device {
         self.model.device()
+    }
+
+    fn frame_stream(self: Arc<Self>, opts: StreamOptions) -> Box<dyn FrameStream> {
+        Box::new(FeatureStream::new(self, opts))
     }
 }
 
@@ -143,6 +148,9 @@ impl Featurizer for MfccFeaturizer {
             .compute(samples)
             .map_err(|e| ModelError::InvalidArgument(format!("MFCC: {e}")))
     }
+    fn frame_stream(self: Arc<Self>, opts: StreamOptions) -> Box<dyn FrameStream> {
+        Box::new(FeatureStream::new(self, opts))
+    }
 }
 
 /// The MFCC front end of MFCC units: Kaldi MFCC (13 coefficients, 25 ms window) with a 20 ms
@@ -190,12 +198,10 @@ impl StreamOptions {
 }
 
 /// Per-stream featurizer state: the samples still needed, and how many frames were emitted.
-/// A featurizer with its own [`IncrementalFeatures`] stream (Whisper) is delegated to.
 #[derive(Debug)]
 pub struct FeatureStream {
     featurizer: Arc<dyn Featurizer>,
     opts: StreamOptions,
-    incremental: Option<Box<dyn IncrementalFeatures>>,
     /// Samples from global index `buffer_start` on.
     buffer: Vec<f32>,
     buffer_start: usize,
@@ -206,63 +212,12 @@ pub struct FeatureStream {
 impl FeatureStream {
     pub fn new(featurizer: Arc<dyn Featurizer>, opts: StreamOptions) -> Self {
         Self {
-            incremental: featurizer.incremental_stream(opts),
             featurizer,
             opts,
             buffer: Vec::new(),
             buffer_start: 0,
             received: 0,
             emitted: 0,
-        }
-    }
-
-    /// Frames emitted since the last reset.
-    pub fn frames_emitted(&self) -> usize {
-        match &self.incremental {
-            Some(s) => s.frames_emitted(),
-            None => self.emitted,
-        }
-    }
-
-    /// Samples held (bounded by the context, the step and the push size).
-    pub fn buffered_samples(&self) -> usize {
-        match &self.incremental {
-            Some(s) => s.buffered_samples(),
-            None => self.buffer.len(),
-        }
-    }
-
-    /// Forgets everything (a new utterance).
-    pub fn reset(&mut self) {
-        if let Some(s) = &mut self.incremental {
-            s.reset();
-        }
-        self.buffer.clear();
-        self.buffer_start = 0;
-        self.received = 0;
-        self.emitted = 0;
-    }
-
-    /// Adds samples; returns the features `[n, D]` of the frames now final (n may be 0). A large
-    /// push is taken in pieces of `min_step` frames, so the window (and the memory of a
-    /// contextual featurizer) stays bounded whatever the push size.
-    pub fn push(&mut self, samples: &[f32]) -> Result<Tensor> {
-        if let Some(s) = &mut self.incremental {
-            return s.push(samples);
-        }
-        check_finite(samples, self.received)?;
-        let piece = self.opts.min_step.max(1) * self.featurizer.frame_shift();
-        let mut out = Vec::new();
-        for part in samples.chunks(piece.max(1)) {
-            let f = self.push_piece(part)?;
-            if f.size()[0] > 0 {
-                out.push(f);
-            }
-        }
-        match out.len() {
-            0 => self.empty(),
-            1 => Ok(out.pop().unwrap_or_else(Tensor::new)),
-            _ => Ok(Tensor::f_cat(&out, 0)?),
         }
     }
 
@@ -275,18 +230,6 @@ impl FeatureStream {
             return self.empty();
         }
         self.emit_until(ready)
-    }
-
-    /// End of the utterance: the features of every frame not yet emitted.
-    pub fn finish(&mut self) -> Result<Tensor> {
-        if let Some(s) = &mut self.incremental {
-            return s.finish();
-        }
-        let available = self.featurizer.num_frames(self.received);
-        if available <= self.emitted {
-            return self.empty();
-        }
-        self.emit_until(available)
     }
 
     fn empty(&self) -> Result<Tensor> {
@@ -321,6 +264,62 @@ impl FeatureStream {
             self.buffer_start = keep_from;
         }
         Ok(out)
+    }
+}
+
+impl FrameStream for FeatureStream {
+    fn frames_emitted(&self) -> usize {
+        self.emitted
+    }
+
+    fn buffered_samples(&self) -> usize {
+        self.buffer.len()
+    }
+}
+
+impl Streaming for FeatureStream {
+    type Input = [f32];
+    type Output = Tensor;
+    type Error = ModelError;
+
+    /// Adds samples; returns the features `[n, D]` of the frames now final (n may be 0). A large
+    /// push is taken in pieces of `min_step` frames, so the window (and the memory of a
+    /// contextual featurizer) stays bounded whatever the push size.
+    fn push(&mut self, samples: &[f32]) -> Result<Tensor> {
+        check_finite(samples, self.received)?;
+        let piece = self.opts.min_step.max(1) * self.featurizer.frame_shift();
+        let mut out = Vec::new();
+        for part in samples.chunks(piece.max(1)) {
+            let f = self.push_piece(part)?;
+            if f.size()[0] > 0 {
+                out.push(f);
+            }
+        }
+        match out.len() {
+            0 => self.empty(),
+            1 => Ok(out.pop().unwrap_or_else(Tensor::new)),
+            _ => Ok(Tensor::f_cat(&out, 0)?),
+        }
+    }
+
+    /// End of the utterance: the features of every frame not yet emitted; then a new stream.
+    fn finish(&mut self) -> Result<Tensor> {
+        let available = self.featurizer.num_frames(self.received);
+        let out = if available <= self.emitted {
+            self.empty()
+        } else {
+            self.emit_until(available)
+        };
+        self.reset();
+        out
+    }
+
+    /// Forgets everything (a new utterance).
+    fn reset(&mut self) {
+        self.buffer.clear();
+        self.buffer_start = 0;
+        self.received = 0;
+        self.emitted = 0;
     }
 }
 
@@ -417,7 +416,7 @@ impl UnitExtractor {
     }
 
     /// Units of one utterance (empty when it is shorter than one frame).
-    pub fn extract(&self, samples: &[f32]) -> Result<Vec<i64>> {
+    pub fn extract(&self, samples: &[f32]) -> Result<Vec<UnitId>> {
         let _span = tracing::debug_span!("units_extract", samples = samples.len()).entered();
         check_finite(samples, 0)?;
         let frames = self.featurizer.num_frames(samples.len());
@@ -462,31 +461,15 @@ impl UnitExtractor {
 #[derive(Debug)]
 pub struct UnitStream<E: std::ops::Deref<Target = UnitExtractor>> {
     extractor: E,
-    features: FeatureStream,
+    features: Box<dyn FrameStream>,
 }
 
 impl<E: std::ops::Deref<Target = UnitExtractor>> UnitStream<E> {
     fn new(featurizer: Arc<dyn Featurizer>, extractor: E, opts: StreamOptions) -> Self {
         Self {
             extractor,
-            features: FeatureStream::new(featurizer, opts),
+            features: featurizer.frame_stream(opts),
         }
-    }
-
-    /// Adds samples (any count, including 0); returns the units that became final.
-    pub fn push(&mut self, samples: &[f32]) -> Result<Vec<i64>> {
-        let f = self.features.push(samples)?;
-        self.extractor.kmeans.assign_vec(&f)
-    }
-
-    /// End of the utterance: the remaining units. The stream can then be `reset` and reused.
-    pub fn finish(&mut self) -> Result<Vec<i64>> {
-        let f = self.features.finish()?;
-        self.extractor.kmeans.assign_vec(&f)
-    }
-
-    pub fn reset(&mut self) {
-        self.features.reset();
     }
 
     pub fn frames_emitted(&self) -> usize {
@@ -495,6 +478,28 @@ impl<E: std::ops::Deref<Target = UnitExtractor>> UnitStream<E> {
 
     pub fn buffered_samples(&self) -> usize {
         self.features.buffered_samples()
+    }
+}
+
+impl<E: std::ops::Deref<Target = UnitExtractor>> Streaming for UnitStream<E> {
+    type Input = [f32];
+    type Output = Vec<UnitId>;
+    type Error = ModelError;
+
+    /// Adds samples (any count, including 0); returns the units that became final.
+    fn push(&mut self, samples: &[f32]) -> Result<Vec<UnitId>> {
+        let f = self.features.push(samples)?;
+        self.extractor.kmeans.assign_vec(&f)
+    }
+
+    /// End of the utterance: the remaining units; then a new stream.
+    fn finish(&mut self) -> Result<Vec<UnitId>> {
+        let f = self.features.finish()?;
+        self.extractor.kmeans.assign_vec(&f)
+    }
+
+    fn reset(&mut self) {
+        self.features.reset();
     }
 }
 
@@ -529,6 +534,9 @@ mod tests {
             }
             Ok(Tensor::from_slice(&v).view([-1, 2]))
         }
+        fn frame_stream(self: Arc<Self>, opts: StreamOptions) -> Box<dyn FrameStream> {
+            Box::new(FeatureStream::new(self, opts))
+        }
     }
 
     #[test]
@@ -540,17 +548,21 @@ mod tests {
         let ex = Arc::new(UnitExtractor::new(Arc::new(Toy), KMeans::new(c).unwrap()).unwrap());
         let offline = ex.extract(&audio).unwrap();
         assert_eq!(offline.len(), 54);
-        for chunk in [1usize, 7, 160, 333, 640, 9000] {
+        let sizes = [1usize, 7, 160, 333, 640, 9000];
+        crate::stream::testing::assert_chunked_eq_offline_exact(
+            || ex.stream(StreamOptions::frame_local()),
+            &audio,
+            &offline,
+            &sizes,
+        );
+        for chunk in sizes {
             let mut s = ex.stream(StreamOptions::frame_local());
-            let mut got = Vec::new();
             for c in audio.chunks(chunk) {
-                got.extend(s.push(c).unwrap());
+                s.push(c).unwrap();
                 assert!(s.buffered_samples() <= 400 + chunk);
             }
-            got.extend(s.finish().unwrap());
-            assert_eq!(got, offline, "chunk {chunk}");
-            s.reset();
-            assert_eq!(s.frames_emitted(), 0);
+            s.finish().unwrap();
+            assert_eq!(s.frames_emitted(), 0, "finish starts a new stream");
         }
         // One huge push is taken in pieces: the buffer stays bounded.
         let mut s = ex.stream(StreamOptions::frame_local());
@@ -572,8 +584,8 @@ mod tests {
     fn bad_input_is_an_error_or_empty() {
         let c = Tensor::zeros([3, 2], (Kind::Float, Device::Cpu));
         let ex = Arc::new(UnitExtractor::new(Arc::new(Toy), KMeans::new(c).unwrap()).unwrap());
-        assert_eq!(ex.extract(&[]).unwrap(), Vec::<i64>::new());
-        assert_eq!(ex.extract(&[0.5]).unwrap(), Vec::<i64>::new());
+        assert_eq!(ex.extract(&[]).unwrap(), Vec::<UnitId>::new());
+        assert_eq!(ex.extract(&[0.5]).unwrap(), Vec::<UnitId>::new());
         let e = ex.extract(&[0.0, f32::NAN]).unwrap_err().to_string();
         assert!(e.contains("sample 1"), "{e}");
         let mut s = ex.stream(StreamOptions::frame_local());

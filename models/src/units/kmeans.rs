@@ -162,9 +162,13 @@ impl KMeans {
     }
 
     /// [`KMeans::assign`] as a vector.
-    pub fn assign_vec(&self, x: &Tensor) -> Result<Vec<i64>> {
+    pub fn assign_vec(&self, x: &Tensor) -> Result<Vec<super::UnitId>> {
         let a = self.assign(x)?.f_to_device(Device::Cpu)?;
-        Ok(Vec::<i64>::try_from(&a)?)
+        // Cluster indices are in 0..K, K far below u32::MAX.
+        Ok(Vec::<i64>::try_from(&a)?
+            .into_iter()
+            .map(|u| u as super::UnitId)
+            .collect())
     }
 
     /// Sum over rows of the squared distance to the nearest centroid.
@@ -347,11 +351,12 @@ mod tests {
                 .argmin(1, false),
         )
         .unwrap();
+        let brute: Vec<super::super::UnitId> = brute.into_iter().map(|u| u as u32).collect();
         assert_eq!(a, brute);
         assert_eq!(
             km.assign_vec(&Tensor::zeros([0, 5], (Kind::Float, Device::Cpu)))
                 .unwrap(),
-            Vec::<i64>::new()
+            Vec::<u32>::new()
         );
         let e = km
             .assign(&Tensor::zeros([2, 6], (Kind::Float, Device::Cpu)))

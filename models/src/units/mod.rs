@@ -14,9 +14,13 @@ pub mod hubert;
 pub mod kmeans;
 pub mod whisper;
 
+/// A discrete speech unit: a k-means cluster index in `0..K`, the one unit-id type from the
+/// extractor through the decoder's prompt and output to the vocoder.
+pub type UnitId = u32;
+
 pub use extractor::{
-    mfcc_50hz_config, FeatureStream, Featurizer, HubertFeaturizer, IncrementalFeatures,
-    MfccFeaturizer, StreamOptions, UnitExtractor, UnitStream,
+    mfcc_50hz_config, FeatureStream, Featurizer, FrameStream, HubertFeaturizer, MfccFeaturizer,
+    StreamOptions, UnitExtractor, UnitStream,
 };
 pub use hubert::{Hubert, HubertConfig, HubertLoadOptions};
 pub use kmeans::{dedup, fit_minibatch, Deduped, FitConfig, KMeans};

@@ -31,8 +31,9 @@
 //! samples arrive (each keeps only the few frames the next one needs); only the Transformer runs
 //! over a bounded window of left context + new frames + look-ahead.
 
-use super::extractor::{Featurizer, IncrementalFeatures, StreamOptions};
+use super::extractor::{Featurizer, FrameStream, StreamOptions};
 use crate::checkpoint::{load_checked, TensorSpec};
+use crate::stream::Streaming;
 use crate::{ModelError, Result};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -771,12 +772,8 @@ impl Featurizer for WhisperFeaturizer {
         Some(self.model.cfg.max_source_positions as usize)
     }
 
-    fn incremental_stream(&self, opts: StreamOptions) -> Option<Box<dyn IncrementalFeatures>> {
-        Some(Box::new(WhisperStream::new(
-            self.model.clone(),
-            opts,
-            self.positions,
-        )))
+    fn frame_stream(self: Arc<Self>, opts: StreamOptions) -> Box<dyn FrameStream> {
+        Box::new(WhisperStream::new(self.model.clone(), opts, self.positions))
     }
 }
 
@@ -800,7 +797,6 @@ pub struct WhisperStream {
     samples: Vec<f32>,
     samples_start: usize,
     received: usize,
-    finished: bool,
     /// Largest raw log-mel value so far, and the one the buffered stem was computed with.
     running_max: f64,
     stem_max: f64,
@@ -827,7 +823,6 @@ impl WhisperStream {
             samples: Vec::new(),
             samples_start: 0,
             received: 0,
-            finished: false,
             running_max: f64::NEG_INFINITY,
             stem_max: f64::NEG_INFINITY,
             raw: Tensor::zeros([m, 0], (Kind::Float, Device::Cpu)),
@@ -1035,14 +1030,13 @@ impl WhisperStream {
     }
 }
 
-impl IncrementalFeatures for WhisperStream {
+impl Streaming for WhisperStream {
+    type Input = [f32];
+    type Output = Tensor;
+    type Error = ModelError;
+
     fn push(&mut self, samples: &[f32]) -> Result<Tensor> {
         check_audio(samples, self.received)?;
-        if self.finished {
-            return Err(ModelError::InvalidArgument(
-                "push after finish: reset the stream for a new utterance".into(),
-            ));
-        }
         let max_window =
             self.opts.left_context + 2 * self.opts.min_step.max(1) + self.opts.lookahead + 2;
         if max_window > self.model.cfg.max_source_positions as usize {
@@ -1070,12 +1064,9 @@ impl IncrementalFeatures for WhisperStream {
         }
     }
 
+    /// The frames still held back (the mel and stem padding of the end); then a new stream.
     fn finish(&mut self) -> Result<Tensor> {
-        if self.finished {
-            return self.empty();
-        }
-        self.finished = true;
-        tch::no_grad(|| -> Result<Tensor> {
+        let out = tch::no_grad(|| -> Result<Tensor> {
             self.advance_mel(true)?;
             self.advance_stem(true)?;
             if self.c2_count <= self.emitted {
@@ -1083,13 +1074,17 @@ impl IncrementalFeatures for WhisperStream {
             }
             // The window already spans every stem frame left (bounded as in `push`).
             self.emit_until(self.c2_count)
-        })
+        });
+        self.reset();
+        out
     }
 
     fn reset(&mut self) {
         *self = Self::new(self.model.clone(), self.opts, self.positions);
     }
+}
 
+impl FrameStream for WhisperStream {
     fn frames_emitted(&self) -> usize {
         self.emitted
     }

@@ -7,7 +7,7 @@
 //! `codehifigan.py` (CodeGenerator.forward).
 
 use super::config::DurationPredictorConfig;
-use super::generator::Conv1d;
+use super::layers::Conv1d;
 use crate::checkpoint::TensorSpec;
 use crate::Result;
 use std::collections::HashMap;

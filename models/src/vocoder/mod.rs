@@ -16,15 +16,18 @@ pub mod config;
 pub mod discriminators;
 pub mod duration;
 pub mod generator;
+pub(crate) mod layers;
 pub mod losses;
 pub mod streaming;
 pub mod trainable;
 
 pub use config::{DurationPredictorConfig, ResBlockKind, SpeakerConditioning, VocoderConfig};
 pub use generator::{tensor_specs, CodeHiFiGan, Speaker, SynthesisOptions};
-pub use streaming::{StreamTensor, VocoderStream};
+pub use streaming::VocoderStream;
 pub use trainable::TrainableGenerator;
 
+use crate::stream::{Chunk, Streaming};
+use crate::units::UnitId;
 use crate::Result;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -104,7 +107,10 @@ pub fn bench(model: Arc<CodeHiFiGan>, opts: &BenchOptions) -> Result<BenchReport
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
     let n = model.config().num_embeddings;
-    let units: Vec<i64> = (0..opts.units).map(|_| rng.random_range(0..n)).collect();
+    let units: Vec<UnitId> = (0..opts.units)
+        .map(|_| rng.random_range(0..n) as UnitId)
+        .collect();
+    let padded: Vec<i64> = units.iter().map(|&u| i64::from(u)).collect();
     let speaker = match model.config().speaker {
         Some(SpeakerConditioning::Table { .. }) => Some(Speaker::Id(0)),
         Some(SpeakerConditioning::Embedder { embedder_dim }) => {
@@ -127,7 +133,7 @@ pub fn bench(model: Arc<CodeHiFiGan>, opts: &BenchOptions) -> Result<BenchReport
     let mut best = f64::INFINITY;
     for r in 0..=opts.repeats.max(1) {
         let t0 = Instant::now();
-        let _ = model.synthesize(&units, &so)?;
+        let _ = model.synthesize(&padded, &so)?;
         sync(model.device());
         if r > 0 {
             best = best.min(t0.elapsed().as_secs_f64());
@@ -147,12 +153,12 @@ pub fn bench(model: Arc<CodeHiFiGan>, opts: &BenchOptions) -> Result<BenchReport
             let t0 = Instant::now();
             let mut first = None;
             for c in units.chunks(chunk) {
-                if s.step(c)?.is_some() && first.is_none() {
+                if !Chunk::is_empty(&s.push(c)?) && first.is_none() {
                     sync(model.device());
                     first = Some(t0.elapsed().as_secs_f64());
                 }
             }
-            let _ = s.flush()?;
+            let _ = s.finish()?;
             sync(model.device());
             let dt = t0.elapsed().as_secs_f64();
             if r > 0 {

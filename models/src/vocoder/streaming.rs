@@ -5,7 +5,7 @@
 //! zero padding) and outputs what its inputs fully determine; a transposed convolution keeps the
 //! overlap-add tail of `kernel - stride` samples (bias added once) and drops `padding` samples at
 //! the start; residual branches keep the skip input until the branch output catches up; the
-//! multi-receptive-field mean waits for its slowest block. `flush` pads each layer's end with
+//! multi-receptive-field mean waits for its slowest block. `finish` pads each layer's end with
 //! zeros in order, exactly as offline padding does. The duration predictor is streamed the same
 //! way over units; its durations are part of the stream state ([`VocoderStream::durations`]).
 //!
@@ -14,16 +14,16 @@
 //! mHuBERT vocoder, plus the duration predictor's 2 units).
 
 use super::duration::{durations_from_log, VariancePredictor};
-use super::generator::{
-    leaky_relu, CodeHiFiGan, Conv1d, ConvTranspose1d, ResBlock, Speaker, LRELU_SLOPE,
-    LRELU_SLOPE_POST,
-};
+use super::generator::{CodeHiFiGan, Speaker};
+use super::layers::{leaky_relu, Conv1d, ConvTranspose1d, ResBlock, LRELU_SLOPE, LRELU_SLOPE_POST};
+use crate::stream::Streaming;
+use crate::units::UnitId;
 use crate::{ModelError, Result};
 use std::sync::Arc;
 use tch::{Device, Tensor};
 
-/// A (batch, channel, time) chunk, or nothing yet (not an error: "not enough input").
-pub type StreamTensor = Option<Tensor>;
+/// A layer's (batch, channel, time) chunk, or nothing yet (not an error: "not enough input").
+type StreamTensor = Option<Tensor>;
 
 fn len(x: &Tensor) -> i64 {
     x.size()[2]
@@ -381,26 +381,12 @@ impl VocoderStream {
         })
     }
 
-    /// Feeds units (negative ids dropped; an out-of-range id is an error and leaves the state
-    /// unchanged). Returns the new final samples, if any.
-    pub fn step(&mut self, units: &[i64]) -> Result<StreamTensor> {
+    /// Feeds units in fairseq's padded layout (negative ids are padding and dropped; an
+    /// out-of-range id is an error and leaves the state unchanged). Returns the new final
+    /// samples (none yet: zero samples).
+    pub fn push_padded(&mut self, units: &[i64]) -> Result<Tensor> {
         let ids = self.model.clean_units(units)?;
         self.advance(&ids, false)
-    }
-
-    /// Ends the utterance: everything still buffered comes out. The stream is then empty and
-    /// may be used for the next utterance (durations and counters are kept until `reset`).
-    pub fn flush(&mut self) -> Result<StreamTensor> {
-        self.advance(&[], true)
-    }
-
-    /// Forgets everything (buffers, durations, counters).
-    pub fn reset(&mut self) {
-        self.duration = DurationState::default();
-        self.generator = GeneratorState::default();
-        self.durations.clear();
-        self.units_in = 0;
-        self.samples_out = 0;
     }
 
     /// Frames per unit predicted so far (1 each without duration prediction).
@@ -418,7 +404,7 @@ impl VocoderStream {
         self.samples_out
     }
 
-    fn advance(&mut self, ids: &[i64], flush: bool) -> Result<StreamTensor> {
+    fn advance(&mut self, ids: &[i64], flush: bool) -> Result<Tensor> {
         let _span = tracing::debug_span!("vocoder_step", units = ids.len(), flush).entered();
         let _guard = tch::no_grad_guard();
         let m = Arc::clone(&self.model);
@@ -449,10 +435,11 @@ impl VocoderStream {
             .map(|f| CodeHiFiGan::add_speaker(&f, self.speaker.as_ref()))
             .transpose()?;
         let y = self.generator.step(&m, frames, flush)?;
-        let y = y.map(|y| y.f_view([-1])).transpose()?;
-        if let Some(y) = &y {
-            self.samples_out += y.size()[0];
-        }
+        let y = match y {
+            Some(y) => y.f_view([-1])?,
+            None => Tensor::f_zeros([0], (m.kind(), m.device()))?,
+        };
+        self.samples_out += y.size()[0];
         Ok(y)
     }
 
@@ -495,5 +482,34 @@ impl VocoderStream {
             (Some(dp), true) => dp.lookahead_units(),
             _ => 0,
         }
+    }
+}
+
+impl Streaming for VocoderStream {
+    type Input = [UnitId];
+    /// Samples `[n]` at the vocoder's rate, n = 0 for "nothing yet".
+    type Output = Tensor;
+    type Error = ModelError;
+
+    /// Feeds units (an id outside the vocoder's vocabulary is an error and leaves the state
+    /// unchanged); returns the new final samples.
+    fn push(&mut self, units: &[UnitId]) -> Result<Tensor> {
+        let ids: Vec<i64> = units.iter().map(|&u| i64::from(u)).collect();
+        self.push_padded(&ids)
+    }
+
+    /// Ends the utterance: everything still buffered comes out. The stream is then empty and
+    /// takes the next utterance (durations and counters are kept until `reset`).
+    fn finish(&mut self) -> Result<Tensor> {
+        self.advance(&[], true)
+    }
+
+    /// Forgets everything (buffers, durations, counters).
+    fn reset(&mut self) {
+        self.duration = DurationState::default();
+        self.generator = GeneratorState::default();
+        self.durations.clear();
+        self.units_in = 0;
+        self.samples_out = 0;
     }
 }

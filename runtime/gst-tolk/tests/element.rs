@@ -262,7 +262,7 @@ fn eos_flushes_the_pending_utterance() {
     let speech_msgs = named(&msgs, "tolk-speech");
     let end = speech_msgs.last().unwrap();
     assert_eq!(end.get::<&str>("event").unwrap(), "end");
-    assert_eq!(end.get::<&str>("reason").unwrap(), "end-of-stream");
+    assert_eq!(end.get::<&str>("reason").unwrap(), "source_ended");
     check_subtitles(&msgs, end.get::<u64>("utterance").unwrap());
     check_output(&mut h, &buffers);
     // Timestamps follow the input timeline (which started at 10 s).

@@ -1,4 +1,4 @@
-//! Audio input and output of the kiosk (issue 8, items 2 and 3): sources deliver mono `f32`
+//! Audio input and output of the kiosk: sources deliver mono `f32`
 //! frames at their own rate into a bounded lock-free ring read by the pipeline thread; sinks take
 //! mono `f32` frames from the pipeline through another ring.
 //!

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tolk_config::protocol::{Block, BlockRequest, JobDocument, Topics, Transfer};
+use tolk_config::protocol::{
+    Block, BlockRequest, JobDocument, RefusedMessage, Topics, Transfer, MAX_INCOMING_PACKET,
+};
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -29,6 +31,13 @@ pub enum AgentError {
     Setup(#[from] super::mqtt::MqttSetupError),
     #[error(transparent)]
     Ota(#[from] OtaError),
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn offline_payload(device: &str) -> Vec<u8> {
@@ -62,12 +71,12 @@ pub fn run(
             tracing::warn!(topic, error = %e, "publish dropped (the state is re-published on reconnect)");
         }
     };
-    let publish_state = |u: &Updater| {
-        publish(
-            &topics.state,
-            true,
-            serde_json::to_vec(&u.device_state()).unwrap(),
-        );
+    // The last message refused before it could name a job, carried in the retained state.
+    let mut refused: Option<RefusedMessage> = None;
+    let publish_state = |u: &Updater, refused: &Option<RefusedMessage>| {
+        let mut st = u.device_state();
+        st.refused = refused.clone();
+        publish(&topics.state, true, serde_json::to_vec(&st).unwrap());
     };
 
     let mut ready = false;
@@ -79,12 +88,15 @@ pub fn run(
             Ok(MqttEvent::Connected) => {
                 tracing::info!("connected; subscribing");
                 connected = true;
+                // The state first: a retained message the subscription delivers may break the
+                // connection (a packet above the device's limit), and the state naming that
+                // must already be on its way to the broker.
+                publish_state(&updater, &refused);
                 for t in [&topics.job_notify, &topics.block_data] {
                     if let Err(e) = client.try_subscribe(t.as_str(), QoS::AtLeastOnce) {
                         tracing::warn!(topic = %t, error = %e, "subscribe failed");
                     }
                 }
-                publish_state(&updater);
                 if let Some(j) = updater.job_mut() {
                     j.outstanding = 0; // ask again for whatever is missing
                 }
@@ -93,38 +105,83 @@ pub fn run(
                     on_ready();
                 }
             }
-            Ok(MqttEvent::Disconnected(e)) => {
-                if connected {
-                    tracing::warn!(error = %e, "broker connection lost; reconnecting");
+            Ok(MqttEvent::Disconnected {
+                error,
+                oversize,
+                retry_in,
+            }) => {
+                if let Some(bytes) = oversize {
+                    // Too large to read even its topic; the broker should never have
+                    // forwarded it (its max_packet_size must be MAX_INCOMING_PACKET).
+                    tracing::error!(
+                        bytes,
+                        limit = MAX_INCOMING_PACKET,
+                        "a packet above the device's limit broke the connection"
+                    );
+                    refused = Some(RefusedMessage {
+                        topic: String::new(),
+                        bytes,
+                        reason: format!(
+                            "packet of {bytes} bytes above the device's {MAX_INCOMING_PACKET}-byte \
+                             limit broke the connection; set the broker's max_packet_size to \
+                             {MAX_INCOMING_PACKET} and clear the retained message"
+                        ),
+                        at: unix_now(),
+                    });
+                } else if connected {
+                    tracing::warn!(%error, ?retry_in, "broker connection lost; reconnecting");
                 }
                 connected = false;
             }
             Ok(MqttEvent::Publish(topic, payload)) => {
-                if topic == topics.job_notify {
-                    if payload.is_empty() {
-                        continue; // retained job cleared
-                    }
-                    match JobDocument::decode(&payload) {
-                        Err(e) => tracing::warn!(error = %e, "job document refused"),
-                        Ok(doc) => {
-                            updater.handle_job(&doc)?;
-                            last_progress = Instant::now();
-                            if matches!(doc.transfer, Some(Transfer::Url { .. })) {
-                                updater.fetch_url()?;
+                let mut changed = false;
+                let handled = (|| -> Result<(), OtaError> {
+                    if topic == topics.job_notify {
+                        if payload.is_empty() {
+                            return Ok(()); // retained job cleared
+                        }
+                        match JobDocument::decode(&payload) {
+                            Err(e) => {
+                                tracing::warn!(error = %e, "job document refused");
+                                refused = Some(RefusedMessage {
+                                    topic: topic.clone(),
+                                    bytes: payload.len(),
+                                    reason: format!("job document refused: {e}"),
+                                    at: unix_now(),
+                                });
+                                changed = true;
+                            }
+                            Ok(doc) => {
+                                updater.handle_job(&doc)?;
+                                last_progress = Instant::now();
+                                if matches!(doc.transfer, Some(Transfer::Url { .. })) {
+                                    updater.fetch_url()?;
+                                }
+                            }
+                        }
+                    } else if topic == topics.block_data {
+                        match Block::decode(&payload) {
+                            Err(e) => tracing::warn!(error = %e, "block refused"),
+                            Ok(b) => {
+                                let outcome = updater.handle_block(&b)?;
+                                tracing::debug!(file = b.file, index = b.index, ?outcome, "block");
+                                last_progress = Instant::now();
                             }
                         }
                     }
-                } else if topic == topics.block_data {
-                    match Block::decode(&payload) {
-                        Err(e) => tracing::warn!(error = %e, "block refused"),
-                        Ok(b) => {
-                            let outcome = updater.handle_block(&b)?;
-                            tracing::debug!(file = b.file, index = b.index, ?outcome, "block");
-                            last_progress = Instant::now();
-                        }
-                    }
+                    updater.install_if_complete()?;
+                    Ok(())
+                })();
+                // Whatever went wrong with one message (the device's state file could not be
+                // written, say) is logged and the agent goes on: exiting would only restart
+                // into the same retained message.
+                if let Err(e) = handled {
+                    tracing::error!(error = %e, "handling a message failed");
+                    changed = true;
                 }
-                updater.install_if_complete()?;
+                if changed {
+                    publish_state(&updater, &refused);
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -166,7 +223,7 @@ pub fn run(
             for r in &reports {
                 publish(&topics.job_status, false, serde_json::to_vec(r).unwrap());
             }
-            publish_state(&updater);
+            publish_state(&updater, &refused);
         }
     }
     // Graceful stop: say offline ourselves (the will covers crashes).

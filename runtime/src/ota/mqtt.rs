@@ -5,7 +5,9 @@
 use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tolk_config::protocol::{BrokerUrl, MAX_BLOCK_HEADER, MAX_BLOCK_SIZE, MAX_JOB_DOCUMENT};
+use tolk_config::protocol::{
+    BrokerUrl, MAX_BLOCK_HEADER, MAX_BLOCK_SIZE, MAX_INCOMING_PACKET, MAX_JOB_DOCUMENT,
+};
 
 /// How to reach a broker.
 #[derive(Debug, Clone, Default)]
@@ -53,6 +55,8 @@ fn read(path: &Path) -> Result<Vec<u8>, MqttSetupError> {
 }
 
 /// Largest packet either side sends: a data block with its header, or a job document.
+/// (Incoming packets may be larger, up to [`MAX_INCOMING_PACKET`], so that an oversize message is
+/// refused by its decoder instead of breaking the connection.)
 pub fn max_packet_size() -> usize {
     (MAX_BLOCK_SIZE as usize + MAX_BLOCK_HEADER).max(MAX_JOB_DOCUMENT) + 1024
 }
@@ -70,8 +74,9 @@ pub fn options(
     o.set_keep_alive(Duration::from_secs(s.keep_alive_s.max(5) as u64));
     // Clean session: subscriptions vanish on reconnect, so every ConnAck re-subscribes.
     o.set_clean_session(true);
-    // rumqttc's default limit is 10 KiB; blocks are up to 128 KiB.
-    o.set_max_packet_size(max_packet_size(), max_packet_size());
+    // rumqttc's default limit is 10 KiB; blocks are up to 128 KiB. Incoming packets up to
+    // MAX_INCOMING_PACKET are read whole and judged by the decoders (see there).
+    o.set_max_packet_size(MAX_INCOMING_PACKET, max_packet_size());
     o.set_inflight(32);
     if let Some((topic, payload)) = will {
         o.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true));
@@ -116,13 +121,72 @@ pub enum MqttEvent {
     /// (Re)connected: subscriptions must be made again.
     Connected,
     Publish(String, Vec<u8>),
-    /// The connection failed; rumqttc reconnects on the next poll.
-    Disconnected(String),
+    /// The connection failed; the pump reconnects after `retry_in`.
+    Disconnected {
+        error: String,
+        /// Set when a packet of this many bytes (remaining length) above
+        /// [`MAX_INCOMING_PACKET`] broke the connection.
+        oversize: Option<usize>,
+        retry_in: Duration,
+    },
+}
+
+/// Delays between reconnection attempts: doubling from 300 ms up to 16 s, back to the start
+/// once a connection has stayed up for [`Backoff::STABLE`]. A message that breaks every
+/// connection (a retained packet above the limit on a misconfigured broker) thus costs one
+/// reconnect every 16 s, not a tight loop.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    connected_at: Option<std::time::Instant>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: Self::FIRST,
+            connected_at: None,
+        }
+    }
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(300);
+    pub const MAX: Duration = Duration::from_secs(16);
+    pub const STABLE: Duration = Duration::from_secs(30);
+
+    pub fn connected(&mut self, now: std::time::Instant) {
+        self.connected_at = Some(now);
+    }
+
+    /// The delay before the next attempt after a failure at `now`.
+    pub fn failed(&mut self, now: std::time::Instant) -> Duration {
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|t| now.duration_since(t) >= Self::STABLE)
+        {
+            self.next = Self::FIRST;
+        }
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        d
+    }
+}
+
+/// The remaining length of the packet that broke the connection, when that was the cause.
+fn oversize_of(e: &rumqttc::ConnectionError) -> Option<usize> {
+    match e {
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => Some(*n),
+        _ => None,
+    }
 }
 
 /// Polls `connection` on its own thread and forwards connection acks, incoming publishes and
-/// errors (then waits 300 ms before the reconnecting poll). Ends when the receiver is dropped or
-/// `stop` is set.
+/// errors, waiting as [`Backoff`] says before the reconnecting poll. Ends when the receiver is
+/// dropped or `stop` is set (checked at least every 200 ms while waiting).
 pub fn spawn_event_pump(
     mut connection: rumqttc::Connection,
     stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
@@ -132,31 +196,86 @@ pub fn spawn_event_pump(
 )> {
     use rumqttc::{Event, Packet};
     let (tx, rx) = std::sync::mpsc::channel();
+    let stopped = move || {
+        stop.as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+    };
     let handle = std::thread::Builder::new()
         .name("mqtt-poll".into())
         .spawn(move || {
+            let mut backoff = Backoff::default();
             for ev in connection.iter() {
-                if stop
-                    .as_ref()
-                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
-                {
+                if stopped() {
                     break;
                 }
-                let (msg, failed) = match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => (MqttEvent::Connected, false),
+                let (msg, wait) = match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        backoff.connected(std::time::Instant::now());
+                        (MqttEvent::Connected, None)
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        (MqttEvent::Publish(p.topic, p.payload.to_vec()), false)
+                        (MqttEvent::Publish(p.topic, p.payload.to_vec()), None)
                     }
                     Ok(_) => continue,
-                    Err(e) => (MqttEvent::Disconnected(e.to_string()), true),
+                    Err(e) => {
+                        let retry_in = backoff.failed(std::time::Instant::now());
+                        let msg = MqttEvent::Disconnected {
+                            error: e.to_string(),
+                            oversize: oversize_of(&e),
+                            retry_in,
+                        };
+                        (msg, Some(retry_in))
+                    }
                 };
                 if tx.send(msg).is_err() {
                     break;
                 }
-                if failed {
-                    std::thread::sleep(Duration::from_millis(300));
+                if let Some(wait) = wait {
+                    let until = std::time::Instant::now() + wait;
+                    while std::time::Instant::now() < until && !stopped() {
+                        std::thread::sleep(Duration::from_millis(50).min(wait));
+                    }
                 }
             }
         })?;
     Ok((rx, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets_after_a_stable_connection() {
+        let mut b = Backoff::default();
+        let t = Instant::now();
+        let seq: Vec<u64> = (0..8).map(|_| b.failed(t).as_millis() as u64).collect();
+        assert_eq!(seq, [300, 600, 1200, 2400, 4800, 9600, 16000, 16000]);
+        // A short-lived connection (the oversize loop) does not reset it.
+        b.connected(t);
+        assert_eq!(b.failed(t + Duration::from_secs(1)), Backoff::MAX);
+        // One that stayed up does.
+        b.connected(t);
+        assert_eq!(b.failed(t + Backoff::STABLE), Backoff::FIRST);
+    }
+
+    /// The shipped broker refuses what the device could not read (threat row 19).
+    #[test]
+    fn shipped_broker_limit_is_the_devices() {
+        let conf = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/mosquitto/tolk.conf"
+        ))
+        .unwrap();
+        let limit: usize = conf
+            .lines()
+            .find_map(|l| l.strip_prefix("max_packet_size "))
+            .expect("tolk.conf sets max_packet_size")
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(limit, tolk_config::protocol::MAX_INCOMING_PACKET);
+        assert!(limit > super::max_packet_size());
+    }
 }

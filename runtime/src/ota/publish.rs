@@ -244,8 +244,8 @@ pub fn publish(
                 }
             }
             MqttEvent::Publish(..) => {}
-            MqttEvent::Disconnected(e) => {
-                tracing::debug!(error = %e, "publisher connection error; retrying")
+            MqttEvent::Disconnected { error, .. } => {
+                tracing::debug!(%error, "publisher connection error; retrying")
             }
         }
     };

@@ -301,6 +301,7 @@ impl Updater {
             highest_version: self.state.highest_version,
             last_job: self.state.last_job.clone(),
             stale: self.state.stale,
+            refused: None,
         }
     }
 

@@ -21,7 +21,7 @@
 //! defaults follow the one training recipe we have (onset-aligned clips), and a model trained
 //! with random leading and trailing silence (the README's next step) takes any framing.
 //!
-//! Units are extracted *during* speech (`Session::push_audio`), so only decoding is left at the
+//! Units are extracted *during* speech (the front end's own unit stream), so only decoding is left at the
 //! endpoint. The endpointer reports the end of speech up to `min_silence_ms` (+ one VAD window)
 //! after it happened, so the front end feeds the unit extractor with a lag of that much: at the
 //! endpoint the utterance's units are exactly those of the samples `[start, end)` given to the
@@ -37,11 +37,11 @@ use tolk_models::audio::condition::StreamConditioner;
 use tolk_models::audio::endpoint::{EndReason, Endpointer, SpeechEvent};
 use tolk_models::audio::vad::{EnergyVad, EnergyVadConfig, SileroVad, VoiceActivity, WINDOW};
 use tolk_models::audio::SAMPLE_RATE;
-use tolk_models::sampling::SamplingConfig;
-use tolk_models::translator::{Session, Translator};
+use tolk_models::stream::Streaming;
+use tolk_models::translator::Translator;
+use tolk_models::units::{UnitExtractor, UnitId, UnitStream};
 
-use super::{bounds, PipelineOptions, Result};
-use crate::events::EndCause;
+use super::{bounds, PipelineError, PipelineOptions, Result};
 
 /// Which voice activity detector the front end uses.
 #[derive(Clone)]
@@ -85,10 +85,10 @@ pub struct Utterance {
     pub speech_start: u64,
     pub speech_end: u64,
     /// Raw 50 Hz source units of `[start_sample, end_sample)`.
-    pub units: Vec<u32>,
+    pub units: Vec<UnitId>,
     /// When the endpoint was detected: latencies count from here.
     pub ended_at: Instant,
-    pub cause: EndCause,
+    pub cause: EndReason,
     /// Seconds spent extracting this utterance's units.
     pub extract_s: f64,
 }
@@ -127,7 +127,7 @@ struct Open {
     start: u64,
     /// The speech onset.
     speech_start: u64,
-    /// Samples up to here are in the session.
+    /// Samples up to here are in the unit stream.
     pushed_to: u64,
     extract_s: f64,
 }
@@ -136,8 +136,10 @@ struct Open {
 pub struct FrontEnd {
     conditioner: StreamConditioner,
     endpointer: Endpointer<Box<dyn VoiceActivity>>,
-    /// Unit extraction only (its KV cache is a stub).
-    session: Session,
+    /// Streaming unit extraction of the open utterance.
+    units: UnitStream<Arc<UnitExtractor>>,
+    /// Units of the open utterance so far.
+    pending: Vec<UnitId>,
     /// Recent conditioned audio; `history[0]` is sample `history_start`.
     history: Vec<f32>,
     history_start: u64,
@@ -169,7 +171,7 @@ impl FrontEnd {
         input_rate: u32,
     ) -> Result<Self> {
         opts.validate()?;
-        let session = Session::with_options(translator, SamplingConfig::greedy(), 8)?;
+        let units = translator.unit_stream();
         let endpointer = Endpointer::new(vad.detector()?, opts.endpoint)?;
         let sr = SAMPLE_RATE as f64;
         let ms = |v: f64| (sr * v / 1000.0) as u64;
@@ -187,7 +189,8 @@ impl FrontEnd {
         Ok(Self {
             conditioner: StreamConditioner::new(input_rate, 1)?,
             endpointer,
-            session,
+            units,
+            pending: Vec::new(),
             history: Vec::new(),
             history_start: 0,
             total: 0,
@@ -227,49 +230,6 @@ impl FrontEnd {
     /// Input samples at or beyond full scale (clamped) in this stream.
     pub fn clipped_samples(&self) -> usize {
         self.conditioner.report().clipped
-    }
-
-    /// Source-rate mono samples in; start events and finished utterances out, in order.
-    pub fn push(&mut self, samples: &[f32]) -> Result<Vec<FrontEvent>> {
-        let x = {
-            let _s = tracing::debug_span!("condition", n = samples.len()).entered();
-            self.conditioner.push(samples)?
-        };
-        let nf = self.conditioner.report().non_finite;
-        if nf > self.non_finite_reported {
-            tracing::warn!(
-                total = nf,
-                "input held {} NaN/infinite samples; replaced by silence",
-                nf - self.non_finite_reported
-            );
-            self.non_finite_reported = nf;
-        }
-        self.process(&x, false)
-    }
-
-    /// End of the stream (source finished or lost): an open utterance ends at the last sample
-    /// (cause `source_ended`); the front end is then ready for a new stream.
-    pub fn finish(&mut self) -> Result<Vec<FrontEvent>> {
-        let tail = self.conditioner.finish().unwrap_or_else(|e| {
-            tracing::warn!("front end: {e}");
-            Vec::new()
-        });
-        let out = self.process(&tail, true);
-        self.reset_stream();
-        out
-    }
-
-    /// Forgets the current stream (a new source starts from sample 0).
-    pub fn reset_stream(&mut self) {
-        self.conditioner.reset();
-        let _ = self.endpointer.reset();
-        self.session.reset();
-        self.history.clear();
-        self.history_start = 0;
-        self.total = 0;
-        self.open = None;
-        self.last_end = 0;
-        self.non_finite_reported = 0;
     }
 
     fn process(&mut self, x: &[f32], finish: bool) -> Result<Vec<FrontEvent>> {
@@ -342,10 +302,16 @@ impl FrontEnd {
     }
 
     fn slice(&self, from: u64, to: u64) -> &[f32] {
+        let (a, b) = self.history_range(from, to);
+        &self.history[a..b]
+    }
+
+    /// Indices into the history of stream samples `[from, to)`, clipped to what it holds.
+    fn history_range(&self, from: u64, to: u64) -> (usize, usize) {
         let a = (from.max(self.history_start) - self.history_start) as usize;
         let b =
             ((to.max(self.history_start) - self.history_start) as usize).min(self.history.len());
-        &self.history[a.min(b)..b]
+        (a.min(b), b)
     }
 
     fn extract_to(&mut self, to: u64) -> Result<()> {
@@ -361,7 +327,8 @@ impl FrontEnd {
             let _s = tracing::debug_span!("unit_extract", samples = to - from).entered();
             let a = (from - self.history_start) as usize;
             let b = (to - self.history_start) as usize;
-            self.session.push_audio(&self.history[a..b])?;
+            let u = self.units.push(&self.history[a..b])?;
+            self.pending.extend(u);
         }
         if let Some(open) = self.open.as_mut() {
             open.pushed_to = to;
@@ -388,23 +355,21 @@ impl FrontEnd {
         let t0 = Instant::now();
         let units = {
             let _s = tracing::debug_span!("unit_extract_end", id).entered();
-            if open.pushed_to > end {
+            let from = if open.pushed_to > end {
                 // The cut lies behind what was extracted: redo the segment from the history.
-                self.session.reset();
-                let seg = self.slice(start, end).to_vec();
-                self.session.push_audio(&seg)?;
+                self.units.reset();
+                self.pending.clear();
+                start
             } else {
-                let rest = self.slice(open.pushed_to, end).to_vec();
-                self.session.push_audio(&rest)?;
-            }
-            self.session.end_utterance()?
+                open.pushed_to
+            };
+            let (a, b) = self.history_range(from, end);
+            let mut units = std::mem::take(&mut self.pending);
+            units.extend(self.units.push(&self.history[a..b])?);
+            units.extend(self.units.finish()?);
+            units
         };
         let extract_s = self.open.take().map_or(0.0, |o| o.extract_s) + t0.elapsed().as_secs_f64();
-        let cause = match reason {
-            EndReason::Silence => EndCause::Silence,
-            EndReason::MaxLengthAtPause | EndReason::MaxLengthForced => EndCause::MaxLength,
-            EndReason::EndOfStream => EndCause::SourceEnded,
-        };
         self.last_end = speech_end;
         Ok(Some(Utterance {
             id,
@@ -414,8 +379,8 @@ impl FrontEnd {
             speech_end,
             units,
             ended_at: Instant::now(),
-            cause,
             extract_s,
+            cause: reason,
         }))
     }
 
@@ -431,5 +396,57 @@ impl FrontEnd {
             self.history.drain(..drop);
             self.history_start += drop as u64;
         }
+    }
+}
+
+/// The front end is a streaming stage: source-rate samples in, start events and utterances
+/// out; `finish` ends an open utterance at the last sample (reason `source_ended`).
+impl Streaming for FrontEnd {
+    type Input = [f32];
+    type Output = Vec<FrontEvent>;
+    type Error = PipelineError;
+
+    /// Source-rate mono samples in; start events and finished utterances out, in order.
+    fn push(&mut self, samples: &[f32]) -> Result<Vec<FrontEvent>> {
+        let x = {
+            let _s = tracing::debug_span!("condition", n = samples.len()).entered();
+            self.conditioner.push(samples)?
+        };
+        let nf = self.conditioner.report().non_finite;
+        if nf > self.non_finite_reported {
+            tracing::warn!(
+                total = nf,
+                "input held {} NaN/infinite samples; replaced by silence",
+                nf - self.non_finite_reported
+            );
+            self.non_finite_reported = nf;
+        }
+        self.process(&x, false)
+    }
+
+    /// End of the stream (source finished or lost): an open utterance ends at the last sample
+    /// (cause `source_ended`); the front end is then ready for a new stream.
+    fn finish(&mut self) -> Result<Vec<FrontEvent>> {
+        let tail = self.conditioner.finish().unwrap_or_else(|e| {
+            tracing::warn!("front end: {e}");
+            Vec::new()
+        });
+        let out = self.process(&tail, true);
+        self.reset();
+        out
+    }
+
+    /// Forgets the current stream (a new source starts from sample 0).
+    fn reset(&mut self) {
+        self.conditioner.reset();
+        self.endpointer.reset();
+        self.units.reset();
+        self.pending.clear();
+        self.history.clear();
+        self.history_start = 0;
+        self.total = 0;
+        self.open = None;
+        self.last_end = 0;
+        self.non_finite_reported = 0;
     }
 }

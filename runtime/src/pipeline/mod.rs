@@ -1,15 +1,15 @@
-//! The streaming translation pipeline of the kiosk (issue 8, items 1 and 5):
+//! The streaming translation pipeline of the kiosk:
 //!
 //! ```text
 //! AudioSource ring --> pipeline thread: FrontEnd                       (frontend.rs)
 //!                        conditioning/resampling to 16 kHz mono (NaN/Inf -> 0, clamped)
 //!                        VAD (Silero or energy) + endpointer
-//!                        during speech: Session::push_audio (streaming unit extraction)
+//!                        during speech: the unit stream (streaming unit extraction)
 //!                      at the endpoint: Utterance{units} --> UtteranceQueue (queue.rs)
 //!                                                          bounded, drop-oldest
 //! model worker thread(s): UtteranceTranslator                        (worker.rs)
-//!                        decode (chain of modality by default): text deltas -> subtitle events
-//!                        units -> VocoderStream as they come -> PCM chunks -> PcmOut (sink)
+//!                        DecodeSession (chain of modality by default): text deltas -> subtitle
+//!                        events; units -> VocoderStream as they come -> PCM chunks -> PcmOut
 //! ```
 //!
 //! **Overload policy.** The utterance queue holds at most [`PipelineOptions::queue_limit`]
@@ -44,7 +44,8 @@ pub use output::{MemoryOut, NullOut, PcmOut, SinkOut};
 pub use queue::UtteranceQueue;
 pub use runner::{rss_kib, FeedEnd, Pipeline, PipelineSummary};
 
-pub use worker::{Output, StreamEvent, Translating, UtteranceReport, UtteranceTranslator};
+pub use tolk_models::translator::Output;
+pub use worker::{StreamEvent, Translating, UtteranceReport, UtteranceTranslator};
 
 use tolk_models::audio::endpoint::EndpointConfig;
 use tolk_models::translator::{Direction, Mode};

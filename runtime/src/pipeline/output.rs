@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tolk_models::stream::Streaming;
 
 use tolk_models::audio::resample::StreamResampler;
 

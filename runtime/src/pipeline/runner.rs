@@ -11,11 +11,13 @@ use tolk_models::translator::Translator;
 use super::frontend::{FrontEnd, FrontEvent, Utterance, VadKind};
 use super::output::PcmOut;
 use super::queue::UtteranceQueue;
-use super::worker::{Output, UtteranceReport, UtteranceTranslator};
+use super::worker::{UtteranceReport, UtteranceTranslator};
 use super::{PipelineOptions, Result};
 use crate::audio::{AudioSource, SourceEnd};
 use crate::events::{Event, EventRecord, EventSink};
 use crate::metrics::Metrics;
+use tolk_models::stream::Streaming;
+use tolk_models::translator::Output;
 
 /// Why [`Pipeline::feed`] returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,12 +188,12 @@ impl<O: PcmOut + 'static> Pipeline<O> {
         let name = source.name().to_string();
         let shared = self.shared.clone();
         let front = self.front_for(rate)?;
-        front.reset_stream();
+        front.reset();
         // 20 ms reads.
         let mut buf = vec![0f32; (rate as usize / 50).max(1)];
         loop {
             if stop.load(Ordering::Relaxed) {
-                front.reset_stream();
+                front.reset();
                 return Ok(FeedEnd::Stopped);
             }
             let read = {
@@ -331,6 +333,7 @@ fn worker_loop<O: PcmOut>(mut worker: UtteranceTranslator, sh: &Shared<O>) {
                 understood,
             } => {
                 let now = Instant::now();
+                let confidence = confidence.score();
                 if understood {
                     sh.emit(Event::SubtitleFinal {
                         utterance: u.id,

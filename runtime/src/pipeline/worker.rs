@@ -1,34 +1,20 @@
-//! The model side: one utterance's units in, subtitle text and PCM out as they are decoded.
+//! The model side: one utterance's units in, subtitle text and PCM out as they are decoded
+//! (by the translator's [`DecodeSession`]), with the latencies, the audio output and the report
+//! of the utterance.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 use tolk_models::translator::{
-    tensor_to_pcm, Confidence, Direction, Event, Mode, Session, Stop, Translator,
+    Confidence, DecodeSession, Direction, Mode, Output, Stop, Translation, Translator,
 };
-use tolk_models::vocoder::VocoderStream;
+use tolk_models::units::UnitId;
 
 use super::frontend::{FrontEnd, FrontEvent, Utterance, VadKind};
 use super::output::PcmOut;
 use super::{PipelineError, PipelineOptions, Result};
-
-/// What the worker reports while it translates.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Output<'a> {
-    /// More subtitle text (the deltas concatenate to the final text).
-    Text { delta: &'a str },
-    /// The text is complete. `understood` is false when the decoder's confidence is below the
-    /// configured minimum: no speech follows, and the kiosk asks the visitor to repeat.
-    TextEnd {
-        text: &'a str,
-        confidence: f64,
-        understood: bool,
-    },
-    /// A PCM chunk (16 kHz mono) starting at `offset` samples into the utterance's output, already
-    /// handed to the [`PcmOut`].
-    Audio { pcm: &'a [f32], offset: u64 },
-}
+use tolk_models::stream::Streaming;
 
 /// The outcome of one utterance. Latencies count from the endpoint ([`Utterance::ended_at`]).
 #[derive(Debug, Clone, Serialize)]
@@ -38,7 +24,7 @@ pub struct UtteranceReport {
     pub mode: Mode,
     pub text: String,
     /// Target units (empty for text-only modes).
-    pub units: Vec<u32>,
+    pub units: Vec<UnitId>,
     pub source_units: usize,
     /// PCM samples produced (16 kHz).
     pub samples_out: u64,
@@ -76,13 +62,12 @@ fn check_task(translator: &Translator, direction: Direction, mode: Mode) -> Resu
     Ok(())
 }
 
-/// Decodes utterances with its own [`Session`] and streams units into a vocoder.
+/// Translates utterances with its own [`DecodeSession`]: PCM to a [`PcmOut`], text and audio
+/// chunks to the caller, latencies from the endpoint in the report.
 pub struct UtteranceTranslator {
-    session: Session,
+    session: DecodeSession,
     direction: Direction,
     mode: Mode,
-    chunk_units: usize,
-    min_confidence: f64,
 }
 
 impl UtteranceTranslator {
@@ -95,18 +80,16 @@ impl UtteranceTranslator {
         // Fail early on a mode or direction the model cannot do.
         check_task(&translator, direction, mode)?;
         Ok(Self {
-            session: Session::new(translator)?,
+            session: DecodeSession::new(translator)?.with_vocoder_chunk(chunk_units),
             direction,
             mode,
-            chunk_units: chunk_units.max(1),
-            min_confidence: 0.0,
         })
     }
 
     /// Utterances whose text confidence ([`Confidence::score`]) is below `min` are reported
     /// not understood and get no speech (0 turns the check off).
     pub fn with_min_confidence(mut self, min: f64) -> Self {
-        self.min_confidence = min;
+        self.session = self.session.with_min_confidence(min);
         self
     }
 
@@ -132,7 +115,8 @@ impl UtteranceTranslator {
         self.session.translator()
     }
 
-    /// Translates `utt`: text deltas and PCM chunks go to `on` as they come, PCM also to `out`.
+    /// Translates `utt`: text deltas and PCM chunks go to `on` as they come, PCM also to `out`
+    /// (an output error stops the writing, not the translation).
     pub fn translate(
         &mut self,
         utt: &Utterance,
@@ -143,128 +127,35 @@ impl UtteranceTranslator {
             tracing::info_span!("utterance", id = utt.id, units = utt.units.len()).entered();
         let t0 = Instant::now();
         let since_end = |t: Instant| t.duration_since(utt.ended_at).as_secs_f64();
-        let mut vocoder: Option<VocoderStream> = if self.mode.has_units() {
-            Some(
-                self.session
-                    .translator()
-                    .vocoder_stream(self.direction.tgt())?,
-            )
-        } else {
-            None
-        };
-        let mut pending: Vec<i64> = Vec::with_capacity(self.chunk_units);
         let mut first_text: Option<f64> = None;
         let mut first_audio: Option<f64> = None;
-        let mut samples_out = 0u64;
-        let mut error: Option<PipelineError> = None;
         let mut output_error: Option<String> = None;
-        let mut understood = true;
-        let chunk = self.chunk_units;
-        let min_confidence = self.min_confidence;
-
-        // Vocodes `units` (or flushes) and hands the PCM on.
-        let mut emit_audio = |voc: &mut VocoderStream,
-                              units: &[i64],
-                              flush: bool,
-                              samples_out: &mut u64,
-                              first_audio: &mut Option<f64>,
-                              output_error: &mut Option<String>,
-                              on: &mut dyn FnMut(Output<'_>)|
-         -> Result<()> {
-            let pcm = {
-                let _s = tracing::debug_span!("vocoder", units = units.len(), flush).entered();
-                let mut pcm = Vec::new();
-                if !units.is_empty() {
-                    if let Some(y) = voc.step(units)? {
-                        pcm = tensor_to_pcm(&y)?;
-                    }
-                }
-                if flush {
-                    if let Some(y) = voc.flush()? {
-                        pcm.extend(tensor_to_pcm(&y)?);
-                    }
-                }
-                pcm
-            };
-            if pcm.is_empty() {
-                return Ok(());
-            }
-            if output_error.is_none() {
-                if let Err(e) = out.write(&pcm) {
-                    tracing::warn!(utterance = utt.id, "audio output: {e}");
-                    *output_error = Some(e.to_string());
-                }
-            }
-            first_audio.get_or_insert_with(|| since_end(Instant::now()));
-            on(Output::Audio {
-                pcm: &pcm,
-                offset: *samples_out,
-            });
-            *samples_out += pcm.len() as u64;
-            Ok(())
-        };
-
-        let result = {
+        let Translation {
+            output: res,
+            samples_out,
+            understood,
+        } = {
             let _d = tracing::info_span!("decode").entered();
             self.session
-                .translate_units(&utt.units, self.direction, self.mode, |ev: Event<'_>| {
-                    if error.is_some() {
-                        return;
-                    }
-                    match ev {
-                        Event::Text { delta } => {
+                .translate(&utt.units, self.direction, self.mode, &mut |o| {
+                    match &o {
+                        Output::Text { .. } => {
                             first_text.get_or_insert_with(|| since_end(Instant::now()));
-                            on(Output::Text { delta });
                         }
-                        Event::TextEnd { text, confidence } => {
-                            let score = confidence.score();
-                            understood = score >= min_confidence;
-                            on(Output::TextEnd {
-                                text,
-                                confidence: score,
-                                understood,
-                            });
-                        }
-                        // Not understood: the units are decoded but never spoken.
-                        Event::Unit(_) if !understood => {}
-                        Event::Unit(u) => {
-                            pending.push(u as i64);
-                            if pending.len() >= chunk {
-                                if let Some(v) = vocoder.as_mut() {
-                                    let units = std::mem::take(&mut pending);
-                                    if let Err(e) = emit_audio(
-                                        v,
-                                        &units,
-                                        false,
-                                        &mut samples_out,
-                                        &mut first_audio,
-                                        &mut output_error,
-                                        on,
-                                    ) {
-                                        error = Some(e);
-                                    }
+                        Output::Audio { pcm, .. } => {
+                            if output_error.is_none() {
+                                if let Err(e) = out.write(pcm) {
+                                    tracing::warn!(utterance = utt.id, "audio output: {e}");
+                                    output_error = Some(e.to_string());
                                 }
                             }
+                            first_audio.get_or_insert_with(|| since_end(Instant::now()));
                         }
+                        Output::TextEnd { .. } => {}
                     }
-                })
+                    on(o)
+                })?
         };
-        let res = result?;
-        if let Some(e) = error {
-            return Err(e);
-        }
-        if let Some(v) = vocoder.as_mut().filter(|_| understood) {
-            let units = std::mem::take(&mut pending);
-            emit_audio(
-                v,
-                &units,
-                true,
-                &mut samples_out,
-                &mut first_audio,
-                &mut output_error,
-                on,
-            )?;
-        }
         if output_error.is_none() {
             if let Err(e) = out.end_of_utterance() {
                 output_error = Some(e.to_string());

@@ -214,11 +214,20 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
+    /// A broker configured like `deploy/mosquitto/tolk.conf` (packet limit included).
     pub fn start(dir: &Path, tls: Option<&Tls>) -> Self {
+        Self::start_with_limit(dir, tls, Some(tolk_config::protocol::MAX_INCOMING_PACKET))
+    }
+
+    /// `max_packet: None` is mosquitto's default (no limit of its own): a misconfigured broker.
+    pub fn start_with_limit(dir: &Path, tls: Option<&Tls>, max_packet: Option<usize>) -> Self {
         let port = free_port();
         let mut conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 262144\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n"
         );
+        if let Some(n) = max_packet {
+            conf += &format!("max_packet_size {n}\n");
+        }
         // Started as root, mosquitto drops to user `mosquitto`, which cannot read the test's
         // temporary files: stay root then (test brokers only).
         let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {

@@ -40,7 +40,7 @@ use tolk_models::audio::features::MfccConfig;
 use tolk_models::audio::wav::{read_wav, write_wav, WavFormat};
 use tolk_models::device::{parse_device, parse_dtype};
 use tolk_models::prompt::Lang;
-use tolk_models::translator::{Confidence, Direction, Mode, Session, Stop, Translator};
+use tolk_models::translator::{Confidence, DecodeSession, Direction, Mode, Stop, Translator};
 
 use crate::corpus::manifest::{read_manifest, ManifestEntry, ReadOptions};
 use crate::metrics::{bleu, chrf, mcd, meteor, wer};
@@ -330,7 +330,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
     std::fs::create_dir_all(args.out.join("wavs"))
         .with_context(|| format!("creating {}", args.out.display()))?;
     let translator = Arc::new(translator);
-    let mut session = Session::new(Arc::clone(&translator))?;
+    let mut session = DecodeSession::new(Arc::clone(&translator))?;
     let mut results = Vec::new();
     let mut synth_paths = Vec::new();
     let mut ref_paths = Vec::new();
@@ -355,7 +355,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
             )
         })?;
         let out = session
-            .translate_units(src, args.direction, mode, |_| {})
+            .decode_units(src, args.direction, mode, |_| {})
             .with_context(|| format!("decoding entry {}", e.id))?;
         total_decode += out.timings.decode_s;
         let reference = e.target_text.clone().unwrap_or_default();

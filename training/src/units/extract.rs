@@ -338,10 +338,6 @@ pub fn run_units(args: &UnitsArgs) -> Result<UnitsSummary> {
         if units.is_empty() {
             return Err(format!("{seconds:.3} s of audio is shorter than one frame"));
         }
-        let units = units
-            .into_iter()
-            .map(|u| u32::try_from(u).map_err(|_| format!("unit id {u} out of range")))
-            .collect::<Result<Vec<u32>, String>>()?;
         Ok((units, seconds))
     };
     let mut results: Vec<Option<FileResult>> = vec![None; items.len()];

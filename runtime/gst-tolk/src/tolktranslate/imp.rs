@@ -43,8 +43,8 @@ use gstreamer_audio as gst_audio;
 use tch::{Device, Kind};
 use tolk_models::audio::endpoint::EndpointConfig;
 use tolk_models::audio::vad::SileroVad;
+use tolk_models::stream::Streaming;
 use tolk_models::translator::{Direction, Mode, Translator};
-use tolk_runtime::events::EndCause;
 use tolk_runtime::pipeline::{
     FrontEnd, FrontEvent as RtFrontEvent, Output as WorkerOutput, PcmOut, PipelineError,
     PipelineOptions, Utterance as RtUtterance, UtteranceTranslator, VadKind, MAX_UTTERANCE_S,
@@ -80,14 +80,6 @@ trait MulDiv {
 impl MulDiv for u64 {
     fn mul_div_floor(self, num: u64, den: u64) -> Option<u64> {
         u64::try_from(self as u128 * num as u128 / den as u128).ok()
-    }
-}
-
-fn end_cause_str(cause: EndCause) -> &'static str {
-    match cause {
-        EndCause::Silence => "silence",
-        EndCause::MaxLength => "max-length",
-        EndCause::SourceEnded => "end-of-stream",
     }
 }
 
@@ -359,7 +351,7 @@ impl Front {
     }
 
     fn reset(&mut self) {
-        self.inner.reset_stream();
+        self.inner.reset();
         self.open = None;
         self.base = None;
         self.live = None;
@@ -802,7 +794,7 @@ impl TolkTranslate {
                             .field("utterance", utt.id)
                             .field("stream-time", end.nseconds())
                             .field("speech-start", start.nseconds())
-                            .field("reason", end_cause_str(utt.cause))
+                            .field("reason", utt.cause.as_str())
                             .field("units", utt.units.len() as u32)
                             .build(),
                     );
@@ -1071,7 +1063,7 @@ impl TolkTranslate {
             .field("utterance", u.utt.id)
             .field("direction", u.direction.as_str())
             .field("mode", u.mode.as_str())
-            .field("reason", end_cause_str(u.utt.cause))
+            .field("reason", u.utt.cause.as_str())
             .field("source-units", u.utt.units.len() as u32)
             .field("target-units", report.units.len() as u32)
             .field("samples", report.samples_out)
