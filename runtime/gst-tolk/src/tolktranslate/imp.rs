@@ -1348,7 +1348,7 @@ mod tests {
     fn engine(dir: &std::path::Path) -> Engine {
         let model = dir.join("model");
         write_random_translator(&model, &TinyTranslatorSpec::default()).unwrap();
-        let translator = Translator::load(&model, Device::Cpu, Kind::Float).unwrap();
+        let translator = Translator::load(&model, tch::Device::Cpu, Kind::Float).unwrap();
         Engine {
             key: (model, "cpu".into(), None),
             translator: Arc::new(translator),
