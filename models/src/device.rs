@@ -3,9 +3,10 @@
 use crate::{ModelError, Result};
 use tch::{Device, Kind};
 
-/// `cpu`, `cuda` (first GPU) or `cuda:N`.
+/// `cpu`, `cuda` (first GPU) or `cuda:N`; surrounding white space is ignored. Only the name is
+/// checked: [`available_device`] also checks that CUDA is there.
 pub fn parse_device(s: &str) -> Result<Device> {
-    match s {
+    match s.trim() {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Ok(Device::Cuda(0)),
         _ => s
@@ -18,6 +19,21 @@ pub fn parse_device(s: &str) -> Result<Device> {
                 ))
             }),
     }
+}
+
+/// [`parse_device`], then an error naming the device when it asks for CUDA on a machine without
+/// it (rather than a libtorch failure at the first tensor moved there).
+pub fn available_device(s: &str) -> Result<Device> {
+    let device = parse_device(s)?;
+    if let Device::Cuda(i) = device {
+        let count = tch::Cuda::device_count();
+        if i as i64 >= count {
+            return Err(ModelError::InvalidArgument(format!(
+                "device `{s}`: CUDA is not available on this machine ({count} CUDA devices)"
+            )));
+        }
+    }
+    Ok(device)
 }
 
 /// `f32`, `f16` or `bf16` (also the long names).
@@ -57,7 +73,15 @@ mod tests {
     fn parses_devices_and_dtypes() {
         assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
         assert_eq!(parse_device("cuda:1").unwrap(), Device::Cuda(1));
+        assert_eq!(parse_device(" cuda ").unwrap(), Device::Cuda(0));
         assert!(parse_device("tpu").is_err());
+        assert!(parse_device("gpu").is_err());
+        assert!(parse_device("cuda:x").is_err());
+        assert_eq!(available_device("cpu").unwrap(), Device::Cpu);
+        if !tch::Cuda::is_available() {
+            let e = available_device("cuda").unwrap_err().to_string();
+            assert!(e.contains("CUDA is not available"), "{e}");
+        }
         assert_eq!(parse_dtype("bf16").unwrap(), Kind::BFloat16);
         assert!(parse_dtype("f8").is_err());
     }

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::sync::Arc;
-use tolk_models::device::parse_device;
+use tolk_models::device::available_device;
 use tolk_models::vocoder::{bench, random_model, BenchOptions, VocoderConfig};
 
 #[derive(Subcommand)]
@@ -49,7 +49,7 @@ pub fn run_units(cmd: UnitsCommand) -> Result<()> {
             device,
             json,
         } => {
-            let reports = tolk_models::units::bench::run(seconds, parse_device(&device)?)?;
+            let reports = tolk_models::units::bench::run(seconds, available_device(&device)?)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&reports)?);
             } else {
@@ -62,7 +62,7 @@ pub fn run_units(cmd: UnitsCommand) -> Result<()> {
 
 pub fn run_vocoder(cmd: VocoderCommand) -> Result<()> {
     let VocoderCommand::Bench(args) = cmd;
-    let device = parse_device(&args.device)?;
+    let device = available_device(&args.device)?;
     let mut all = Vec::new();
     for (name, cfg) in [
         ("mhubert", VocoderConfig::mhubert()),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-use tolk_models::device::{dtype_name, parse_device, parse_dtype};
+use tolk_models::device::{available_device, dtype_name, parse_dtype};
 use tolk_models::generate::{generate, GenerateOptions};
 use tolk_models::llama::{Llama, LlamaConfig, LoadOptions};
 use tolk_models::sampling::{Sampler, SamplingConfig};
@@ -32,7 +32,7 @@ pub struct LoadArgs {
 impl LoadArgs {
     fn options(&self) -> Result<LoadOptions> {
         Ok(LoadOptions {
-            device: parse_device(&self.device)?,
+            device: available_device(&self.device)?,
             dtype: parse_dtype(&self.dtype)?,
             max_positions: self.max_len,
         })
@@ -312,7 +312,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn bench(args: &BenchArgs) -> Result<()> {
     let opts = LoadOptions {
-        device: parse_device(&args.device)?,
+        device: available_device(&args.device)?,
         dtype: parse_dtype(&args.dtype)?,
         max_positions: (args.prompt_tokens + args.new_tokens + 1) as i64,
     };

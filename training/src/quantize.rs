@@ -40,7 +40,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
-use tolk_models::device::{dtype_name, parse_device, parse_dtype};
+use tolk_models::device::{available_device, dtype_name, parse_dtype};
 use tolk_models::llama::quant::{save_quantized, DEFAULT_INT4_GROUP};
 use tolk_models::llama::{Llama, LoadOptions, QuantConfig, QuantRuntime, QuantScheme};
 use tolk_models::prompt::{PromptFormat, SpecialToken, Task};
@@ -809,7 +809,7 @@ pub fn report_table(r: &QuantReport) -> String {
 pub fn run_quantize(args: &QuantizeArgs) -> Result<(QuantizeSummary, Option<QuantReport>)> {
     let scheme = args.scheme()?;
     let float_kind = parse_dtype(&args.float_dtype)?;
-    let device = parse_device(&args.device)?;
+    let device = available_device(&args.device)?;
     if let Some(n) = args.threads {
         if n <= 0 {
             bail!("--threads {n} must be > 0");

@@ -38,7 +38,7 @@ use serde::Serialize;
 use tolk_models::audio::condition::to_mono_16k;
 use tolk_models::audio::features::MfccConfig;
 use tolk_models::audio::wav::{read_wav, write_wav, WavFormat};
-use tolk_models::device::{parse_device, parse_dtype};
+use tolk_models::device::{available_device, parse_dtype};
 use tolk_models::prompt::Lang;
 use tolk_models::translator::{Confidence, DecodeSession, Direction, Mode, Stop, Translator};
 
@@ -260,7 +260,7 @@ pub(crate) fn file_stem(id: &str) -> String {
 
 /// Runs `tolk-train eval`.
 pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
-    let device = parse_device(&args.device)?;
+    let device = available_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
     let translator = Translator::load(&args.model, device, dtype)
         .with_context(|| format!("loading the translator {}", args.model.display()))?;

@@ -52,7 +52,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use tolk_models::audio::features::MfccConfig;
 use tolk_models::audio::wav::{write_wav, WavFormat};
-use tolk_models::device::{parse_device, parse_dtype};
+use tolk_models::device::{available_device, parse_dtype};
 use tolk_models::prompt::{PromptFormat, SpecialToken, Task};
 use tolk_models::sampling::{Sampler, SamplingConfig};
 use tolk_models::translator::{Direction, Mode, Stop, TranslationOutput, Translator};
@@ -1174,7 +1174,7 @@ pub fn run_pairs(args: &PairsArgs) -> Result<PairsSummary> {
         tch::set_num_threads(n);
     }
     let t0 = Instant::now();
-    let device = parse_device(&args.device)?;
+    let device = available_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
     let tr = Translator::load(model, device, dtype)
         .with_context(|| format!("loading the translator {}", model.display()))?;

@@ -351,7 +351,7 @@ pub fn train_preference(
     let span =
         tracing::info_span!("preference", objective = ?r.loss.kind, out = %r.run.out.display());
     let _enter = span.enter();
-    let device = tolk_models::device::parse_device(&r.run.device)?;
+    let device = tolk_models::device::available_device(&r.run.device)?;
     if r.run.threads > 0 {
         tch::set_num_threads(r.run.threads);
     }

@@ -65,7 +65,7 @@ pub fn run_bench(a: &SftBenchArgs) -> Result<SftBenchReport, SftError> {
     if r.run.precision != "f32" {
         return Err(SftError::Recipe("sft-bench compares f32 training".into()));
     }
-    let device = tolk_models::device::parse_device(&r.run.device)?;
+    let device = tolk_models::device::available_device(&r.run.device)?;
     if device != Device::Cpu {
         return Err(SftError::Recipe(
             "sft-bench runs the PyTorch peer on the CPU; use run.device = \"cpu\"".into(),

@@ -375,7 +375,7 @@ fn save_checkpoint(
 pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<SftSummary> {
     let span = tracing::info_span!("sft", out = %r.run.out.display());
     let _enter = span.enter();
-    let device = tolk_models::device::parse_device(&r.run.device)?;
+    let device = tolk_models::device::available_device(&r.run.device)?;
     if r.run.threads > 0 {
         tch::set_num_threads(r.run.threads);
     }

@@ -172,17 +172,6 @@ fn load_audio(path: &Path) -> Result<Vec<f32>, String> {
     Ok(mono)
 }
 
-fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => Ok(Device::Cuda(i)),
-            _ => bail!("unknown device {s:?} (use cpu, cuda or cuda:N)"),
-        },
-    }
-}
-
 fn progress(len: usize, quiet: bool, what: &str) -> indicatif::ProgressBar {
     if quiet {
         return indicatif::ProgressBar::hidden();
@@ -250,7 +239,7 @@ fn sample_frames(
 /// Runs `tolk-train units`: writes the units file and returns the summary.
 pub fn run_units(args: &UnitsArgs) -> Result<UnitsSummary> {
     let start = Instant::now();
-    let device = parse_device(&args.device)?;
+    let device = tolk_models::device::available_device(&args.device)?;
     if args.kmeans.is_none() && args.fit_kmeans.is_none() {
         bail!("give centroids with --kmeans FILE or fit them with --fit-kmeans K");
     }
@@ -416,12 +405,5 @@ mod tests {
         assert_eq!(f.frame_shift(), 320);
         // 1 s: (16000 - 400) / 320 + 1 = 49 frames.
         assert_eq!(f.num_frames(16_000), 49);
-    }
-
-    #[test]
-    fn device_names() {
-        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
-        assert_eq!(parse_device("cuda:1").unwrap(), Device::Cuda(1));
-        assert!(parse_device("gpu").is_err());
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tch::Tensor;
@@ -212,19 +212,4 @@ pub fn sample_batch(
         audio: Tensor::from_slice(&audio).view([batch as i64, 1, seg as i64]),
         unit_rows: rows,
     }
-}
-
-/// Parses `cpu` / `cuda` / `cuda:N`.
-pub fn parse_device(s: &str) -> Result<tch::Device> {
-    Ok(match s {
-        "cpu" => tch::Device::Cpu,
-        "cuda" => tch::Device::Cuda(0),
-        s => match s.strip_prefix("cuda:") {
-            Some(n) => tch::Device::Cuda(
-                n.parse()
-                    .with_context(|| format!("device {s:?}: bad CUDA index"))?,
-            ),
-            None => bail!("device {s:?}: expected cpu, cuda or cuda:N"),
-        },
-    })
 }

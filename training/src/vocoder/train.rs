@@ -27,7 +27,7 @@ use tolk_models::vocoder::losses::{
 };
 use tolk_models::vocoder::{SynthesisOptions, TrainableGenerator, VocoderConfig};
 
-use super::data::{load, parse_device, sample_batch, DataOptions, Utterance, VocoderData};
+use super::data::{load, sample_batch, DataOptions, Utterance, VocoderData};
 use super::optim::AdamW;
 use super::recipe::Recipe;
 use crate::run_dir::{commit_checkpoint, latest_checkpoint, write_atomic};
@@ -235,7 +235,7 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
         .or(recipe.data.language.clone())
         .context("no language: give --language or data.language in the recipe")?;
     let total_steps = args.steps.unwrap_or(tr.steps);
-    let device = parse_device(&args.device)?;
+    let device = tolk_models::device::available_device(&args.device)?;
     if let Some(n) = tr.threads {
         tch::set_num_threads(n);
     }

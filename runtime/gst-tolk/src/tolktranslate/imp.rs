@@ -40,7 +40,7 @@ use gstreamer::prelude::*;
 use gstreamer::subclass::prelude::*;
 use gstreamer_audio as gst_audio;
 
-use tch::{Device, Kind};
+use tch::Kind;
 use tolk_models::audio::endpoint::EndpointConfig;
 use tolk_models::audio::vad::SileroVad;
 use tolk_models::stream::Streaming;
@@ -174,24 +174,6 @@ impl Default for Settings {
             overload: OverloadProp::Auto,
         }
     }
-}
-
-/// `cpu`, `cuda` or `cuda:N`.
-fn parse_device(s: &str) -> Result<Device, String> {
-    let dev = match s.trim() {
-        "cpu" => return Ok(Device::Cpu),
-        "cuda" => Device::Cuda(0),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => Device::Cuda(i),
-            _ => return Err(format!("device `{s}`: expected cpu, cuda or cuda:N")),
-        },
-    };
-    if !tch::Cuda::is_available() {
-        return Err(format!(
-            "device `{s}`: CUDA is not available on this machine"
-        ));
-    }
-    Ok(dev)
 }
 
 fn resolve_mode(mode: ModeProp, translator: &Translator) -> Result<Mode, String> {
@@ -530,7 +512,7 @@ impl TolkTranslate {
                 ("the `model` property is not set (a translator folder is needed)")
             ));
         };
-        let device = parse_device(&s.device)
+        let device = tolk_models::device::available_device(&s.device)
             .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{}", e)))?;
         let key = (model.clone(), s.device.clone(), s.vad_model.clone());
         let mut engine = lock(&self.engine);
@@ -1366,7 +1348,7 @@ mod tests {
     fn engine(dir: &std::path::Path) -> Engine {
         let model = dir.join("model");
         write_random_translator(&model, &TinyTranslatorSpec::default()).unwrap();
-        let translator = Translator::load(&model, Device::Cpu, Kind::Float).unwrap();
+        let translator = Translator::load(&model, tch::Device::Cpu, Kind::Float).unwrap();
         Engine {
             key: (model, "cpu".into(), None),
             translator: Arc::new(translator),
