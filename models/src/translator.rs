@@ -31,8 +31,7 @@ use crate::prompt::{Lang, PromptFormat};
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::tokenizer::Tokenizer;
 use crate::units::{
-    mfcc_50hz_config, HubertLoadOptions, StreamOptions, UnitExtractor, UnitId, UnitStream,
-    WhisperLoadOptions,
+    mfcc_50hz_config, HubertLoadOptions, UnitExtractor, UnitId, UnitStream, WhisperLoadOptions,
 };
 use crate::vocoder::{CodeHiFiGan, SynthesisOptions, VocoderStream};
 use crate::{ModelError, Result};
@@ -298,10 +297,7 @@ impl Translator {
     /// A streaming unit extractor for one audio stream, with the context and look-ahead that
     /// suit the model's featurizer (none for frame-local MFCC, bounded windows for an encoder).
     pub fn unit_stream(&self) -> UnitStream<Arc<UnitExtractor>> {
-        let opts = match self.manifest.units {
-            UnitsSpec::Mfcc { .. } => StreamOptions::frame_local(),
-            UnitsSpec::Hubert { .. } | UnitsSpec::Whisper { .. } => StreamOptions::hubert_default(),
-        };
+        let opts = self.extractor.featurizer().stream_options();
         self.extractor.stream(opts)
     }
 

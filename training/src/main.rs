@@ -38,6 +38,8 @@ enum Command {
     Voices(tolk_training::corpus::voices::VoicesArgs),
     /// Extract speech units for every audio file of manifests (k-means loaded or fitted).
     Units(tolk_training::units::UnitsArgs),
+    /// Compare encoder layers by how well their units find the same sentence across voices.
+    UnitsProbe(tolk_training::units::ProbeArgs),
     /// Train a byte-level BPE tokenizer on manifests' texts (models trained from scratch).
     Tokenizer(tolk_training::units::TokenizerArgs),
     /// Supervised fine-tuning from a recipe (resumes from the output folder's last checkpoint).
@@ -260,6 +262,10 @@ fn main() -> Result<()> {
         Command::Units(a) => {
             let summary = tolk_training::units::run_units(&a)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::UnitsProbe(a) => {
+            print!("{}", tolk_training::units::run_probe(&a)?);
             Ok(())
         }
         Command::Tokenizer(a) => {

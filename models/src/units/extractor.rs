@@ -38,6 +38,11 @@ pub trait Featurizer: Send + Sync + std::fmt::Debug {
     fn max_frames(&self) -> Option<usize> {
         None
     }
+    /// The streaming options the kiosk uses with this featurizer: bounded context and look-ahead
+    /// for a contextual encoder (the default), none for a frame-local one.
+    fn stream_options(&self) -> StreamOptions {
+        StreamOptions::hubert_default()
+    }
     /// A stream of this featurizer's frames. The default recomputes the featurizer over a
     /// bounded window of samples ([`FeatureStream`]); a featurizer with an incremental front end
     /// (Whisper's conv stem, computed once per new sample) gives its own.
@@ -148,6 +153,10 @@ impl Featurizer for MfccFeaturizer {
             .compute(samples)
             .map_err(|e| ModelError::InvalidArgument(format!("MFCC: {e}")))
     }
+    fn stream_options(&self) -> StreamOptions {
+        StreamOptions::frame_local()
+    }
+
     fn frame_stream(self: Arc<Self>, opts: StreamOptions) -> Box<dyn FrameStream> {
         Box::new(FeatureStream::new(self, opts))
     }

@@ -3,7 +3,11 @@
 //! Each manifest entry contributes its `audio` and, for paired entries, its `target_audio`; a
 //! path string that several entries (or manifests) share is extracted once. Every file is read
 //! as WAV, conditioned to 16 kHz mono (`tolk_models::audio::condition::to_mono_16k`), featurized
-//! (MFCC at 50 Hz, or HuBERT layer L) and assigned to the nearest k-means centroid. The centroids
+//! (MFCC at 50 Hz, HuBERT layer L or Whisper-encoder layer L) and assigned to the nearest k-means
+//! centroid. With `--streamed` the units come from the kiosk's own unit stream
+//! ([`tolk_models::translator::Translator::unit_stream`]'s options, 20 ms pushes) rather than the
+//! offline encoder: a contextual encoder over a bounded window gives slightly different units
+//! than over the whole utterance, and training on what the kiosk will see removes that gap. The centroids
 //! come from a file, or are fitted first with seeded mini-batch k-means (k-means++ seeding,
 //! `tolk_models::units::fit_minibatch`) on a seeded sample of frames of the same files.
 //!
@@ -24,7 +28,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 use tolk_models::units::{
     fit_minibatch, Featurizer, FitConfig, Hubert, HubertFeaturizer, HubertLoadOptions, KMeans,
-    MfccFeaturizer, UnitExtractor,
+    MfccFeaturizer, UnitExtractor, UnitId, Whisper, WhisperFeaturizer, WhisperLoadOptions,
 };
 
 use super::file::{write_units, UnitsTable};
@@ -40,6 +44,21 @@ pub enum ExtractorKind {
     Mfcc,
     /// HuBERT layer `--layer` of the Hugging Face folder `--hubert` (50 Hz).
     Hubert,
+    /// Whisper-encoder layer `--layer` of the converted folder `--whisper` (50 Hz; see
+    /// `models/convert/ctranslate2_whisper.py`, `make whisper-encoder`).
+    Whisper,
+}
+
+impl ExtractorKind {
+    /// The layer used when `--layer` is not given: mHuBERT's 11 (method.md section 5); for
+    /// Whisper base the layer picked by `tolk-train units-probe` (README, "Units").
+    pub fn default_layer(self) -> usize {
+        match self {
+            Self::Mfcc => 0,
+            Self::Hubert => 11,
+            Self::Whisper => 5,
+        }
+    }
 }
 
 /// Arguments of `tolk-train units`.
@@ -53,9 +72,16 @@ pub struct UnitsArgs {
     /// Hugging Face HubertModel folder (with `--extractor hubert`).
     #[arg(long)]
     pub hubert: Option<PathBuf>,
-    /// HuBERT layer whose hidden states are clustered.
-    #[arg(long, default_value_t = 11)]
-    pub layer: usize,
+    /// Converted Whisper encoder folder (with `--extractor whisper`).
+    #[arg(long)]
+    pub whisper: Option<PathBuf>,
+    /// Encoder layer whose hidden states are clustered (default: 11 for HuBERT, 5 for Whisper).
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// Extract through the kiosk's streaming unit extractor (bounded context and look-ahead,
+    /// 20 ms pushes) instead of the offline encoder over the whole file.
+    #[arg(long)]
+    pub streamed: bool,
     /// Existing centroids (.safetensors or .npy, `[K, D]`).
     #[arg(long, conflicts_with = "fit_kmeans")]
     pub kmeans: Option<PathBuf>,
@@ -113,13 +139,13 @@ pub struct UnitsSummary {
 }
 
 /// Units and seconds of audio of one file, or why it was skipped.
-type FileResult = Result<(Vec<u32>, f64), String>;
+type FileResult = Result<(Vec<UnitId>, f64), String>;
 
 /// One distinct audio file: its key (as written in the manifest) and where it is.
 #[derive(Debug, Clone)]
-struct AudioItem {
-    key: String,
-    path: PathBuf,
+pub(crate) struct AudioItem {
+    pub(crate) key: String,
+    pub(crate) path: PathBuf,
 }
 
 /// Distinct audio files of the manifests, in manifest order. A key that two manifests resolve to
@@ -161,7 +187,7 @@ fn collect_audio(manifests: &[PathBuf]) -> Result<Vec<AudioItem>> {
 }
 
 /// 16 kHz mono samples of one file, or why it cannot be used.
-fn load_audio(path: &Path) -> Result<Vec<f32>, String> {
+pub(crate) fn load_audio(path: &Path) -> Result<Vec<f32>, String> {
     let wav = tolk_models::audio::wav::read_wav(path).map_err(|e| e.to_string())?;
     let (mono, report) =
         tolk_models::audio::condition::to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)
@@ -189,7 +215,7 @@ fn progress(len: usize, quiet: bool, what: &str) -> indicatif::ProgressBar {
 
 /// Seeded frame sample for fitting: files are visited in a seeded order and each contributes at
 /// most `max(8, 2 * fit_frames / files)` randomly chosen frames, until `fit_frames` are taken.
-fn sample_frames(
+pub(crate) fn sample_frames(
     featurizer: &dyn Featurizer,
     items: &[AudioItem],
     fit_frames: usize,
@@ -236,20 +262,18 @@ fn sample_frames(
     Ok(Tensor::f_cat(&parts, 0)?)
 }
 
-/// Runs `tolk-train units`: writes the units file and returns the summary.
-pub fn run_units(args: &UnitsArgs) -> Result<UnitsSummary> {
-    let start = Instant::now();
-    let device = tolk_models::device::available_device(&args.device)?;
-    if args.kmeans.is_none() && args.fit_kmeans.is_none() {
-        bail!("give centroids with --kmeans FILE or fit them with --fit-kmeans K");
-    }
-    let items = collect_audio(&args.manifests)?;
-    let _span = tracing::info_span!("units", files = items.len()).entered();
-    if items.is_empty() {
-        bail!("the manifests name no audio files");
-    }
-
-    let (featurizer, name): (Arc<dyn Featurizer>, String) = match args.extractor {
+/// The featurizer `args` name and its name in the units file.
+pub(crate) fn load_featurizer(
+    args: &UnitsArgs,
+    device: Device,
+) -> Result<(Arc<dyn Featurizer>, String)> {
+    let layer = args.layer.unwrap_or(args.extractor.default_layer());
+    let folder_name = |dir: &Path, default: &str| {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| default.into())
+    };
+    Ok(match args.extractor {
         ExtractorKind::Mfcc => (
             Arc::new(MfccFeaturizer::new(mfcc_50hz_config())?),
             "mfcc13-50hz".to_string(),
@@ -263,18 +287,58 @@ pub fn run_units(args: &UnitsArgs) -> Result<UnitsSummary> {
                 device,
                 dtype: Kind::Float,
             };
-            let model = Hubert::load(dir, args.layer, opts)
+            let model = Hubert::load(dir, layer, opts)
                 .with_context(|| format!("loading HuBERT from {}", dir.display()))?;
-            let dir_name = dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "hubert".into());
             (
                 Arc::new(HubertFeaturizer::new(model)),
-                format!("hubert:{dir_name}:layer{}", args.layer),
+                format!("hubert:{}:layer{layer}", folder_name(dir, "hubert")),
             )
         }
-    };
+        ExtractorKind::Whisper => {
+            let dir = args.whisper.as_ref().context(
+                "--extractor whisper needs --whisper DIR (a folder converted by \
+                 models/convert/ctranslate2_whisper.py; `make whisper-encoder` writes one)",
+            )?;
+            let opts = WhisperLoadOptions {
+                device,
+                dtype: Kind::Float,
+            };
+            let model = Whisper::load(dir, layer, opts)
+                .with_context(|| format!("loading the Whisper encoder from {}", dir.display()))?;
+            (
+                Arc::new(WhisperFeaturizer::new(Arc::new(model))),
+                format!("whisper:{}:layer{layer}", folder_name(dir, "whisper")),
+            )
+        }
+    })
+}
+
+/// Samples per push of `--streamed` extraction (20 ms, a typical audio callback period).
+const STREAM_PUSH: usize = 320;
+
+/// Units of one utterance as the kiosk's unit stream gives them: pushes of 20 ms, then finish.
+pub(crate) fn streamed_units(
+    extractor: &Arc<UnitExtractor>,
+    samples: &[f32],
+) -> Result<Vec<UnitId>, String> {
+    let mut stream = extractor.stream(extractor.featurizer().stream_options());
+    tolk_models::stream::run_chunked(&mut stream, samples, STREAM_PUSH).map_err(|e| e.to_string())
+}
+
+/// Runs `tolk-train units`: writes the units file and returns the summary.
+pub fn run_units(args: &UnitsArgs) -> Result<UnitsSummary> {
+    let start = Instant::now();
+    let device = tolk_models::device::available_device(&args.device)?;
+    if args.kmeans.is_none() && args.fit_kmeans.is_none() {
+        bail!("give centroids with --kmeans FILE or fit them with --fit-kmeans K");
+    }
+    let items = collect_audio(&args.manifests)?;
+    let _span = tracing::info_span!("units", files = items.len()).entered();
+    if items.is_empty() {
+        bail!("the manifests name no audio files");
+    }
+
+    let (featurizer, name) = load_featurizer(args, device)?;
 
     let (kmeans, fit_frames) = if let Some(path) = &args.kmeans {
         let km = KMeans::load(path, device, Kind::Float)
@@ -308,13 +372,13 @@ pub fn run_units(args: &UnitsArgs) -> Result<UnitsSummary> {
     };
     let num_units = u32::try_from(kmeans.k()).context("too many centroids")?;
     let extractor_name = format!("{name}+kmeans{num_units}");
-    let extractor = UnitExtractor::new(featurizer, kmeans)?;
+    let extractor = Arc::new(UnitExtractor::new(featurizer, kmeans)?);
 
     let jobs = args
         .jobs
         .unwrap_or_else(|| match args.extractor {
             ExtractorKind::Mfcc => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ExtractorKind::Hubert => 1,
+            ExtractorKind::Hubert | ExtractorKind::Whisper => 1,
         })
         .clamp(1, items.len());
     let pb = progress(items.len(), args.quiet, "units");
@@ -323,7 +387,11 @@ pub fn run_units(args: &UnitsArgs) -> Result<UnitsSummary> {
     let extract_one = |item: &AudioItem| -> FileResult {
         let samples = load_audio(&item.path)?;
         let seconds = samples.len() as f64 / tolk_models::audio::SAMPLE_RATE as f64;
-        let units = extractor.extract(&samples).map_err(|e| e.to_string())?;
+        let units = if args.streamed {
+            streamed_units(&extractor, &samples)?
+        } else {
+            extractor.extract(&samples).map_err(|e| e.to_string())?
+        };
         if units.is_empty() {
             return Err(format!("{seconds:.3} s of audio is shorter than one frame"));
         }
