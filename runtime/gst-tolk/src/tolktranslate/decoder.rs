@@ -139,10 +139,6 @@ fn push_text_tag(pad: &gst::Pad, text: &str, direction: Direction) {
 }
 
 fn decode_error(imp: &TolkTranslate, e: &dyn std::fmt::Display) -> gst::FlowError {
-    gst::element_imp_error!(
-        imp,
-        gst::StreamError::Decode,
-        ("translation failed: {}", e)
-    );
+    gst::element_imp_error!(imp, gst::StreamError::Decode, ("translation failed: {}", e));
     gst::FlowError::Error
 }

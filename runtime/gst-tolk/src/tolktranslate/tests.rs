@@ -67,7 +67,10 @@ fn run(engine: &Engine, s: &Settings, audio: &[f32], chunk: usize) -> Vec<Segmen
         {
             let (end, from) = (to_samples(*end), to_samples(*output_from));
             if utt.cause == EndReason::Silence {
-                assert_eq!(from, end, "after silence the audio starts at the end of speech");
+                assert_eq!(
+                    from, end,
+                    "after silence the audio starts at the end of speech"
+                );
             } else {
                 assert!(from >= end, "audio before its end of speech");
             }
@@ -92,7 +95,9 @@ fn run(engine: &Engine, s: &Settings, audio: &[f32], chunk: usize) -> Vec<Segmen
     events
         .into_iter()
         .filter_map(|e| match e {
-            FrontEvent::End { start, end, utt, .. } => Some((
+            FrontEvent::End {
+                start, end, utt, ..
+            } => Some((
                 to_samples(start),
                 to_samples(end),
                 (utt.start_sample, utt.end_sample),
@@ -183,6 +188,61 @@ fn long_speech_is_cut_at_max_length_with_the_same_units() {
     }
 }
 
+/// A maximum-length cut at an earlier pause is found long after that pause: its audio starts
+/// not at the pause but at most the endpoint delay before the input that ended it, so that it
+/// is not late by more than the latency the element reports.
+#[test]
+fn a_cut_at_an_earlier_pause_is_timestamped_within_the_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    // Without espeak-ng's trailing and leading silence, which is longer than the endpoint.
+    let trim = |x: Vec<f32>| {
+        let sound = |v: &f32| v.abs() > 0.01;
+        let from = x.iter().position(sound).unwrap();
+        let to = x.iter().rposition(sound).unwrap() + 1;
+        x[from..to].to_vec()
+    };
+    let a = trim(speech(dir.path(), "Where is the train station?"));
+    let b = trim(speech(dir.path(), "Thank you, have a nice day."));
+    let mut audio = a.clone();
+    audio.extend(vec![0.0f32; 3200]); // 200 ms: a pause, not an endpoint
+    audio.extend(&b);
+    audio.extend(vec![0.0f32; 16_000]);
+    let max_ms = ((a.len() + 3200 + b.len() / 2) / 16) as u32;
+    let s = Settings {
+        min_silence_ms: 400,
+        max_utterance_ms: max_ms,
+        ..Settings::default()
+    };
+    check(&e, &s, &audio);
+    let mut front = Front::new(&e, &s).unwrap();
+    front.base = Some(gst::ClockTime::ZERO);
+    let mut ids = 0;
+    let mut cut = None;
+    let mut pushed = 0;
+    for c in audio.chunks(320) {
+        for ev in front.push(c, &mut ids).unwrap() {
+            if let FrontEvent::End {
+                end,
+                output_from,
+                utt,
+                ..
+            } = ev
+            {
+                if utt.cause == EndReason::MaxLengthAtPause {
+                    cut = Some((to_samples(end), to_samples(output_from), pushed));
+                }
+            }
+        }
+        pushed += c.len() as u64;
+    }
+    let (end, from, pushed) = cut.expect("the speech is cut at the pause");
+    println!("cut at {end}, audio from {from}, decided in the input from {pushed}");
+    assert!(end <= a.len() as u64 + 3200, "cut at the pause: {end}");
+    assert_eq!(from, pushed - s.endpoint_delay_samples());
+    assert!(from > end);
+}
+
 #[test]
 fn latency_is_the_endpoint_delay_plus_the_decode_allowance() {
     // 600 ms = 9600 samples = 18.75 windows of 512: the end is called after 19 whole windows,
@@ -234,19 +294,32 @@ fn output_timeline_starts_at_the_utterance_or_after_the_previous_output() {
     let stamp = |t: &mut Timeline, pts: gst::ClockTime, n: u64| {
         let mut b = gst::Buffer::new();
         t.stamp(b.get_mut().unwrap(), pts, n);
-        (b.pts(), b.duration(), b.flags().contains(gst::BufferFlags::DISCONT))
+        (
+            b.pts(),
+            b.duration(),
+            b.flags().contains(gst::BufferFlags::DISCONT),
+        )
     };
     let first = t.utterance_start(ms(1000));
     assert_eq!(first, ms(1000));
-    assert_eq!(stamp(&mut t, first, 1600), (Some(ms(1000)), Some(ms(100)), true));
+    assert_eq!(
+        stamp(&mut t, first, 1600),
+        (Some(ms(1000)), Some(ms(100)), true)
+    );
     // An utterance that ended while the previous one still played follows it, back to back.
     let next = t.utterance_start(ms(1050));
     assert_eq!(next, ms(1100));
-    assert_eq!(stamp(&mut t, next, 800), (Some(ms(1100)), Some(ms(50)), false));
+    assert_eq!(
+        stamp(&mut t, next, 800),
+        (Some(ms(1100)), Some(ms(50)), false)
+    );
     // After a gap: its own time, a discontinuity.
     let later = t.utterance_start(ms(2000));
     assert_eq!(later, ms(2000));
-    assert_eq!(stamp(&mut t, later, 160), (Some(ms(2000)), Some(ms(10)), true));
+    assert_eq!(
+        stamp(&mut t, later, 160),
+        (Some(ms(2000)), Some(ms(10)), true)
+    );
     // Never backwards, even for an earlier end of speech.
     assert_eq!(t.utterance_start(ms(500)), ms(2010));
     // After a flush the timeline starts again wherever the next utterance is.
