@@ -496,8 +496,8 @@ fn latency_query_answers_upstream_plus_the_endpoint_and_decode_delays() {
         loop {
             let before = query(&sinkpad, true);
             let ours = query(&srcpad, false);
-            if before.is_some() && before == query(&sinkpad, true) {
-                return (before.unwrap(), ours.expect("the src pad answers"));
+            if let Some(upstream) = before.filter(|b| Some(*b) == query(&sinkpad, true)) {
+                return (upstream, ours.expect("the src pad answers"));
             }
             assert!(
                 Instant::now() < deadline,
