@@ -125,6 +125,13 @@ fn check(engine: &Engine, s: &Settings, audio: &[f32]) -> Vec<Segment> {
     for chunk in [160, 512, 1000, 16_000] {
         assert_eq!(run(engine, s, audio, chunk), reference, "chunks of {chunk}");
     }
+    println!(
+        "segments: {:?}",
+        reference
+            .iter()
+            .map(|x| (x.0, x.1, x.2, x.3.len()))
+            .collect::<Vec<_>>()
+    );
     reference
 }
 
@@ -144,12 +151,6 @@ fn segments_and_units_match_offline_for_any_chunking() {
         ..Settings::default()
     };
     let segs = check(&e, &s, &audio);
-    println!(
-        "segments: {:?}",
-        segs.iter()
-            .map(|x| (x.0, x.1, x.2, x.3.len()))
-            .collect::<Vec<_>>()
-    );
     assert_eq!(segs.len(), 2, "two utterances");
     assert!(segs[0].1 <= 8000 + a.len() as u64 + 512);
     assert!(segs[1].0 >= 8000 + a.len() as u64);
@@ -169,12 +170,6 @@ fn long_speech_is_cut_at_max_length_with_the_same_units() {
         ..Settings::default()
     };
     let segs = check(&e, &s, &audio);
-    println!(
-        "segments: {:?}",
-        segs.iter()
-            .map(|x| (x.0, x.1, x.2, x.3.len()))
-            .collect::<Vec<_>>()
-    );
     assert!(
         segs.len() >= 3,
         "{} s of speech cut into 1 s pieces",
