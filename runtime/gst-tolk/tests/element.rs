@@ -14,7 +14,6 @@ use gstreamer_check::Harness;
 
 use common::*;
 
-const CAPS: &str = "audio/x-raw,format=F32LE,layout=interleaved,channels=1,rate=16000";
 /// 20 ms input buffers.
 const CHUNK: usize = 320;
 

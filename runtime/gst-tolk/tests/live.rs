@@ -13,8 +13,6 @@ use gstreamer::prelude::*;
 
 use common::*;
 
-const CAPS: &str = "audio/x-raw,format=F32LE,layout=interleaved,channels=1,rate=16000";
-
 #[test]
 fn live_translation_reaches_a_synchronising_sink_before_its_deadline() {
     let dir = tempfile::tempdir().unwrap();
