@@ -14,7 +14,6 @@ use gstreamer_check::Harness;
 
 use common::*;
 
-const CAPS: &str = "audio/x-raw,format=F32LE,layout=interleaved,channels=1,rate=16000";
 /// 20 ms input buffers.
 const CHUNK: usize = 320;
 
@@ -448,4 +447,86 @@ fn drop_oldest_overload_and_a_direction_change_mid_stream() {
         buffers.push(b);
     }
     check_output(&mut h, &buffers);
+}
+
+/// The element's latency in a live pipeline: upstream's plus the endpoint delay (whole 512-sample
+/// VAD windows of `min-silence-ms`, one more to decide the last, one for an end of speech moved
+/// back) plus `decode-latency-ms`; changing the latter while playing posts a latency message and
+/// the next query answers the new value. (The sink does not wait for a preroll buffer: with
+/// silence in, nothing comes out.)
+#[test]
+fn latency_query_answers_upstream_plus_the_endpoint_and_decode_delays() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "audiotestsrc is-live=true wave=silence samplesperbuffer=320 ! {CAPS} ! \
+         tolktranslate name=t model={} min-silence-ms=400 decode-latency-ms=300 ! \
+         fakesink sync=true async=false",
+        model.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let el = pipeline.by_name("t").unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let (res, state, _) = pipeline.state(gst::ClockTime::from_seconds(30));
+    assert!(
+        res.is_ok() && state == gst::State::Playing,
+        "{res:?} {state:?}"
+    );
+
+    // Upstream's answer (audiotestsrc answers once its caps are negotiated), and the element's
+    // src pad's at the same moment (asked again until upstream has not changed in between).
+    let sinkpad = el.static_pad("sink").unwrap();
+    let srcpad = el.static_pad("src").unwrap();
+    let query = |pad: &gst::Pad, peer: bool| {
+        let mut q = gst::query::Latency::new();
+        let ok = if peer {
+            pad.peer_query(&mut q)
+        } else {
+            pad.query(&mut q)
+        };
+        ok.then(|| q.result())
+    };
+    let answers = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = query(&sinkpad, true);
+            let ours = query(&srcpad, false);
+            if let Some(upstream) = before.filter(|b| Some(*b) == query(&sinkpad, true)) {
+                return (upstream, ours.expect("the src pad answers"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "upstream answers the latency query"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // 400 ms = 6400 samples = 12.5 windows: 13 + 2 windows of 32 ms = 480 ms.
+    let (upstream, (live, min, max)) = answers();
+    println!("upstream {upstream:?}, element ({live}, {min}, {max:?})");
+    assert!(live, "upstream is live");
+    assert_eq!(min, upstream.1 + gst::ClockTime::from_mseconds(480 + 300));
+    assert_eq!(max, gst::ClockTime::NONE, "the element may hold any amount");
+    // The sink sees it: the pipeline's latency includes the element's.
+    let mut q = gst::query::Latency::new();
+    assert!(pipeline.query(&mut q));
+    assert!(q.result().0 && q.result().1 >= gst::ClockTime::from_mseconds(780));
+
+    // Drain what the start posted, then change the decode allowance while playing.
+    while bus.pop().is_some() {}
+    el.set_property("decode-latency-ms", 100u32);
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(5),
+            &[gst::MessageType::Latency],
+        )
+        .expect("a latency message");
+    assert_eq!(msg.src(), Some(el.upcast_ref::<gst::Object>()));
+    let (upstream, (_, min, _)) = answers();
+    assert_eq!(min, upstream.1 + gst::ClockTime::from_mseconds(480 + 100));
+    pipeline.set_state(gst::State::Null).unwrap();
 }

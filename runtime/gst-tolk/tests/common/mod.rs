@@ -11,6 +11,8 @@ use gstreamer as gst;
 use tolk_models::translator::testing::{write_random_translator, TinyTranslatorSpec};
 
 pub const RATE: u32 = 16_000;
+/// The caps of both pads of the element.
+pub const CAPS: &str = "audio/x-raw,format=F32LE,layout=interleaved,channels=1,rate=16000";
 
 pub fn init() {
     static INIT: Once = Once::new();
