@@ -33,5 +33,5 @@ pub mod toolkit;
 pub mod units;
 pub mod vocoder;
 
-/// The run-folder files under the path [`preference::pairs`] still uses.
+/// The run-folder files under the path the preference pairs' writer still uses.
 pub(crate) use toolkit::run_dir;

@@ -14,7 +14,7 @@ pub mod data;
 pub mod recipe;
 pub mod train;
 
-/// The plot font under the path [`crate::preference::pairs_plot`] still uses; the plot code
+/// The plot font under the path the preference pairs' margin plot still uses; the plot code
 /// itself is [`crate::toolkit::plot`].
 pub(crate) mod plot {
     pub(crate) use crate::toolkit::plot::register_font;

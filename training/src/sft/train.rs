@@ -29,6 +29,7 @@ use crate::corpus::manifest::{
 use crate::toolkit::checkpoint::{
     commit_checkpoint, latest_checkpoint, load_optimizer, read_state, write_state, CheckpointError,
 };
+use crate::toolkit::labels::IGNORE_INDEX;
 use crate::toolkit::optim::{AdamW, AdamWConfig, DecayScope, OptimError};
 use crate::toolkit::plot::{write_train_dev_plot, LossPoint, PlotError};
 use crate::toolkit::progress::StepProgress;
@@ -241,17 +242,15 @@ pub(crate) fn batch_loss(
     // The hidden state at position i predicts the token at i + 1.
     let pred = hidden.narrow(1, 0, s - 1).reshape([b * (s - 1), h]);
     let target = labels.narrow(1, 1, s - 1).reshape([-1]);
-    let rows = target
-        .ne(super::data::IGNORE_INDEX)
-        .nonzero()
-        .squeeze_dim(1);
+    let rows = target.ne(IGNORE_INDEX).nonzero().squeeze_dim(1);
     let n = rows.size()[0];
     let rows = rows.to_device(device);
     let target = target.to_device(device).index_select(0, &rows);
     let logits = model
         .logits(&pred.index_select(0, &rows))?
         .to_kind(Kind::Float);
-    let loss = logits.f_cross_entropy_loss::<Tensor>(&target, None, Reduction::Sum, -100, 0.0)?;
+    let loss =
+        logits.f_cross_entropy_loss::<Tensor>(&target, None, Reduction::Sum, IGNORE_INDEX, 0.0)?;
     let correct = logits.argmax(-1, false).eq_tensor(&target).sum(Kind::Int64);
     Ok((loss, correct, n))
 }

@@ -12,9 +12,11 @@
 //! - [`plot`]: training curves as PNG;
 //! - [`recipe`]: reading and checking TOML recipes, the shared `[run]` section, its command-line
 //!   overrides and the AdamW defaults and checks;
+//! - [`labels`]: the label value that carries no loss;
 //! - [`lora`]: LoRA adapters on a Llama decoder in peft's format (create, load, save, merge).
 
 pub mod checkpoint;
+pub mod labels;
 pub mod lora;
 pub mod optim;
 pub mod plot;

@@ -1,5 +1,5 @@
 //! Files in the output folder of a training run: I/O errors that name the path, files written
-//! atomically, JSON-lines logs. The checkpoints in it are [`super::checkpoint`]'s.
+//! atomically, JSON-lines logs.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

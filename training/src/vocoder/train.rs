@@ -263,35 +263,37 @@ fn save_checkpoint(
     })
 }
 
+/// The command-line value, else the recipe's.
+fn given<T: Clone>(
+    flag_value: &Option<T>,
+    recipe_value: &Option<T>,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<T> {
+    flag_value
+        .clone()
+        .or_else(|| recipe_value.clone())
+        .ok_or(VocoderError::MissingInput { what, flag })
+}
+
 /// Runs `tolk-train vocoder`.
 pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
     let t_start = Instant::now();
     let recipe = Recipe::from_file(&args.config)?;
     let tr = &recipe.train;
-    let manifest = args
-        .manifest
-        .clone()
-        .or(recipe.data.manifest.clone())
-        .ok_or(VocoderError::MissingInput {
-            what: "manifest",
-            flag: "manifest",
-        })?;
-    let units =
-        args.units
-            .clone()
-            .or(recipe.data.units.clone())
-            .ok_or(VocoderError::MissingInput {
-                what: "units file",
-                flag: "units",
-            })?;
-    let language = args
-        .language
-        .clone()
-        .or(recipe.data.language.clone())
-        .ok_or(VocoderError::MissingInput {
-            what: "language",
-            flag: "language",
-        })?;
+    let manifest = given(
+        &args.manifest,
+        &recipe.data.manifest,
+        "manifest",
+        "manifest",
+    )?;
+    let units = given(&args.units, &recipe.data.units, "units file", "units")?;
+    let language = given(
+        &args.language,
+        &recipe.data.language,
+        "language",
+        "language",
+    )?;
     let total_steps = args.steps.unwrap_or(tr.steps);
     let device = tolk_models::device::available_device(&args.device)?;
     if let Some(n) = tr.threads {
