@@ -1,4 +1,4 @@
-//! Parity of Tolk's LoRA (`tolk_training::preference::lora` + `Llama::forward_hidden_lora`) with
+//! Parity of Tolk's LoRA (`tolk_training::toolkit::lora` + `Llama::forward_hidden_lora`) with
 //! huggingface/peft on a tiny random Llama (reference from `tests/reference/lora_peft.py`):
 //! peft-written adapters give peft's logits, merging gives the same logits, disabling the adapters
 //! gives the base model, and an adapter written by Tolk loads in peft with the same logits.
@@ -10,7 +10,7 @@ use serde_json::Value;
 use tch::{Device, Tensor};
 use tolk_models::llama::{Llama, LoadOptions};
 use tolk_tests::{max_abs_diff, read_tensors, reference_dir};
-use tolk_training::preference::lora::{count_parameters, Lora, LoraConfig};
+use tolk_training::toolkit::lora::{count_parameters, Lora, LoraConfig};
 
 const BOUND: f64 = 1e-4;
 

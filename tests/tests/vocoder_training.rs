@@ -143,7 +143,7 @@ mod train_runs {
     use tolk_models::audio::wav::{read_wav, write_wav, WavFormat};
     use tolk_models::vocoder::{CodeHiFiGan, SynthesisOptions};
     use tolk_training::corpus::manifest::{write_manifest, ManifestEntry};
-    use tolk_training::run_dir::latest_checkpoint;
+    use tolk_training::toolkit::checkpoint::latest_checkpoint;
     use tolk_training::units::{read_units, run_units, write_units, ExtractorKind, UnitsArgs};
     use tolk_training::vocoder::{train_vocoder, Recipe, VocoderArgs};
 

@@ -6,7 +6,7 @@
 //! - [`sft`]: supervised fine-tuning data: examples per strategy, loss masks, batches;
 //! - [`eval`]: `tolk-train eval`, held-out BLEU / METEOR / unit error rate / MCD / ASR-BLEU of a
 //!   translator folder;
-//! - [`preference`]: DPO / SimPO losses and LoRA adapters (peft format);
+//! - [`preference`]: DPO / SimPO losses and training, preference pairs;
 //! - [`package`]: assembling a translator folder from SFT, k-means and vocoder outputs;
 //! - [`metrics`]: BLEU, chrF, METEOR, WER, MCD (`score`);
 //! - [`bundle`]: signing a bundle folder (`tolk-train bundle sign`); the manifest format itself
@@ -15,7 +15,9 @@
 //! - [`export`]: a translator folder -> a signed, versioned bundle, never half-written (`export`);
 //! - [`quantize`]: int8 / int4 weight-only quantization of a translator's decoder, with a report
 //!   against f32 (`quantize`);
-//! - [`publish`]: sending a signed bundle to one device over MQTT (`tolk-train publish`).
+//! - [`publish`]: sending a signed bundle to one device over MQTT (`tolk-train publish`);
+//! - [`toolkit`]: what the trainers share: AdamW, LR schedules, run folders, checkpoints,
+//!   progress, plots, recipe sections, LoRA adapters.
 
 pub mod bundle;
 pub mod corpus;
@@ -26,7 +28,10 @@ pub mod package;
 pub mod preference;
 pub mod publish;
 pub mod quantize;
-pub mod run_dir;
 pub mod sft;
+pub mod toolkit;
 pub mod units;
 pub mod vocoder;
+
+/// The run-folder files under the path the preference pairs' writer still uses.
+pub(crate) use toolkit::run_dir;

@@ -15,7 +15,7 @@
 //!   log-probs, no reference model; trl `CPOTrainer.cpo_loss` with `loss_type="simpo"` and
 //!   `cpo_alpha = 0` (pure SimPO: no NLL term on the chosen). Rewards `beta * avg`.
 
-use crate::sft::IGNORE_INDEX;
+use crate::toolkit::labels::IGNORE_INDEX;
 use tch::{Kind, Tensor};
 
 /// Errors of the loss functions (bad shapes or hyper-parameters, empty completions).
@@ -51,7 +51,7 @@ pub enum LogpReduction {
 ///
 /// `logits` `[B, T, V]` are those of the input sequence; position `t` predicts the token at
 /// `t + 1`, so `labels` `[B, T]` are the input ids with [`IGNORE_INDEX`] on the prompt and
-/// padding (the layout of [`crate::sft::data`]). A sequence with no labelled token is an error.
+/// padding ([`crate::toolkit::labels`]). A sequence with no labelled token is an error.
 pub fn sequence_logps(
     logits: &Tensor,
     labels: &Tensor,

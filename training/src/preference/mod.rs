@@ -2,22 +2,19 @@
 //!
 //! - [`losses`]: sequence log-probs over completion tokens, the DPO sigmoid loss (with
 //!   conservative label smoothing) and the SimPO loss, as pure functions;
-//! - [`lora`]: LoRA adapters in their own VarStore, peft's initialisation and file format,
-//!   merging into the base weights;
+//! - the LoRA adapters they train are [`crate::toolkit::lora`]'s;
 //! - [`pairs`]: `tolk-train pairs`, preference pairs by self-sampling and back-translation
 //!   ([`pairs_plot`]: the margin histogram);
 //! - [`data`]: the pairs files and their batches; [`recipe`]: the TOML recipe; [`train`]: the
 //!   DPO / SimPO loop with exact-resume checkpoints and the merged translator it ends with.
 
 pub mod data;
-pub mod lora;
 pub mod losses;
 pub mod pairs;
 pub mod pairs_plot;
 pub mod recipe;
 pub mod train;
 
-pub use lora::{count_parameters, Lora, LoraConfig, LoraError};
 pub use losses::{
     dpo_sigmoid_loss, sequence_logps, simpo_loss, LogpReduction, LossError, PreferenceLoss,
 };
@@ -29,6 +26,7 @@ pub use train::{
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::toolkit::lora::{Lora, LoraConfig};
     use tch::{Device, Tensor};
     use tolk_models::llama::{Llama, LlamaConfig, LoadOptions};
 

@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::lora::LoraConfig;
-use crate::sft::recipe::RunSection;
+use crate::toolkit::lora::LoraConfig;
+use crate::toolkit::recipe::{
+    check_adamw, default_betas, default_eps, parse_recipe, read_recipe, CheckedRecipe, RecipeError,
+    RunSection,
+};
 
 /// A whole recipe file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,9 +106,9 @@ pub struct PreferenceOptim {
     pub min_lr_ratio: f64,
     #[serde(default)]
     pub weight_decay: f64,
-    #[serde(default = "betas")]
+    #[serde(default = "default_betas")]
     pub betas: [f64; 2],
-    #[serde(default = "eps")]
+    #[serde(default = "default_eps")]
     pub eps: f64,
     #[serde(default = "clip")]
     pub grad_clip: f64,
@@ -120,8 +123,8 @@ impl Default for PreferenceOptim {
             warmup_ratio: warmup(),
             min_lr_ratio: 0.0,
             weight_decay: 0.0,
-            betas: betas(),
-            eps: eps(),
+            betas: default_betas(),
+            eps: default_eps(),
             grad_clip: clip(),
         }
     }
@@ -139,78 +142,65 @@ fn eight() -> usize {
 fn warmup() -> f64 {
     0.1
 }
-fn betas() -> [f64; 2] {
-    [0.9, 0.999]
-}
-fn eps() -> f64 {
-    1e-8
-}
 fn clip() -> f64 {
     1.0
 }
 
 impl PreferenceRecipe {
     /// Reads and checks a recipe; errors name the file and the offending key.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read recipe {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("recipe {}: {e}", path.display()))
+    pub fn from_file(path: &Path) -> Result<Self, RecipeError> {
+        read_recipe(path)
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let r: Self = toml::from_str(text).map_err(|e| e.to_string())?;
-        r.validate()?;
-        Ok(r)
+    pub fn parse(text: &str) -> Result<Self, RecipeError> {
+        parse_recipe(text)
     }
+}
 
-    pub fn validate(&self) -> Result<(), String> {
+impl CheckedRecipe for PreferenceRecipe {
+    fn validate(&self) -> Result<(), RecipeError> {
+        let invalid = |m: &str| Err(RecipeError::Invalid(m.into()));
         if self.data.pairs.is_empty() {
-            return Err("data.pairs must name at least one pairs.jsonl".into());
+            return invalid("data.pairs must name at least one pairs.jsonl");
         }
         if self.data.dev_percent >= 100 {
-            return Err("data.dev_percent must be below 100".into());
+            return invalid("data.dev_percent must be below 100");
         }
-        self.lora.validate().map_err(|e| format!("[lora]: {e}"))?;
+        self.lora
+            .validate()
+            .map_err(|e| RecipeError::Invalid(format!("[lora]: {e}")))?;
         let l = &self.loss;
         if !(l.beta() > 0.0 && l.beta().is_finite()) {
-            return Err(format!("loss.beta must be positive, got {}", l.beta()));
+            return Err(RecipeError::Invalid(format!(
+                "loss.beta must be positive, got {}",
+                l.beta()
+            )));
         }
         if !l.gamma().is_finite() {
-            return Err("loss.gamma must be finite".into());
+            return invalid("loss.gamma must be finite");
         }
         if l.kind == LossKind::Dpo && l.gamma.is_some() {
-            return Err("loss.gamma is a SimPO setting; DPO has none".into());
+            return invalid("loss.gamma is a SimPO setting; DPO has none");
         }
         if !(0.0..0.5).contains(&l.label_smoothing) {
-            return Err("loss.label_smoothing must be in [0, 0.5)".into());
+            return invalid("loss.label_smoothing must be in [0, 0.5)");
         }
         let o = &self.optim;
-        if !(o.lr > 0.0 && o.lr.is_finite()) {
-            return Err(format!("optim.lr must be positive, got {}", o.lr));
-        }
+        check_adamw(o.lr, o.betas, o.eps, o.grad_clip, o.weight_decay)?;
         if o.epochs == 0 || o.batch_pairs == 0 {
-            return Err("optim.epochs and optim.batch_pairs must be positive".into());
+            return invalid("optim.epochs and optim.batch_pairs must be positive");
         }
         if !(0.0..1.0).contains(&o.warmup_ratio) || !(0.0..=1.0).contains(&o.min_lr_ratio) {
-            return Err("optim.warmup_ratio must be in [0, 1), min_lr_ratio in [0, 1]".into());
-        }
-        if !o.betas.iter().all(|b| (0.0..1.0).contains(b)) || o.eps <= 0.0 {
-            return Err("optim.betas must be in [0, 1) and optim.eps positive".into());
-        }
-        if o.grad_clip < 0.0 || o.weight_decay < 0.0 {
-            return Err("optim.grad_clip and optim.weight_decay must not be negative".into());
+            return invalid("optim.warmup_ratio must be in [0, 1), min_lr_ratio in [0, 1]");
         }
         if self.run.precision != "f32" {
-            return Err(format!(
+            return Err(RecipeError::Invalid(format!(
                 "run.precision must be `f32` for preference training (the adapters are small; \
                  got `{}`)",
                 self.run.precision
-            ));
+            )));
         }
-        if self.run.eval_every == 0 || self.run.checkpoint_every == 0 || self.run.log_every == 0 {
-            return Err("run.eval_every, checkpoint_every and log_every must be positive".into());
-        }
-        Ok(())
+        self.run.check_intervals()
     }
 }
 
@@ -242,16 +232,21 @@ out = "runs/x"
 
     #[test]
     fn bad_keys_and_values_are_named() {
-        let e =
-            PreferenceRecipe::parse(&MINIMAL.replace("[loss]", "[loss]\nbeat = 1")).unwrap_err();
+        let e = PreferenceRecipe::parse(&MINIMAL.replace("[loss]", "[loss]\nbeat = 1"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("beat"), "{e}");
-        let e =
-            PreferenceRecipe::parse(&MINIMAL.replace("simpo\"", "dpo\"\ngamma = 1")).unwrap_err();
+        let e = PreferenceRecipe::parse(&MINIMAL.replace("simpo\"", "dpo\"\ngamma = 1"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gamma"), "{e}");
-        let e = PreferenceRecipe::parse(&format!("{MINIMAL}\n[lora]\nr = 0\n")).unwrap_err();
+        let e = PreferenceRecipe::parse(&format!("{MINIMAL}\n[lora]\nr = 0\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[lora]"), "{e}");
         let e = PreferenceRecipe::parse(&MINIMAL.replace("[run]", "[optim]\nepochs = 0\n[run]"))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("epochs"), "{e}");
     }
 }

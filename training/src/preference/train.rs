@@ -1,8 +1,8 @@
 //! The DPO / SimPO training loop with LoRA (PROST-LLM stage 3, `../shared/reference/method.md`
 //! sections 1-3).
 //!
-//! The base translator's LLM is loaded in f32 and frozen; the adapters ([`super::lora`]) are the
-//! only trained tensors (AdamW, [`crate::sft::optim`]). DPO's reference model is the same model
+//! The base translator's LLM is loaded in f32 and frozen; the adapters ([`crate::toolkit::lora`])
+//! are the only trained tensors (AdamW, [`crate::toolkit::optim`]). DPO's reference model is the same model
 //! with the adapters disabled (method.md section 2): its sequence log-probs are computed once for
 //! every pair before training (they never change), as trl's `precompute_ref_log_probs`. SimPO
 //! needs no reference.
@@ -12,7 +12,7 @@
 //! warm-up + cosine learning rate. Logged: loss, reward margin and accuracy (trl's
 //! `rewards/margins` and `rewards/accuracies`), with a progress bar, `metrics.jsonl` and two PNGs.
 //! Checkpoints (adapters in peft's format, optimizer moments, trainer state) are crash-safe
-//! ([`crate::run_dir`]); running the command again resumes exactly (the pair order is a pure
+//! ([`crate::toolkit::checkpoint`]); running the command again resumes exactly (the pair order is a pure
 //! function of seed and epoch, and libtorch's RNG is reseeded every step for dropout). At the end,
 //! `final/adapter` holds the adapters and `final/translator` the base translator folder with the
 //! adapters merged into its LLM (f32), ready for `tolk-train quantize` / `export`.
@@ -22,29 +22,37 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
-use tolk_models::checkpoint::{read_safetensors, save_safetensors};
 use tolk_models::llama::{Llama, LoadOptions};
 use tolk_models::prompt::{PromptFormat, SpecialToken};
 use tolk_models::tokenizer::Tokenizer;
 use tolk_models::translator::{ModelManifest, Translator};
 
 use super::data::{collate_pairs, epoch_batches, read_pairs, split_dev, Pair, PairsDataError};
-use super::lora::{Lora, LoraError};
 use super::losses::{dpo_sigmoid_loss, sequence_logps, simpo_loss, LogpReduction, LossError};
 use super::recipe::{LossKind, PreferenceRecipe};
-use crate::run_dir::{
-    append_jsonl, commit_checkpoint, io, latest_checkpoint, write_atomic, RunDirError, RunFlags,
-    StepProgress,
+use crate::toolkit::checkpoint::{
+    commit_checkpoint, latest_checkpoint, load_optimizer, read_state, write_state, CheckpointError,
 };
-use crate::sft::optim::{learning_rate, AdamW};
-use crate::sft::plot::{write_curves, Curve};
-use crate::sft::train::LossPoint;
+use crate::toolkit::lora::{Lora, LoraError};
+use crate::toolkit::optim::{AdamW, AdamWConfig, DecayScope, OptimError};
+use crate::toolkit::plot::{write_curves, write_train_dev_plot, Curve, LossPoint, PlotError};
+use crate::toolkit::progress::StepProgress;
+use crate::toolkit::recipe::{CheckedRecipe, RecipeError, RunFlags};
+use crate::toolkit::run_dir::{append_jsonl, io, write_atomic, RunDirError};
+use crate::toolkit::schedule::warmup_cosine;
 
 /// Errors of a preference-optimization run.
 #[derive(Debug, thiserror::Error)]
 pub enum PreferenceError {
-    #[error("{0}")]
-    Recipe(String),
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    /// DPO was asked for without the reference log-probs it needs.
+    #[error("DPO needs reference log-probs")]
+    NoReference,
+    #[error("every pair fell into the dev share ({dev_percent}%); lower data.dev_percent")]
+    NoTrainingPairs { dev_percent: u32 },
+    #[error("{0} already exists; choose another --out")]
+    OutputExists(PathBuf),
     #[error(transparent)]
     Io(#[from] RunDirError),
     #[error(transparent)]
@@ -55,13 +63,14 @@ pub enum PreferenceError {
     Loss(#[from] LossError),
     #[error(transparent)]
     Model(#[from] tolk_models::ModelError),
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Plot(#[from] PlotError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
-    #[error("cannot resume from {checkpoint}: {message}")]
-    Resume {
-        checkpoint: PathBuf,
-        message: String,
-    },
     #[error(
         "training diverged at step {step}: {what}; nothing was saved for this step, the last good \
          checkpoint is {last_checkpoint}"
@@ -93,8 +102,7 @@ pub struct PreferenceArgs {
 impl PreferenceArgs {
     /// The recipe with the command-line overrides applied.
     pub fn recipe(&self) -> Result<PreferenceRecipe> {
-        let mut r =
-            PreferenceRecipe::from_file(&self.run.recipe).map_err(PreferenceError::Recipe)?;
+        let mut r = PreferenceRecipe::from_file(&self.run.recipe)?;
         self.run.apply(&mut r.run);
         if !self.pairs.is_empty() {
             r.data.pairs = self.pairs.clone();
@@ -102,7 +110,7 @@ impl PreferenceArgs {
         if let Some(e) = self.epochs {
             r.optim.epochs = e;
         }
-        r.validate().map_err(PreferenceError::Recipe)?;
+        r.validate().map_err(|e| e.in_file(&self.run.recipe))?;
         Ok(r)
     }
 }
@@ -235,11 +243,7 @@ impl Setup<'_> {
                 l.beta(),
                 l.label_smoothing,
             )?,
-            (LossKind::Dpo, None) => {
-                return Err(PreferenceError::Recipe(
-                    "DPO needs reference log-probs".into(),
-                ))
-            }
+            (LossKind::Dpo, None) => return Err(PreferenceError::NoReference),
             (LossKind::Simpo, _) => simpo_loss(&pc, &pr, l.beta(), l.gamma(), l.label_smoothing)?,
         })
     }
@@ -380,10 +384,9 @@ pub fn train_preference(
     }
     let (train, dev) = split_dev(set.pairs, r.data.dev_percent);
     if train.is_empty() {
-        return Err(PreferenceError::Recipe(format!(
-            "every pair fell into the dev share ({}%); lower data.dev_percent",
-            r.data.dev_percent
-        )));
+        return Err(PreferenceError::NoTrainingPairs {
+            dev_percent: r.data.dev_percent,
+        });
     }
     let setup = Setup {
         model: &model,
@@ -397,15 +400,15 @@ pub fn train_preference(
     } else {
         latest_checkpoint(out)?
     };
-    let (lora, state, opt_state) = if let Some(ck) = &resume_from {
-        let bad = |message: String| PreferenceError::Resume {
-            checkpoint: ck.clone(),
-            message,
+    let (lora, state) = if let Some(ck) = &resume_from {
+        let bad = |message: String| -> PreferenceError {
+            CheckpointError::Mismatch {
+                checkpoint: ck.clone(),
+                message,
+            }
+            .into()
         };
-        let state: TrainerState = serde_json::from_slice(
-            &std::fs::read(ck.join("trainer.json")).map_err(|e| bad(e.to_string()))?,
-        )
-        .map_err(|e| bad(format!("trainer.json: {e}")))?;
+        let state: TrainerState = read_state(ck, "trainer.json")?;
         if state.fingerprint != fingerprint(r) {
             return Err(bad(
                 "the recipe's data, model, LoRA, loss or optimizer settings changed since this \
@@ -422,25 +425,22 @@ pub fn train_preference(
                 "the checkpoint's adapter settings differ from [lora]".into()
             ));
         }
-        let (t, _) = read_safetensors(
-            &ck.join("optimizer.safetensors"),
-            Kind::Float,
-            device,
-            |_| true,
-        )?;
-        (lora, Some(state), Some(t))
+        (lora, Some(state))
     } else {
         let lora = Lora::new(model.config(), r.lora.clone(), device, r.run.seed as i64)?;
-        (lora, None, None)
+        (lora, None)
     };
     let mut lora_train = lora;
     // peft does not save the dropout probability's training switch: set it from the recipe.
     lora_train.set_training(true);
     let mut opt = AdamW::new(
         lora_train.named_parameters(),
-        r.optim.betas,
-        r.optim.eps,
-        r.optim.weight_decay,
+        AdamWConfig {
+            betas: r.optim.betas,
+            eps: r.optim.eps,
+            weight_decay: r.optim.weight_decay,
+            decay: DecayScope::Matrices,
+        },
     );
     let mut state = state.unwrap_or(TrainerState {
         step: 0,
@@ -453,12 +453,8 @@ pub fn train_preference(
         dev_margin: Vec::new(),
         dev_accuracy: Vec::new(),
     });
-    if let (Some(t), Some(ck)) = (opt_state, &resume_from) {
-        opt.load_state(t.into_iter().collect(), state.step)
-            .map_err(|message| PreferenceError::Resume {
-                checkpoint: ck.clone(),
-                message,
-            })?;
+    if let Some(ck) = &resume_from {
+        load_optimizer(ck, "optimizer.safetensors", &mut opt)?;
     }
     let resumed_from = resume_from.as_ref().map(|_| state.step);
     let mut last_checkpoint = resume_from
@@ -538,8 +534,8 @@ pub fn train_preference(
         if !gnorm.is_finite() {
             return Err(diverged(format!("the gradient norm is {gnorm}")));
         }
-        let lr = learning_rate(step, r.optim.lr, warmup, total, r.optim.min_lr_ratio);
-        opt.step(lr);
+        let lr = warmup_cosine(step, r.optim.lr, warmup, total, r.optim.min_lr_ratio);
+        opt.step(lr)?;
         window.add(&out_loss)?;
         state.step = step;
         steps_this_run += 1;
@@ -647,38 +643,20 @@ fn save_state(
     base: &Path,
 ) -> Result<()> {
     lora.save_peft(&dir.join("adapter"), &base.display().to_string())?;
-    {
-        let _guard = tch::no_grad_guard();
-        save_safetensors(&dir.join("optimizer.safetensors"), &opt.state_tensors())?;
-    }
-    let json = serde_json::to_vec_pretty(state).expect("trainer state serializes");
-    Ok(write_atomic(&dir.join("trainer.json"), &json)?)
+    opt.save(&dir.join("optimizer.safetensors"))?;
+    Ok(write_state(dir, "trainer.json", state)?)
 }
 
 fn write_plots(out: &Path, s: &TrainerState) -> Result<()> {
-    let plot = |name: &str, title: &str, y: &str, curves: &[Curve<'_>]| {
-        write_curves(&out.join(name), title, y, curves)
-            .map_err(|e| PreferenceError::Recipe(format!("{name}: {e}")))
-    };
-    plot(
-        "loss.png",
+    write_train_dev_plot(
+        &out.join("loss.png"),
         "Preference loss",
         "loss",
-        &[
-            Curve {
-                name: "train",
-                points: &s.loss,
-                markers: false,
-            },
-            Curve {
-                name: "dev",
-                points: &s.dev_loss,
-                markers: true,
-            },
-        ],
+        &s.loss,
+        &s.dev_loss,
     )?;
-    plot(
-        "rewards.png",
+    write_curves(
+        &out.join("rewards.png"),
         "Reward margin (chosen - rejected) and accuracy",
         "margin / accuracy",
         &[
@@ -703,7 +681,8 @@ fn write_plots(out: &Path, s: &TrainerState) -> Result<()> {
                 markers: true,
             },
         ],
-    )
+    )?;
+    Ok(())
 }
 
 /// `tolk-train merge` arguments.
@@ -725,10 +704,7 @@ pub struct MergeArgs {
 /// LLM). The adapter must fit the base model (errors list every mismatch).
 pub fn merge_adapter(a: &MergeArgs) -> Result<PathBuf> {
     if a.out.exists() {
-        return Err(PreferenceError::Recipe(format!(
-            "{} already exists; choose another --out",
-            a.out.display()
-        )));
+        return Err(PreferenceError::OutputExists(a.out.clone()));
     }
     let m = ModelManifest::from_file(&a.translator.join("tolk-model.json"))?;
     let llm_dir = a.translator.join(&m.llm);

@@ -3,7 +3,7 @@
 //! same threads, in one run; and the losses and weights of both after the same steps, which
 //! checks the loop's numerics (loss, gradients, clipping, AdamW) against the reference.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -11,10 +11,49 @@ use tch::{Device, Kind, Tensor};
 use tolk_models::checkpoint::{read_safetensors, save_safetensors};
 use tolk_models::prompt::SpecialToken;
 
-use super::data::{build_examples, BatchConfig, Batcher};
-use super::optim::{learning_rate, AdamW};
-use super::train::{accumulate_gradients, fresh_model, read_entries, SftError};
-use crate::units::file::read_units;
+use super::data::{build_examples, BatchConfig, Batcher, SftDataError};
+use super::recipe::SftRecipe;
+use super::train::{accumulate_gradients, adamw_config, fresh_model, read_entries, SftError};
+use crate::toolkit::optim::{AdamW, OptimError};
+use crate::toolkit::recipe::RecipeError;
+use crate::toolkit::schedule::warmup_cosine;
+use crate::units::file::{read_units, UnitsFileError};
+
+/// Errors of `tolk-train sft-bench`.
+#[derive(Debug, thiserror::Error)]
+pub enum SftBenchError {
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    /// A recipe or flag the comparison cannot run with.
+    #[error("sft-bench: {0}")]
+    Unsupported(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Units(#[from] UnitsFileError),
+    #[error(transparent)]
+    Sft(#[from] SftError),
+    #[error(transparent)]
+    SftData(#[from] SftDataError),
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    #[error(transparent)]
+    Model(#[from] tolk_models::ModelError),
+    /// The PyTorch side could not be run or gave no usable result.
+    #[error("the PyTorch peer: {0}")]
+    Peer(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SftBenchError + '_ {
+    move |source| SftBenchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// `tolk-train sft-bench` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,14 +99,16 @@ pub struct SftBenchReport {
 }
 
 /// Runs the comparison.
-pub fn run_bench(a: &SftBenchArgs) -> Result<SftBenchReport, SftError> {
-    let r = super::recipe::SftRecipe::from_file(&a.recipe).map_err(SftError::Recipe)?;
+pub fn run_bench(a: &SftBenchArgs) -> Result<SftBenchReport, SftBenchError> {
+    let r = SftRecipe::from_file(&a.recipe)?;
     if r.run.precision != "f32" {
-        return Err(SftError::Recipe("sft-bench compares f32 training".into()));
+        return Err(SftBenchError::Unsupported(
+            "sft-bench compares f32 training".into(),
+        ));
     }
     let device = tolk_models::device::available_device(&r.run.device)?;
     if device != Device::Cpu {
-        return Err(SftError::Recipe(
+        return Err(SftBenchError::Unsupported(
             "sft-bench runs the PyTorch peer on the CPU; use run.device = \"cpu\"".into(),
         ));
     }
@@ -78,26 +119,21 @@ pub fn run_bench(a: &SftBenchArgs) -> Result<SftBenchReport, SftError> {
     });
     tch::set_num_threads(threads);
     if a.steps <= a.warmup {
-        return Err(SftError::Recipe("--steps must exceed --warmup".into()));
+        return Err(SftBenchError::Unsupported(
+            "--steps must exceed --warmup".into(),
+        ));
     }
     let tmp;
     let work = match &a.work {
         Some(w) => w.clone(),
         None => {
-            tmp = tempfile::tempdir().map_err(|e| SftError::Io {
-                path: std::env::temp_dir(),
-                source: e,
-            })?;
+            tmp = tempfile::tempdir().map_err(io(&std::env::temp_dir()))?;
             tmp.path().to_path_buf()
         }
     };
-    std::fs::create_dir_all(&work).map_err(|e| SftError::Io {
-        path: work.clone(),
-        source: e,
-    })?;
+    std::fs::create_dir_all(&work).map_err(io(&work))?;
 
-    let units = read_units(&r.data.units)
-        .map_err(|e| SftError::Data(format!("{}: {e}", r.data.units.display())))?;
+    let units = read_units(&r.data.units)?;
     let (model, tok, format) = fresh_model(&r, units.num_units, device)?;
     {
         let _g = tch::no_grad_guard();
@@ -127,7 +163,7 @@ pub fn run_bench(a: &SftBenchArgs) -> Result<SftBenchReport, SftError> {
     save_safetensors(&work.join("batches.safetensors"), &saved)?;
     let lrs: Vec<f64> = (1..=a.steps as u64)
         .map(|s| {
-            learning_rate(
+            warmup_cosine(
                 s,
                 r.optim.lr,
                 r.optim.warmup_steps,
@@ -141,24 +177,17 @@ pub fn run_bench(a: &SftBenchArgs) -> Result<SftBenchReport, SftError> {
         "weight_decay": r.optim.weight_decay, "grad_clip": r.optim.grad_clip,
         "threads": threads, "warmup": a.warmup,
     });
-    std::fs::write(work.join("bench.json"), cfg.to_string()).map_err(|e| SftError::Io {
-        path: work.join("bench.json"),
-        source: e,
-    })?;
+    let bench_json = work.join("bench.json");
+    std::fs::write(&bench_json, cfg.to_string()).map_err(io(&bench_json))?;
 
     // tolk: the same step as `train` (one micro-batch per step here).
-    let mut opt = AdamW::new(
-        model.trainable_parameters(),
-        r.optim.betas,
-        r.optim.eps,
-        r.optim.weight_decay,
-    );
+    let mut opt = AdamW::new(model.trainable_parameters(), adamw_config(&r));
     let (mut losses, mut timed, mut tokens, mut targets) = (Vec::new(), 0.0, 0u64, 0u64);
     for (k, b) in batches.iter().enumerate() {
         let t0 = Instant::now();
         let g = accumulate_gradients(&model, &mut opt, std::slice::from_ref(b), device)?;
         opt.clip_grad_norm(r.optim.grad_clip);
-        opt.step(lrs[k]);
+        opt.step(lrs[k])?;
         if k >= a.warmup {
             timed += t0.elapsed().as_secs_f64();
             tokens += g.tokens;
@@ -169,28 +198,24 @@ pub fn run_bench(a: &SftBenchArgs) -> Result<SftBenchReport, SftError> {
 
     // PyTorch.
     let py = crate::eval::asr::find_python(a.python.as_deref())
-        .map_err(|e| SftError::Data(e.to_string()))?;
+        .map_err(|e| SftBenchError::Peer(e.to_string()))?;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/sft_torch_loop.py");
     let out = std::process::Command::new(&py)
         .arg(&script)
         .arg(&work)
         .output()
-        .map_err(|e| SftError::Data(format!("cannot run {}: {e}", py.display())))?;
+        .map_err(|e| SftBenchError::Peer(format!("cannot run {}: {e}", py.display())))?;
     if !out.status.success() {
-        return Err(SftError::Data(format!(
-            "the PyTorch peer failed ({}): {}",
+        return Err(SftBenchError::Peer(format!(
+            "failed ({}): {}",
             py.display(),
             String::from_utf8_lossy(&out.stderr)
         )));
     }
+    let torch_json = work.join("torch.json");
     let torch: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(work.join("torch.json")).map_err(|e| {
-            SftError::Io {
-                path: work.join("torch.json"),
-                source: e,
-            }
-        })?)
-        .map_err(|e| SftError::Data(format!("torch.json: {e}")))?;
+        serde_json::from_slice(&std::fs::read(&torch_json).map_err(io(&torch_json))?)
+            .map_err(|e| SftBenchError::Peer(format!("{}: {e}", torch_json.display())))?;
     let torch_losses: Vec<f64> = torch["losses"]
         .as_array()
         .map(|v| v.iter().filter_map(|x| x.as_f64()).collect())
@@ -211,7 +236,7 @@ pub fn run_bench(a: &SftBenchArgs) -> Result<SftBenchReport, SftError> {
     for (name, t) in model.named_tensors() {
         let other = theirs
             .get(&name)
-            .ok_or_else(|| SftError::Data(format!("the PyTorch weights lack {name}")))?;
+            .ok_or_else(|| SftBenchError::Peer(format!("its weights lack {name}")))?;
         let d = (t.detach().to_kind(Kind::Float) - other)
             .abs()
             .max()

@@ -35,9 +35,7 @@ use tolk_models::prompt::{PromptFormat, Task};
 use tolk_models::tokenizer::Tokenizer;
 
 use crate::corpus::manifest::ManifestEntry;
-
-/// Label value of positions without loss (prompt, padding), as PyTorch's `ignore_index`.
-pub const IGNORE_INDEX: i64 = -100;
+pub use crate::toolkit::labels::IGNORE_INDEX;
 
 /// Where raw (not deduplicated) units of an audio file come from, keyed by the manifest's audio
 /// path as written in the manifest: a [`crate::units::file::UnitsTable`] read with

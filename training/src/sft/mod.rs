@@ -4,15 +4,21 @@
 //!   (vanilla, tri-task, chain of modality) in both directions, with the loss mask, and the
 //!   seeded, resumable [`data::Batcher`]. The sequence layout itself is defined once in
 //!   [`tolk_models::prompt`].
-//! - [`recipe`]: the TOML recipe; [`train`]: the loop (AdamW of [`optim`], warm-up + cosine,
-//!   clipping, accumulation, exact-resume checkpoints, evaluation, the [`plot`] of the losses).
+//! - [`recipe`]: the TOML recipe; [`train`]: the loop (AdamW, warm-up + cosine, clipping,
+//!   accumulation, exact-resume checkpoints, evaluation, the loss plot; the pieces shared with
+//!   the other trainers are [`crate::toolkit`]'s).
+//! - [`bench`]: `tolk-train sft-bench`, the SFT step against the same step in PyTorch.
 
 pub mod bench;
 pub mod data;
-pub mod optim;
-pub mod plot;
 pub mod recipe;
 pub mod train;
+
+/// The plot font under the path the preference pairs' margin plot still uses; the plot code
+/// itself is [`crate::toolkit::plot`].
+pub(crate) mod plot {
+    pub(crate) use crate::toolkit::plot::register_font;
+}
 
 pub use data::{
     build_examples, Batch, BatchConfig, BatchPosition, Batcher, Direction, Example, SftData,

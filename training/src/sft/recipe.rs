@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::data::{Direction, Strategy};
+use crate::toolkit::recipe::{
+    check_adamw, default_betas, default_eps, parse_recipe, read_recipe, CheckedRecipe, RecipeError,
+    RunSection,
+};
 
 /// A whole recipe file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,9 +116,9 @@ pub struct OptimSection {
     pub steps: u64,
     #[serde(default)]
     pub weight_decay: f64,
-    #[serde(default = "betas")]
+    #[serde(default = "default_betas")]
     pub betas: [f64; 2],
-    #[serde(default = "eps")]
+    #[serde(default = "default_eps")]
     pub eps: f64,
     /// Global gradient-norm clip (0 = none).
     #[serde(default)]
@@ -128,118 +132,53 @@ pub struct OptimSection {
     pub max_examples: usize,
 }
 
-fn betas() -> [f64; 2] {
-    [0.9, 0.999]
-}
-
-fn eps() -> f64 {
-    1e-8
-}
-
 fn one_u() -> usize {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunSection {
-    /// Output folder: checkpoints/, final/, metrics.jsonl, loss.png.
-    pub out: PathBuf,
-    #[serde(default = "one_u64")]
-    pub seed: u64,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[serde(default = "cpu")]
-    pub device: String,
-    /// `f32`, or `bf16` (autocast on CUDA; master weights and optimizer state stay f32).
-    #[serde(default = "f32_name")]
-    pub precision: String,
-    /// Intra-op threads (0 = libtorch's default).
-    #[serde(default)]
-    pub threads: i32,
-    #[serde(default = "hundred")]
-    pub eval_every: u64,
-    #[serde(default = "hundred")]
-    pub checkpoint_every: u64,
-    /// Checkpoints kept (oldest deleted first; the newest is never deleted).
-    #[serde(default = "three")]
-    pub keep_checkpoints: usize,
-    #[serde(default = "ten")]
-    pub log_every: u64,
-}
-
-fn one_u64() -> u64 {
-    1
-}
-fn cpu() -> String {
-    "cpu".into()
-}
-fn f32_name() -> String {
-    "f32".into()
-}
-fn hundred() -> u64 {
-    100
-}
-fn three() -> usize {
-    3
-}
-fn ten() -> u64 {
-    10
-}
-
 impl SftRecipe {
     /// Reads and checks a recipe; errors name the file and the offending key.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read recipe {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("recipe {}: {e}", path.display()))
+    pub fn from_file(path: &Path) -> Result<Self, RecipeError> {
+        read_recipe(path)
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let r: Self = toml::from_str(text).map_err(|e| e.to_string())?;
-        r.validate()?;
-        Ok(r)
+    pub fn parse(text: &str) -> Result<Self, RecipeError> {
+        parse_recipe(text)
     }
+}
 
-    pub fn validate(&self) -> Result<(), String> {
+impl CheckedRecipe for SftRecipe {
+    fn validate(&self) -> Result<(), RecipeError> {
+        let invalid = |m: &str| Err(RecipeError::Invalid(m.into()));
         let m = &self.model;
         match (&m.pretrained, &m.tokenizer, &m.scratch) {
             (Some(_), None, None) | (None, Some(_), Some(_)) => {}
             _ => {
-                return Err(
-                    "[model] needs either `pretrained`, or `tokenizer` and [model.scratch]".into(),
+                return invalid(
+                    "[model] needs either `pretrained`, or `tokenizer` and [model.scratch]",
                 )
             }
         }
         let o = &self.optim;
-        if !(o.lr > 0.0 && o.lr.is_finite()) {
-            return Err(format!("optim.lr must be positive, got {}", o.lr));
-        }
+        check_adamw(o.lr, o.betas, o.eps, o.grad_clip, o.weight_decay)?;
         if !(0.0..=1.0).contains(&o.min_lr_ratio) {
-            return Err("optim.min_lr_ratio must be in [0, 1]".into());
+            return invalid("optim.min_lr_ratio must be in [0, 1]");
         }
         if o.steps == 0 || o.warmup_steps > o.steps {
-            return Err("optim.steps must be positive and at least optim.warmup_steps".into());
+            return invalid("optim.steps must be positive and at least optim.warmup_steps");
         }
         if o.grad_accum == 0 || o.max_examples == 0 || o.max_tokens == 0 {
-            return Err("optim.grad_accum, max_examples and max_tokens must be positive".into());
-        }
-        if !o.betas.iter().all(|b| (0.0..1.0).contains(b)) || o.eps <= 0.0 {
-            return Err("optim.betas must be in [0, 1) and optim.eps positive".into());
-        }
-        if o.grad_clip < 0.0 || o.weight_decay < 0.0 {
-            return Err("optim.grad_clip and optim.weight_decay must not be negative".into());
+            return invalid("optim.grad_accum, max_examples and max_tokens must be positive");
         }
         if !matches!(self.run.precision.as_str(), "f32" | "bf16") {
-            return Err(format!(
+            return Err(RecipeError::Invalid(format!(
                 "run.precision must be `f32` or `bf16`, got `{}`",
                 self.run.precision
-            ));
+            )));
         }
-        if self.run.eval_every == 0 || self.run.checkpoint_every == 0 || self.run.log_every == 0 {
-            return Err("run.eval_every, checkpoint_every and log_every must be positive".into());
-        }
+        self.run.check_intervals()?;
         if self.data.train.is_empty() || self.data.directions.is_empty() {
-            return Err("data.train and data.directions must not be empty".into());
+            return invalid("data.train and data.directions must not be empty");
         }
         Ok(())
     }

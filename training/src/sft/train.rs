@@ -3,7 +3,7 @@
 //!
 //! Per optimizer step: `grad_accum` micro-batches, each loss a sum over its target tokens divided
 //! by the target tokens of the whole step (so accumulation equals one large batch), gradient-norm
-//! clipping, AdamW ([`super::optim`]) at the warm-up + cosine learning rate. Every
+//! clipping, AdamW ([`crate::toolkit::optim`]) at the warm-up + cosine learning rate. Every
 //! `checkpoint_every` steps a checkpoint (model folder, optimizer moments, batcher position) is
 //! written to a temporary folder and renamed into place, then `latest` is switched to it: a crash
 //! at any moment leaves the previous checkpoint intact. Running the same command again resumes
@@ -16,46 +16,56 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
-use tolk_models::checkpoint::{read_safetensors, save_safetensors};
 use tolk_models::llama::{Llama, LlamaConfig, LoadOptions, RopeScaling};
 use tolk_models::prompt::{PromptFormat, SpecialToken};
 use tolk_models::tokenizer::Tokenizer;
 use tolk_models::vocab::unit_token_names;
 
 use super::data::{build_examples, collate, BatchConfig, BatchPosition, Batcher, Example};
-use super::optim::{learning_rate, AdamW};
 use super::recipe::SftRecipe;
-use crate::corpus::manifest::{read_manifest, refuse_test_only, ManifestEntry, ReadOptions};
-use crate::run_dir::{
-    append_jsonl, commit_checkpoint, latest_checkpoint, write_atomic, RunDirError, RunFlags,
-    StepProgress,
+use crate::corpus::manifest::{
+    read_manifest, refuse_test_only, ManifestEntry, ManifestError, ReadOptions,
 };
-use crate::units::file::read_units;
+use crate::toolkit::checkpoint::{
+    commit_checkpoint, latest_checkpoint, load_optimizer, read_state, write_state, CheckpointError,
+};
+use crate::toolkit::labels::IGNORE_INDEX;
+use crate::toolkit::optim::{AdamW, AdamWConfig, DecayScope, OptimError};
+use crate::toolkit::plot::{write_train_dev_plot, LossPoint, PlotError};
+use crate::toolkit::progress::StepProgress;
+use crate::toolkit::recipe::{CheckedRecipe, RecipeError, RunFlags};
+use crate::toolkit::run_dir::{append_jsonl, write_atomic, RunDirError};
+use crate::toolkit::schedule::warmup_cosine;
+use crate::units::file::{read_units, UnitsFileError};
 
 /// Errors of an SFT run.
 #[derive(Debug, thiserror::Error)]
 pub enum SftError {
-    #[error("{0}")]
-    Recipe(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    /// The recipe's backbone cannot be built.
+    #[error("[model]: {0}")]
+    Backbone(String),
+    #[error(transparent)]
+    Io(#[from] RunDirError),
     #[error("data: {0}")]
-    Data(String),
+    Manifest(#[from] ManifestError),
+    #[error("data: {0}")]
+    Units(#[from] UnitsFileError),
+    #[error("data: no training example could be built ({skipped} skipped: {counts})")]
+    NoExamples { skipped: usize, counts: String },
     #[error(transparent)]
     Model(#[from] tolk_models::ModelError),
     #[error(transparent)]
     SftData(#[from] super::data::SftDataError),
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("loss plot: {0}")]
+    Plot(#[from] PlotError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
-    #[error("cannot resume from {checkpoint}: {message}")]
-    Resume {
-        checkpoint: PathBuf,
-        message: String,
-    },
     #[error(
         "training diverged at step {step}: {what}; nothing was saved for this step, the last good \
          checkpoint is {last_checkpoint}"
@@ -68,22 +78,6 @@ pub enum SftError {
 }
 
 type Result<T> = std::result::Result<T, SftError>;
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SftError + '_ {
-    move |source| SftError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-impl From<RunDirError> for SftError {
-    fn from(e: RunDirError) -> Self {
-        SftError::Io {
-            path: e.path,
-            source: e.source,
-        }
-    }
-}
 
 /// `tolk-train sft` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -98,22 +92,15 @@ pub struct SftArgs {
 impl SftArgs {
     /// The recipe with the command-line overrides applied.
     pub fn recipe(&self) -> Result<SftRecipe> {
-        let mut r = SftRecipe::from_file(&self.run.recipe).map_err(SftError::Recipe)?;
+        let mut r = SftRecipe::from_file(&self.run.recipe)?;
         self.run.apply(&mut r.run);
         if let Some(s) = self.steps {
             r.optim.steps = s;
             r.optim.warmup_steps = r.optim.warmup_steps.min(s);
         }
-        r.validate().map_err(SftError::Recipe)?;
+        r.validate().map_err(|e| e.in_file(&self.run.recipe))?;
         Ok(r)
     }
-}
-
-/// One logged point.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct LossPoint {
-    pub step: u64,
-    pub loss: f64,
 }
 
 /// What a checkpoint records besides tensors.
@@ -164,6 +151,16 @@ fn fingerprint(r: &SftRecipe) -> String {
     serde_json::json!({"data": r.data, "model": r.model, "optim": optim}).to_string()
 }
 
+/// AdamW as the recipe's `[optim]` sets it (no decay on norms and biases).
+pub(crate) fn adamw_config(r: &SftRecipe) -> AdamWConfig {
+    AdamWConfig {
+        betas: r.optim.betas,
+        eps: r.optim.eps,
+        weight_decay: r.optim.weight_decay,
+        decay: DecayScope::Matrices,
+    }
+}
+
 fn dtype_of(r: &SftRecipe) -> Kind {
     if r.run.precision == "bf16" {
         Kind::BFloat16
@@ -190,7 +187,7 @@ pub(crate) fn fresh_model(
         return Ok((model, tok, format));
     }
     let (Some(tok_path), Some(shape)) = (&r.model.tokenizer, &r.model.scratch) else {
-        return Err(SftError::Recipe("no backbone given".into()));
+        return Err(SftError::Backbone("no backbone given".into()));
     };
     let mut tok = Tokenizer::from_file(tok_path)?;
     let mut names = unit_token_names(num_units as usize);
@@ -200,7 +197,7 @@ pub(crate) fn fresh_model(
     if shape.hidden_size % shape.num_attention_heads != 0
         || shape.num_attention_heads % shape.num_key_value_heads != 0
     {
-        return Err(SftError::Recipe(
+        return Err(SftError::Backbone(
             "model.scratch: hidden_size must divide by num_attention_heads, and heads by \
              num_key_value_heads"
                 .into(),
@@ -245,17 +242,15 @@ pub(crate) fn batch_loss(
     // The hidden state at position i predicts the token at i + 1.
     let pred = hidden.narrow(1, 0, s - 1).reshape([b * (s - 1), h]);
     let target = labels.narrow(1, 1, s - 1).reshape([-1]);
-    let rows = target
-        .ne(super::data::IGNORE_INDEX)
-        .nonzero()
-        .squeeze_dim(1);
+    let rows = target.ne(IGNORE_INDEX).nonzero().squeeze_dim(1);
     let n = rows.size()[0];
     let rows = rows.to_device(device);
     let target = target.to_device(device).index_select(0, &rows);
     let logits = model
         .logits(&pred.index_select(0, &rows))?
         .to_kind(Kind::Float);
-    let loss = logits.f_cross_entropy_loss::<Tensor>(&target, None, Reduction::Sum, -100, 0.0)?;
+    let loss =
+        logits.f_cross_entropy_loss::<Tensor>(&target, None, Reduction::Sum, IGNORE_INDEX, 0.0)?;
     let correct = logits.argmax(-1, false).eq_tensor(&target).sum(Kind::Int64);
     Ok((loss, correct, n))
 }
@@ -336,9 +331,8 @@ pub fn evaluate(
 pub(crate) fn read_entries(manifests: &[PathBuf]) -> Result<Vec<ManifestEntry>> {
     let mut out = Vec::new();
     for m in manifests {
-        let man = read_manifest(m, ReadOptions { check_audio: false })
-            .map_err(|e| SftError::Data(format!("{}: {e}", m.display())))?;
-        refuse_test_only(&man, "training").map_err(|e| SftError::Data(e.to_string()))?;
+        let man = read_manifest(m, ReadOptions { check_audio: false })?;
+        refuse_test_only(&man, "training")?;
         out.extend(man.entries);
     }
     Ok(out)
@@ -362,12 +356,8 @@ fn save_checkpoint(
 ) -> Result<PathBuf> {
     commit_checkpoint(out, state.step, keep, |tmp: &Path| -> Result<()> {
         save_model(model, tok, &tmp.join("model"))?;
-        {
-            let _guard = tch::no_grad_guard();
-            save_safetensors(&tmp.join("optimizer.safetensors"), &opt.state_tensors())?;
-        }
-        let json = serde_json::to_vec_pretty(state).expect("trainer state serializes");
-        Ok(write_atomic(&tmp.join("trainer.json"), &json)?)
+        opt.save(&tmp.join("optimizer.safetensors"))?;
+        Ok(write_state(tmp, "trainer.json", state)?)
     })
 }
 
@@ -380,11 +370,10 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
         tch::set_num_threads(r.run.threads);
     }
     let out = &r.run.out;
-    std::fs::create_dir_all(out).map_err(io(out))?;
+    std::fs::create_dir_all(out).map_err(crate::toolkit::run_dir::io(out))?;
 
     // Data.
-    let units = read_units(&r.data.units)
-        .map_err(|e| SftError::Data(format!("{}: {e}", r.data.units.display())))?;
+    let units = read_units(&r.data.units)?;
     let num_units = units.num_units;
     let data_cfg = r.data.example_config();
 
@@ -394,21 +383,17 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
     } else {
         latest_checkpoint(out)?
     };
-    let (model, tok, format, state, opt_state) = if let Some(ck) = &resume_from {
-        let bad = |message: String| SftError::Resume {
-            checkpoint: ck.clone(),
-            message,
-        };
-        let state: TrainerState = serde_json::from_slice(
-            &std::fs::read(ck.join("trainer.json")).map_err(|e| bad(e.to_string()))?,
-        )
-        .map_err(|e| bad(format!("trainer.json: {e}")))?;
+    let (model, tok, format, state) = if let Some(ck) = &resume_from {
+        let state: TrainerState = read_state(ck, "trainer.json")?;
         if state.fingerprint != fingerprint(r) {
-            return Err(bad(
-                "the recipe's data, model or optimizer settings changed since this checkpoint \
-                 (only optim.steps may change); use --restart or another run.out"
+            return Err(CheckpointError::Mismatch {
+                checkpoint: ck.clone(),
+                message: "the recipe's data, model or optimizer settings changed since this \
+                          checkpoint (only optim.steps may change); use --restart or another \
+                          run.out"
                     .into(),
-            ));
+            }
+            .into());
         }
         let opts = LoadOptions {
             device,
@@ -418,16 +403,10 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
         let model = Llama::load(&ck.join("model"), opts)?;
         let tok = Tokenizer::from_file(&ck.join("model").join("tokenizer.json"))?;
         let format = PromptFormat::from_tokenizer(&tok, num_units)?;
-        let (tensors, _) = read_safetensors(
-            &ck.join("optimizer.safetensors"),
-            Kind::Float,
-            device,
-            |_| true,
-        )?;
-        (model, tok, format, Some(state), Some(tensors))
+        (model, tok, format, Some(state))
     } else {
         let (m, t, f) = fresh_model(r, num_units, device)?;
-        (m, t, f, None, None)
+        (m, t, f, None)
     };
 
     let train_entries = read_entries(&r.data.train)?;
@@ -438,11 +417,10 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
     }
     let dev = build_examples(&dev_entries, &units, &tok, &format, &data_cfg)?;
     if data.examples.is_empty() {
-        return Err(SftError::Data(format!(
-            "no training example could be built ({} skipped: {:?})",
-            data.skipped.total(),
-            data.skipped.counts
-        )));
+        return Err(SftError::NoExamples {
+            skipped: data.skipped.total(),
+            counts: format!("{:?}", data.skipped.counts),
+        });
     }
     if data.skipped.problems() > 0 {
         tracing::warn!(skipped = data.skipped.total(), counts = ?data.skipped.counts, "training examples skipped");
@@ -460,12 +438,7 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
     };
 
     // Optimizer.
-    let mut opt = AdamW::new(
-        model.trainable_parameters(),
-        r.optim.betas,
-        r.optim.eps,
-        r.optim.weight_decay,
-    );
+    let mut opt = AdamW::new(model.trainable_parameters(), adamw_config(r));
     let mut state = state.unwrap_or(TrainerState {
         step: 0,
         position: BatchPosition::default(),
@@ -476,12 +449,8 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
         train_history: Vec::new(),
         dev_history: Vec::new(),
     });
-    if let (Some(t), Some(ck)) = (opt_state, &resume_from) {
-        opt.load_state(t.into_iter().collect(), state.step)
-            .map_err(|message| SftError::Resume {
-                checkpoint: ck.clone(),
-                message,
-            })?;
+    if let Some(ck) = &resume_from {
+        load_optimizer(ck, "optimizer.safetensors", &mut opt)?;
     }
     let resumed_from = resume_from.as_ref().map(|_| state.step);
     let mut batcher = Batcher::resume(&data.examples, batch_cfg, state.position)?;
@@ -536,14 +505,14 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
         if !gnorm.is_finite() {
             return Err(diverged(format!("the gradient norm is {gnorm}")));
         }
-        let lr = learning_rate(
+        let lr = warmup_cosine(
             step,
             r.optim.lr,
             r.optim.warmup_steps,
             total,
             r.optim.min_lr_ratio,
         );
-        opt.step(lr);
+        opt.step(lr)?;
         state.step = step;
         state.position = batcher.position();
         steps_this_run += 1;
@@ -592,12 +561,13 @@ pub fn train(r: &SftRecipe, restart: bool, stop_after: Option<u64>) -> Result<Sf
             state.elapsed_s = base_elapsed + started.elapsed().as_secs_f64();
             let dir = save_checkpoint(out, &model, &tok, &opt, &state, r.run.keep_checkpoints)?;
             last_checkpoint = dir.display().to_string();
-            super::plot::write_loss_plot(
+            write_train_dev_plot(
                 &out.join("loss.png"),
+                "SFT loss (target tokens)",
+                "cross-entropy",
                 &state.train_history,
                 &state.dev_history,
-            )
-            .map_err(|e| SftError::Data(format!("loss plot: {e}")))?;
+            )?;
         }
     }
     bar.finish();

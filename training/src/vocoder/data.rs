@@ -7,17 +7,68 @@
 //! that is shorter than one segment is skipped with a warning and counted.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tch::Tensor;
 use tolk_models::audio::condition::to_mono_16k;
 use tolk_models::audio::wav::read_wav;
+use tolk_models::audio::AudioError;
 
-use crate::corpus::manifest::{read_manifest, refuse_test_only, ReadOptions};
-use crate::units::file::read_units;
+use crate::corpus::manifest::{read_manifest, refuse_test_only, ManifestError, ReadOptions};
+use crate::units::file::{read_units, UnitsFileError};
+
+/// Why the training speech cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum VocoderDataError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Units(#[from] UnitsFileError),
+    #[error(
+        "{manifest}: no audio in language {language:?} (no entry has it as language with audio or \
+         as target_language with target_audio)"
+    )]
+    NoAudio { manifest: PathBuf, language: String },
+    #[error(
+        "{manifest}: no usable training audio in language {language:?} ({files} files, {skipped} \
+         skipped)"
+    )]
+    NoUsableAudio {
+        manifest: PathBuf,
+        language: String,
+        files: usize,
+        skipped: usize,
+    },
+}
+
+/// Why one audio file is skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    #[error("no units for this file in the units file")]
+    NoUnits,
+    #[error("unreadable audio: {0}")]
+    Unreadable(#[source] AudioError),
+    #[error("the vocoder's rate is {0} Hz; only 16 kHz is supported")]
+    Rate(u32),
+    #[error("cannot convert to 16 kHz mono: {0}")]
+    Convert(#[source] AudioError),
+    #[error("audio holds NaN or Inf samples")]
+    NotFinite,
+    #[error(
+        "{units} units for {seconds:.2} s of audio (expected about {expected:.0} at {hop} samples \
+         per unit)"
+    )]
+    UnitCount {
+        units: usize,
+        seconds: f64,
+        expected: f64,
+        hop: usize,
+    },
+    #[error("{units} units, shorter than one segment of {segment}")]
+    TooShort { units: usize, segment: usize },
+}
 
 /// One utterance: raw units and the 16 kHz waveform.
 #[derive(Debug, Clone)]
@@ -55,7 +106,7 @@ pub struct DataOptions<'a> {
 
 /// Reads the manifest, the units and the audio of `language`; the last `eval_files` usable
 /// files are held out for evaluation.
-pub fn load(o: &DataOptions) -> Result<VocoderData> {
+pub fn load(o: &DataOptions) -> Result<VocoderData, VocoderDataError> {
     let _span = tracing::info_span!("vocoder_data", manifest = %o.manifest.display()).entered();
     let manifest = read_manifest(o.manifest, ReadOptions { check_audio: false })?;
     refuse_test_only(&manifest, "vocoder training")?;
@@ -79,12 +130,10 @@ pub fn load(o: &DataOptions) -> Result<VocoderData> {
         }
     }
     if keys.is_empty() {
-        bail!(
-            "{}: no audio in language {:?} (no entry has it as language with audio or as \
-             target_language with target_audio)",
-            o.manifest.display(),
-            o.language
-        );
+        return Err(VocoderDataError::NoAudio {
+            manifest: o.manifest.to_path_buf(),
+            language: o.language.to_string(),
+        });
     }
     if o.max_files > 0 {
         keys.truncate(o.max_files);
@@ -97,7 +146,7 @@ pub fn load(o: &DataOptions) -> Result<VocoderData> {
             Ok(u) => usable.push(u),
             Err(why) => {
                 tracing::warn!("skipping {key}: {why}");
-                skipped.push((key, why));
+                skipped.push((key, why.to_string()));
             }
         }
     }
@@ -112,13 +161,12 @@ pub fn load(o: &DataOptions) -> Result<VocoderData> {
     let n_eval = o.eval_files.min(usable.len().saturating_sub(1));
     let eval = usable.split_off(usable.len() - n_eval);
     if usable.is_empty() {
-        bail!(
-            "{}: no usable training audio in language {:?} ({} files, {} skipped)",
-            o.manifest.display(),
-            o.language,
+        return Err(VocoderDataError::NoUsableAudio {
+            manifest: o.manifest.to_path_buf(),
+            language: o.language.to_string(),
             files,
-            skipped.len()
-        );
+            skipped: skipped.len(),
+        });
     }
     let train_seconds =
         usable.iter().map(|u| u.audio.len()).sum::<usize>() as f64 / o.sampling_rate as f64;
@@ -137,39 +185,32 @@ fn load_one(
     key: &str,
     table: &crate::units::file::UnitsTable,
     o: &DataOptions,
-) -> std::result::Result<Utterance, String> {
-    let units = table
-        .get(key)
-        .ok_or_else(|| "no units for this file in the units file".to_string())?;
-    let wav = read_wav(path).map_err(|e| format!("unreadable audio: {e}"))?;
+) -> Result<Utterance, Unusable> {
+    let units = table.get(key).ok_or(Unusable::NoUnits)?;
+    let wav = read_wav(path).map_err(Unusable::Unreadable)?;
     if o.sampling_rate != 16_000 {
-        return Err(format!(
-            "the vocoder's rate is {} Hz; only 16 kHz is supported",
-            o.sampling_rate
-        ));
+        return Err(Unusable::Rate(o.sampling_rate));
     }
-    let (audio, _) = to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)
-        .map_err(|e| format!("cannot convert to 16 kHz mono: {e}"))?;
+    let (audio, _) =
+        to_mono_16k(&wav.samples, wav.sample_rate, wav.channels).map_err(Unusable::Convert)?;
     if audio.iter().any(|x| !x.is_finite()) {
-        return Err("audio holds NaN or Inf samples".into());
+        return Err(Unusable::NotFinite);
     }
     // 50 Hz units of n samples: about n / hop frames (Kaldi framing drops a partial window).
     let expected = audio.len() as f64 / o.hop_length as f64;
     if (units.len() as f64 - expected).abs() > 3.0 {
-        return Err(format!(
-            "{} units for {:.2} s of audio (expected about {:.0} at {} samples per unit)",
-            units.len(),
-            audio.len() as f64 / o.sampling_rate as f64,
+        return Err(Unusable::UnitCount {
+            units: units.len(),
+            seconds: audio.len() as f64 / o.sampling_rate as f64,
             expected,
-            o.hop_length
-        ));
+            hop: o.hop_length,
+        });
     }
     if units.len() < o.segment_frames {
-        return Err(format!(
-            "{} units, shorter than one segment of {}",
-            units.len(),
-            o.segment_frames
-        ));
+        return Err(Unusable::TooShort {
+            units: units.len(),
+            segment: o.segment_frames,
+        });
     }
     Ok(Utterance {
         key: key.to_string(),

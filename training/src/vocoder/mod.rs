@@ -5,14 +5,12 @@
 //!
 //! - [`recipe`]: the TOML recipe (`training/recipes/vocoder-*.toml`);
 //! - [`data`]: the language's audio + units, random fixed-length segments;
-//! - [`optim`]: AdamW with savable state;
-//! - [`train`]: the HiFi-GAN loop (mel L1 x 45 + duration MSE + feature matching + LSGAN),
-//!   checkpoints, evaluation, progress bar.
+//! - [`train`]: the HiFi-GAN loop (mel L1 x 45 + duration MSE + feature matching + LSGAN,
+//!   AdamW of [`crate::toolkit::optim`]), checkpoints, evaluation, progress bar.
 
 pub mod data;
-pub mod optim;
 pub mod recipe;
 pub mod train;
 
 pub use recipe::Recipe;
-pub use train::{train_vocoder, EvalPoint, LogPoint, VocoderArgs, VocoderSummary};
+pub use train::{train_vocoder, EvalPoint, LogPoint, VocoderArgs, VocoderError, VocoderSummary};

@@ -3,9 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tolk_models::vocoder::{DurationPredictorConfig, ResBlockKind, VocoderConfig};
+
+use crate::toolkit::recipe::{parse_recipe, read_recipe, CheckedRecipe, RecipeError};
+use crate::toolkit::schedule::step_decay;
+
+type Result<T> = std::result::Result<T, RecipeError>;
+
+fn invalid<T>(message: String) -> Result<T> {
+    Err(RecipeError::Invalid(message))
+}
 
 /// A whole recipe file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -97,14 +105,18 @@ impl ModelSection {
         let base = match self.preset.as_str() {
             "mhubert" => VocoderConfig::mhubert(),
             "mhubert_small" => VocoderConfig::mhubert_small(),
-            p => bail!("model.preset {p:?}: expected \"mhubert\" or \"mhubert_small\""),
+            p => {
+                return invalid(format!(
+                    "model.preset {p:?}: expected \"mhubert\" or \"mhubert_small\""
+                ))
+            }
         };
         let embedding_dim = self.embedding_dim.unwrap_or(base.embedding_dim);
         let resblock = match self.resblock.as_deref() {
             None => base.resblock,
             Some("1") => ResBlockKind::One,
             Some("2") => ResBlockKind::Two,
-            Some(r) => bail!("model.resblock {r:?}: expected \"1\" or \"2\""),
+            Some(r) => return invalid(format!("model.resblock {r:?}: expected \"1\" or \"2\"")),
         };
         let base_dp = base.duration_predictor.clone();
         let duration_predictor = if self.duration_predictor {
@@ -149,7 +161,7 @@ impl ModelSection {
             speaker: None,
         };
         cfg.validate(Path::new("[model]"))
-            .map_err(|e| anyhow::anyhow!("recipe [model]: {e}"))?;
+            .map_err(|e| RecipeError::Invalid(format!("[model]: {e}")))?;
         Ok(cfg)
     }
 }
@@ -242,48 +254,47 @@ fn default_eval() -> u64 {
 }
 
 impl Recipe {
+    /// Parses and checks a recipe's text; errors name `origin` and the offending key.
     pub fn parse(text: &str, origin: &Path) -> Result<Self> {
-        let r: Recipe = toml::from_str(text)
-            .with_context(|| format!("{}: not a valid vocoder recipe", origin.display()))?;
-        r.check()
-            .with_context(|| format!("{}: invalid vocoder recipe", origin.display()))?;
-        Ok(r)
+        parse_recipe(text).map_err(|e| e.in_file(origin))
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::parse(&text, path)
-    }
-
-    fn check(&self) -> Result<()> {
-        let t = &self.train;
-        if t.batch_size == 0 || t.segment_frames == 0 {
-            bail!("train.batch_size and train.segment_frames must be >= 1");
-        }
-        if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
-            bail!("train.learning_rate must be a positive number");
-        }
-        if !(0.0..1.0).contains(&t.adam_b1) || !(0.0..1.0).contains(&t.adam_b2) {
-            bail!("train.adam_b1 and train.adam_b2 must be in [0, 1)");
-        }
-        if !(t.lr_decay > 0.0 && t.lr_decay <= 1.0) || t.lr_decay_every == 0 {
-            bail!("train.lr_decay must be in (0, 1] and train.lr_decay_every >= 1");
-        }
-        if ![1, 2, 4, 8].contains(&t.discriminator_channel_divisor) {
-            bail!("train.discriminator_channel_divisor must be 1, 2, 4 or 8");
-        }
-        if t.checkpoint_every == 0 || t.log_every == 0 {
-            bail!("train.checkpoint_every and train.log_every must be >= 1");
-        }
-        // The preset and overrides must make a valid generator (any vocabulary size).
-        self.model.vocoder_config(2)?;
-        Ok(())
+        read_recipe(path)
     }
 
     /// The learning rate at `step` (0-based).
     pub fn learning_rate(&self, step: u64) -> f64 {
         let t = &self.train;
-        t.learning_rate * t.lr_decay.powi((step / t.lr_decay_every) as i32)
+        step_decay(step, t.learning_rate, t.lr_decay, t.lr_decay_every)
+    }
+}
+
+impl CheckedRecipe for Recipe {
+    fn validate(&self) -> Result<()> {
+        let t = &self.train;
+        if t.batch_size == 0 || t.segment_frames == 0 {
+            return invalid("train.batch_size and train.segment_frames must be >= 1".into());
+        }
+        if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
+            return invalid("train.learning_rate must be a positive number".into());
+        }
+        if !(0.0..1.0).contains(&t.adam_b1) || !(0.0..1.0).contains(&t.adam_b2) {
+            return invalid("train.adam_b1 and train.adam_b2 must be in [0, 1)".into());
+        }
+        if !(t.lr_decay > 0.0 && t.lr_decay <= 1.0) || t.lr_decay_every == 0 {
+            return invalid(
+                "train.lr_decay must be in (0, 1] and train.lr_decay_every >= 1".into(),
+            );
+        }
+        if ![1, 2, 4, 8].contains(&t.discriminator_channel_divisor) {
+            return invalid("train.discriminator_channel_divisor must be 1, 2, 4 or 8".into());
+        }
+        if t.checkpoint_every == 0 || t.log_every == 0 {
+            return invalid("train.checkpoint_every and train.log_every must be >= 1".into());
+        }
+        // The preset and overrides must make a valid generator (any vocabulary size).
+        self.model.vocoder_config(2)?;
+        Ok(())
     }
 }

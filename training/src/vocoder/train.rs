@@ -14,7 +14,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -27,10 +26,61 @@ use tolk_models::vocoder::losses::{
 };
 use tolk_models::vocoder::{SynthesisOptions, TrainableGenerator, VocoderConfig};
 
-use super::data::{load, sample_batch, DataOptions, Utterance, VocoderData};
-use super::optim::AdamW;
+use super::data::{load, sample_batch, DataOptions, Utterance, VocoderData, VocoderDataError};
 use super::recipe::Recipe;
-use crate::run_dir::{commit_checkpoint, latest_checkpoint, write_atomic};
+use crate::toolkit::checkpoint::{
+    commit_checkpoint, latest_checkpoint, load_optimizer, read_state, write_state, CheckpointError,
+};
+use crate::toolkit::optim::{trainable_variables, AdamW, AdamWConfig, DecayScope, OptimError};
+use crate::toolkit::progress::StepProgress;
+use crate::toolkit::recipe::RecipeError;
+use crate::toolkit::run_dir::{io, RunDirError};
+
+/// Errors of a vocoder training run.
+#[derive(Debug, thiserror::Error)]
+pub enum VocoderError {
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    /// An input given neither on the command line nor in the recipe.
+    #[error("no {what}: give --{flag} or data.{flag} in the recipe")]
+    MissingInput {
+        what: &'static str,
+        flag: &'static str,
+    },
+    #[error(transparent)]
+    Data(#[from] VocoderDataError),
+    #[error(transparent)]
+    Io(#[from] RunDirError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{checkpoint}: {part}: {source}")]
+    Weights {
+        checkpoint: PathBuf,
+        part: &'static str,
+        #[source]
+        source: tch::TchError,
+    },
+    #[error(
+        "the {what} loss is {value} at step {step}: training diverged; {kept} (lower the \
+         learning rate or check the data)"
+    )]
+    Diverged {
+        what: &'static str,
+        value: f64,
+        step: u64,
+        kept: String,
+    },
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    #[error(transparent)]
+    Model(#[from] tolk_models::ModelError),
+    #[error(transparent)]
+    Audio(#[from] tolk_models::audio::AudioError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+type Result<T> = std::result::Result<T, VocoderError>;
 
 /// Arguments of `tolk-train vocoder`.
 #[derive(Debug, Clone, clap::Args)]
@@ -120,7 +170,8 @@ struct State {
     eval: Vec<EvalPoint>,
 }
 
-const STATE_FORMAT: &str = "tolk-vocoder-train/1";
+/// Version 2: the optimizer files are [`AdamW::save`]'s (with their step counts).
+const STATE_FORMAT: &str = "tolk-vocoder-train/2";
 
 #[derive(Default)]
 struct Window {
@@ -133,7 +184,7 @@ struct Window {
     train_seconds: f64,
 }
 
-fn finite(x: f64, what: &str, step: u64, last_ckpt: Option<u64>, dir: &Path) -> Result<()> {
+fn finite(x: f64, what: &'static str, step: u64, last_ckpt: Option<u64>, dir: &Path) -> Result<()> {
     if !x.is_finite() {
         let kept = match last_ckpt {
             Some(s) => format!(
@@ -142,11 +193,12 @@ fn finite(x: f64, what: &str, step: u64, last_ckpt: Option<u64>, dir: &Path) -> 
             ),
             None => "no checkpoint was written yet".into(),
         };
-        bail!(
-            "the {what} loss is {x} at step {}: training diverged; {kept} (lower the learning \
-             rate or check the data)",
-            step + 1
-        );
+        return Err(VocoderError::Diverged {
+            what,
+            value: x,
+            step: step + 1,
+            kept,
+        });
     }
     Ok(())
 }
@@ -192,7 +244,7 @@ fn evaluate(
 }
 
 /// Commits the checkpoint of `state.step` under `train_dir` (`checkpoints/step-N`, named by
-/// `latest`; the shared crash-safe layout of [`crate::run_dir`]). Returns its folder.
+/// `latest`; the shared crash-safe layout of [`crate::toolkit::checkpoint`]). Returns its folder.
 fn save_checkpoint(
     train_dir: &Path,
     gen: &TrainableGenerator,
@@ -206,12 +258,22 @@ fn save_checkpoint(
         dvs.save(tmp.join("discriminator.safetensors"))?;
         opt_g.save(&tmp.join("optimizer_g.safetensors"))?;
         opt_d.save(&tmp.join("optimizer_d.safetensors"))?;
-        write_atomic(
-            &tmp.join("state.json"),
-            serde_json::to_string_pretty(state)?.as_bytes(),
-        )?;
+        write_state(tmp, "state.json", state)?;
         Ok(())
     })
+}
+
+/// The command-line value, else the recipe's.
+fn given<T: Clone>(
+    flag_value: &Option<T>,
+    recipe_value: &Option<T>,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<T> {
+    flag_value
+        .clone()
+        .or_else(|| recipe_value.clone())
+        .ok_or(VocoderError::MissingInput { what, flag })
 }
 
 /// Runs `tolk-train vocoder`.
@@ -219,21 +281,19 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
     let t_start = Instant::now();
     let recipe = Recipe::from_file(&args.config)?;
     let tr = &recipe.train;
-    let manifest = args
-        .manifest
-        .clone()
-        .or(recipe.data.manifest.clone())
-        .context("no manifest: give --manifest or data.manifest in the recipe")?;
-    let units = args
-        .units
-        .clone()
-        .or(recipe.data.units.clone())
-        .context("no units file: give --units or data.units in the recipe")?;
-    let language = args
-        .language
-        .clone()
-        .or(recipe.data.language.clone())
-        .context("no language: give --language or data.language in the recipe")?;
+    let manifest = given(
+        &args.manifest,
+        &recipe.data.manifest,
+        "manifest",
+        "manifest",
+    )?;
+    let units = given(&args.units, &recipe.data.units, "units file", "units")?;
+    let language = given(
+        &args.language,
+        &recipe.data.language,
+        "language",
+        "language",
+    )?;
     let total_steps = args.steps.unwrap_or(tr.steps);
     let device = tolk_models::device::available_device(&args.device)?;
     if let Some(n) = tr.threads {
@@ -260,18 +320,19 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
     let mut gen = TrainableGenerator::new(cfg.clone(), device)?;
     let mut dvs = VarStore::new(device);
     let disc = HifiGanDiscriminator::with_divisor(&dvs.root(), tr.discriminator_channel_divisor)?;
-    let mut opt_g = AdamW::new(
-        gen.var_store().variables(),
-        tr.adam_b1,
-        tr.adam_b2,
-        tr.weight_decay,
-    );
-    let mut opt_d = AdamW::new(dvs.variables(), tr.adam_b1, tr.adam_b2, tr.weight_decay);
+    let adamw = AdamWConfig {
+        betas: [tr.adam_b1, tr.adam_b2],
+        eps: crate::toolkit::recipe::default_eps(),
+        weight_decay: tr.weight_decay,
+        decay: DecayScope::All,
+    };
+    let mut opt_g = AdamW::new(trainable_variables(gen.var_store()), adamw);
+    let mut opt_d = AdamW::new(trainable_variables(&dvs), adamw);
     let mut rng = ChaCha8Rng::seed_from_u64(tr.seed);
 
     let train_dir = args.out.join("train");
     let samples = train_dir.join("samples");
-    std::fs::create_dir_all(&samples).with_context(|| format!("creating {}", samples.display()))?;
+    std::fs::create_dir_all(&samples).map_err(io(&samples))?;
     let mut step = 0u64;
     let mut log: Vec<LogPoint> = Vec::new();
     let mut eval_log: Vec<EvalPoint> = Vec::new();
@@ -284,38 +345,49 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
     let mut ckpt = train_dir.join("checkpoints");
     if let Some(dir) = resume_from {
         ckpt = dir;
-        let state: State = serde_json::from_str(
-            &std::fs::read_to_string(ckpt.join("state.json"))
-                .with_context(|| format!("reading {}", ckpt.display()))?,
-        )
-        .with_context(|| format!("{}/state.json", ckpt.display()))?;
+        let mismatch = |message: String| CheckpointError::Mismatch {
+            checkpoint: ckpt.clone(),
+            message,
+        };
+        let state: State = read_state(&ckpt, "state.json")?;
         if state.format != STATE_FORMAT {
-            bail!(
-                "{}: unknown checkpoint format {:?}",
-                ckpt.display(),
+            return Err(mismatch(format!(
+                "unknown checkpoint format {:?} (this version reads {STATE_FORMAT:?}); use \
+                 another --out or --fresh",
                 state.format
-            );
+            ))
+            .into());
         }
         if state.vocoder_config != cfg.to_json() || state.seed != tr.seed {
-            bail!(
-                "{}: the checkpoint was trained with another model config or seed than this \
-                 recipe; use another --out or --fresh",
-                ckpt.display()
-            );
+            return Err(mismatch(
+                "the checkpoint was trained with another model config or seed than this recipe; \
+                 use another --out or --fresh"
+                    .into(),
+            )
+            .into());
         }
+        let weights = |part: &'static str| {
+            let checkpoint = ckpt.clone();
+            move |source| VocoderError::Weights {
+                checkpoint,
+                part,
+                source,
+            }
+        };
         gen.var_store_mut()
             .load(ckpt.join("generator.safetensors"))
-            .with_context(|| format!("{}: generator", ckpt.display()))?;
+            .map_err(weights("generator"))?;
         dvs.load(ckpt.join("discriminator.safetensors"))
-            .with_context(|| format!("{}: discriminator", ckpt.display()))?;
-        opt_g.load(&ckpt.join("optimizer_g.safetensors"))?;
-        opt_d.load(&ckpt.join("optimizer_d.safetensors"))?;
-        rng.set_word_pos(
-            state
-                .rng_word_pos
-                .parse()
-                .with_context(|| format!("{}: rng_word_pos", ckpt.display()))?,
-        );
+            .map_err(weights("discriminator"))?;
+        load_optimizer(&ckpt, "optimizer_g.safetensors", &mut opt_g)?;
+        load_optimizer(&ckpt, "optimizer_d.safetensors", &mut opt_d)?;
+        let word_pos = state.rng_word_pos.parse().map_err(|_| {
+            mismatch(format!(
+                "state.json: rng_word_pos {:?} is not a number",
+                state.rng_word_pos
+            ))
+        })?;
+        rng.set_word_pos(word_pos);
         step = state.step;
         log = state.log;
         eval_log = state.eval;
@@ -344,17 +416,10 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
     );
 
     let pb = if args.quiet {
-        indicatif::ProgressBar::hidden()
+        StepProgress::quiet()
     } else {
-        indicatif::ProgressBar::new(total_steps)
+        StepProgress::new(total_steps, step)
     };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} steps (eta {eta}) {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb.set_position(step);
 
     let b = tr.batch_size as i64;
     let dropout = cfg
@@ -456,9 +521,9 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
         w.adv += adv_val;
         w.fm += fm_val;
         w.train_seconds += dt;
-        pb.set_position(step);
+        pb.set_step(step);
         let n = w.n as f64;
-        pb.set_message(format!(
+        pb.message(format!(
             "mel {:.3} dur {:.3} D {:.3} adv {:.3} fm {:.3} | {:.2} steps/s",
             w.mel / n,
             w.dur / n,
@@ -487,7 +552,7 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
             let sample = samples.join(format!("step-{step:07}.wav"));
             if let Some(m) = evaluate(&gen, &mel, &data.eval, Some(&sample))? {
                 eval_log.push(EvalPoint { step, mel: m });
-                pb.println(format!("step {step}: held-out mel L1 {m:.4}"));
+                pb.line(format!("step {step}: held-out mel L1 {m:.4}"));
             }
         }
         if step.is_multiple_of(tr.checkpoint_every) || step == total_steps {
@@ -503,7 +568,7 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
             last_ckpt = Some(step);
         }
     }
-    pb.finish_and_clear();
+    pb.finish();
     if step == steps_at_start {
         // Nothing to train (already at the target step): still leave the vocoder folder.
         gen.export(&args.out)?;

@@ -1,13 +1,33 @@
-//! Loss curves as a PNG (plotters, bitmap backend).
+//! Training curves as a PNG (plotters, bitmap backend): losses, reward margins, accuracies
+//! against the optimizer step.
 //!
 //! Text needs a TrueType font: DejaVu Sans from Debian's `fonts-dejavu-core` (or the file in
 //! `TOLK_PLOT_FONT`). Without one the curves are drawn without labels.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
 
-use super::train::LossPoint;
+/// A plot that could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error("{path}: drawing the plot: {message}")]
+    Draw { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One point of a curve (`loss` is the curve's value, whatever it measures).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct LossPoint {
+    pub step: u64,
+    pub loss: f64,
+}
 
 const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -47,12 +67,18 @@ pub struct Curve<'a> {
 
 const COLORS: [RGBColor; 4] = [BLUE, RED, GREEN, MAGENTA];
 
-/// Draws training (and dev) loss against the optimizer step into `path`.
-pub fn write_loss_plot(path: &Path, train: &[LossPoint], dev: &[LossPoint]) -> Result<(), String> {
+/// Draws a training curve and its dev evaluations (marked points) against the optimizer step.
+pub fn write_train_dev_plot(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    train: &[LossPoint],
+    dev: &[LossPoint],
+) -> Result<(), PlotError> {
     write_curves(
         path,
-        "SFT loss (target tokens)",
-        "cross-entropy",
+        title,
+        y_desc,
         &[
             Curve {
                 name: "train",
@@ -75,15 +101,19 @@ pub fn write_curves(
     title: &str,
     y_desc: &str,
     curves: &[Curve<'_>],
-) -> Result<(), String> {
+) -> Result<(), PlotError> {
     if curves.iter().all(|c| c.points.is_empty()) {
         return Ok(());
     }
     let labels = register_font();
     let tmp = path.with_extension("tmp.png");
+    let draw = |e: &dyn std::fmt::Display| PlotError::Draw {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     {
         let root = BitMapBackend::new(&tmp, (900, 540)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        root.fill(&WHITE).map_err(|e| draw(&e))?;
         let all = curves.iter().flat_map(|c| c.points.iter());
         let max_step = all.clone().map(|p| p.step).max().unwrap_or(1).max(1);
         let finite = all.map(|p| p.loss).filter(|l| l.is_finite());
@@ -111,14 +141,14 @@ pub fn write_curves(
         };
         let mut chart = builder
             .build_cartesian_2d(0u64..max_step, y_min..hi + pad)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| draw(&e))?;
         if labels {
             chart
                 .configure_mesh()
                 .x_desc("optimizer step")
                 .y_desc(y_desc)
                 .draw()
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| draw(&e))?;
         }
         for (i, c) in curves.iter().enumerate() {
             if c.points.is_empty() {
@@ -132,14 +162,14 @@ pub fn write_curves(
                         pts.clone()
                             .map(|p| Circle::new((p.step, p.loss), 4, color.filled())),
                     )
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| draw(&e))?;
             }
             let s = chart
                 .draw_series(LineSeries::new(
                     pts.map(|p| (p.step, p.loss)),
                     color.stroke_width(2),
                 ))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| draw(&e))?;
             if labels {
                 s.label(c.name).legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
@@ -152,9 +182,12 @@ pub fn write_curves(
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .draw()
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| draw(&e))?;
         }
-        root.present().map_err(|e| e.to_string())?;
+        root.present().map_err(|e| draw(&e))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    std::fs::rename(&tmp, path).map_err(|source| PlotError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

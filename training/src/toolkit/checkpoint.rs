@@ -1,63 +1,51 @@
-//! The output folder of a training run: crash-safe checkpoints and logs.
+//! Training checkpoints, the same way for every trainer (SFT, preference, vocoder).
 //!
 //! A checkpoint is written into `checkpoints/step-NNNNNNN.tmp`, renamed to
 //! `checkpoints/step-NNNNNNN`, and only then named by the `latest` file (itself written to a
 //! temporary name and renamed): a crash at any moment leaves the previous checkpoint in use.
+//! Inside it, the trainer's state is a JSON file ([`write_state`] / [`read_state`]) and each
+//! optimizer's a safetensors file ([`super::optim::AdamW::save`] / [`load_optimizer`]); the
+//! model files are the trainer's own.
 
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-/// The command-line flags every recipe-driven training command takes (`sft`, `preference`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct RunFlags {
-    /// Recipe file (TOML; see `training/recipes/`).
-    #[arg(long)]
-    pub recipe: PathBuf,
-    /// Override `run.out`.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Override `run.device` (cpu, cuda, cuda:N).
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Start from scratch even when the output folder has a checkpoint.
-    #[arg(long)]
-    pub restart: bool,
-    /// Stop after this many steps of this invocation (the run stays resumable); for tests.
-    #[arg(long, hide = true)]
-    pub stop_after: Option<u64>,
-}
+use super::optim::{AdamW, OptimError};
+use super::run_dir::{io, write_atomic, RunDirError};
 
-impl RunFlags {
-    /// Applies `--out` and `--device` to a recipe's run section.
-    pub fn apply(&self, run: &mut crate::sft::recipe::RunSection) {
-        if let Some(o) = &self.out {
-            run.out = o.clone();
-        }
-        if let Some(d) = &self.device {
-            run.device = d.clone();
-        }
-    }
-}
+type Result<T> = std::result::Result<T, RunDirError>;
 
-/// An I/O error with the path it happened on.
+/// Why a run cannot resume from its checkpoint.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
-pub struct RunDirError {
-    pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
-}
-
-pub type Result<T> = std::result::Result<T, RunDirError>;
-
-/// Attaches `path` to an I/O error.
-pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunDirError + '_ {
-    move |source| RunDirError {
-        path: path.to_path_buf(),
-        source,
-    }
+pub enum CheckpointError {
+    #[error("cannot resume from {checkpoint}: {file}: {source}")]
+    Read {
+        checkpoint: PathBuf,
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot resume from {checkpoint}: {file}: {source}")]
+    Parse {
+        checkpoint: PathBuf,
+        file: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The checkpoint belongs to another configuration (the message says which and what to do).
+    #[error("cannot resume from {checkpoint}: {message}")]
+    Mismatch {
+        checkpoint: PathBuf,
+        message: String,
+    },
+    #[error("cannot resume from {checkpoint}: {source}")]
+    Optimizer {
+        checkpoint: PathBuf,
+        #[source]
+        source: OptimError,
+    },
 }
 
 /// The checkpoint `latest` names, if any.
@@ -68,25 +56,6 @@ pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(&latest)(e)),
     }
-}
-
-/// Writes `bytes` to `path` through a synced temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
-}
-
-/// Appends one JSON line to `path`.
-pub fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io(path))?;
-    writeln!(f, "{value}").map_err(io(path))
 }
 
 /// Writes the checkpoint of `step`: `fill` writes its files into an empty temporary folder,
@@ -143,62 +112,60 @@ pub fn commit_checkpoint<E: From<RunDirError>>(
     Ok(dir)
 }
 
-/// A training run's progress: a bar on a terminal, plain lines on stderr otherwise (logs, CI).
-pub struct StepProgress {
-    bar: ProgressBar,
-    tty: bool,
+/// Writes a trainer's state as pretty JSON to `dir/file`, atomically.
+pub fn write_state<T: Serialize>(dir: &Path, file: &str, state: &T) -> Result<()> {
+    let json = serde_json::to_vec_pretty(state).expect("trainer state serializes");
+    write_atomic(&dir.join(file), &json)
 }
 
-impl StepProgress {
-    /// `total` optimizer steps, `done` of them already (a resumed run).
-    pub fn new(total: u64, done: u64) -> Self {
-        let tty = std::io::stderr().is_terminal();
-        let bar = if tty {
-            let b = ProgressBar::new(total);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (eta {eta})",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            b.set_position(done);
-            b
-        } else {
-            ProgressBar::hidden()
-        };
-        Self { bar, tty }
-    }
+/// Reads back what [`write_state`] wrote into `checkpoint/file`.
+pub fn read_state<T: DeserializeOwned>(
+    checkpoint: &Path,
+    file: &str,
+) -> std::result::Result<T, CheckpointError> {
+    let bytes = std::fs::read(checkpoint.join(file)).map_err(|source| CheckpointError::Read {
+        checkpoint: checkpoint.to_path_buf(),
+        file: file.to_string(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Parse {
+        checkpoint: checkpoint.to_path_buf(),
+        file: file.to_string(),
+        source,
+    })
+}
 
-    pub fn set_step(&self, step: u64) {
-        self.bar.set_position(step);
-    }
-
-    /// The running figures: the bar's message, or a `step i/n ...` line without a terminal.
-    pub fn figures(&self, step: u64, total: u64, msg: String) {
-        if !self.tty {
-            eprintln!("step {step}/{total} {msg}");
-        }
-        self.bar.set_message(msg);
-    }
-
-    /// A line that stays (evaluations), above the bar.
-    pub fn line(&self, line: String) {
-        if self.tty {
-            self.bar.println(line);
-        } else {
-            eprintln!("{line}");
-        }
-    }
-
-    pub fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
+/// Restores `opt` from `checkpoint/file` (written by [`AdamW::save`]).
+pub fn load_optimizer(
+    checkpoint: &Path,
+    file: &str,
+    opt: &mut AdamW,
+) -> std::result::Result<(), CheckpointError> {
+    opt.load(&checkpoint.join(file))
+        .map_err(|source| CheckpointError::Optimizer {
+            checkpoint: checkpoint.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trainer_state_round_trips_and_a_missing_file_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        write_state(d.path(), "trainer.json", &serde_json::json!({"step": 3})).unwrap();
+        let v: serde_json::Value = read_state(d.path(), "trainer.json").unwrap();
+        assert_eq!(v["step"], 3);
+        let e = read_state::<serde_json::Value>(d.path(), "state.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot resume from") && e.contains("state.json"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn checkpoints_rotate_and_latest_follows() {

@@ -1,5 +1,6 @@
-//! LoRA adapters for preference optimization (`../shared/reference/method.md` section 3), in
-//! huggingface/peft's layout and file format.
+//! LoRA adapters on a Llama decoder (trained by preference optimization,
+//! `../shared/reference/method.md` section 3; merged by export), in huggingface/peft's layout
+//! and file format.
 //!
 //! - Targets: any of q, k, v, o, gate, up, down (never the LM head or the embeddings).
 //! - Initialisation as peft `tuners/lora/layer.py` (`reset_lora_parameters`, `init_lora_weights =
