@@ -25,11 +25,12 @@ fi
 export GST_PLUGIN_PATH="$TOLK_PLUGIN_DIR${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}"
 
 src=${TOLK_SRC:-"alsasrc device=${TOLK_ALSA_IN:-default}"}
-sink=${TOLK_SINK:-"alsasink device=${TOLK_ALSA_OUT:-default} sync=false"}
+sink=${TOLK_SINK:-"alsasink device=${TOLK_ALSA_OUT:-default}"}
 vad=()
 [[ -n "${TOLK_VAD_MODEL:-}" ]] && vad=("vad-model=$TOLK_VAD_MODEL")
 
-# The translation arrives a decode-time after each utterance: play it as it comes (sync=false).
+# The element reports its latency (endpoint delay + decode-latency-ms), so the sink schedules the
+# translation on the input's clock without sync=false.
 # A live source makes the element drop the oldest waiting utterance when decoding falls behind.
 # shellcheck disable=SC2086
 exec gst-launch-1.0 -m -e \
