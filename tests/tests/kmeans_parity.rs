@@ -67,10 +67,13 @@ fn dedup_of_sklearn_labels_round_trips() {
     // Repeat every label a varying number of times, as 50 Hz frames do.
     let mut frames = Vec::new();
     for (i, &l) in labels.iter().take(500).enumerate() {
-        frames.extend(std::iter::repeat_n(l, 1 + i % 4));
+        frames.extend(std::iter::repeat_n(
+            l as tolk_models::units::UnitId,
+            1 + i % 4,
+        ));
     }
     let d = dedup(&frames);
-    let back: Vec<i64> = d
+    let back: Vec<tolk_models::units::UnitId> = d
         .units
         .iter()
         .zip(&d.durations)

@@ -188,12 +188,12 @@ impl KMeans {
 /// Units with repeats collapsed: `units[i]` was repeated `durations[i]` times.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Deduped {
-    pub units: Vec<i64>,
+    pub units: Vec<super::UnitId>,
     pub durations: Vec<usize>,
 }
 
 /// Drops every unit equal to its predecessor, keeping run lengths.
-pub fn dedup(units: &[i64]) -> Deduped {
+pub fn dedup(units: &[super::UnitId]) -> Deduped {
     let mut out = Deduped::default();
     for &u in units {
         match (out.units.last(), out.durations.last_mut()) {
