@@ -12,7 +12,7 @@ export TOLK_REFERENCE_DIR := $(ROOT)/target/reference
 REF := $(TOLK_REFERENCE_DIR)
 THREADS ?= $(shell nproc)
 
-.PHONY: setup reference whisper-encoder demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota jetson-build jetson-check bench bench-demo fmt lint clean-reference
+.PHONY: setup reference whisper-encoder units-probe demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota jetson-build jetson-check bench bench-demo fmt lint clean-reference
 
 setup:
 	deploy/host/setup.sh
@@ -141,6 +141,23 @@ demo-eval: setup
 	cargo build --release -p tolk-training --bin tolk-train
 	for d in en-fr fr-en; do $(TRAIN) eval --model models/demo --manifest $(DEMO_DATA)/corpus/test.jsonl \
 	  --units $(DEMO_DATA)/units.jsonl --direction $$d --limit 100 --out runs/eval-demo-$$d; done
+
+# The README's units-probe table: which Whisper layer's units find the same sentence across voice
+# families (espeak-ng seen and other, SVOX Pico, Piper joe; 25 dev sentences per language, never
+# the test split), against MFCC; offline and as the kiosk streams them (about 10 minutes).
+PROBE := runs/units-probe
+units-probe: setup whisper-encoder
+	cargo build --release -p tolk-training --bin tolk-train
+	test -f runs/visitor/corpus/dev.jsonl || $(TRAIN) synth-corpus --out runs/visitor/corpus --seed 1 \
+	  --pairs 6000 --dev 300 --test 300 --mono 300 --voices en-us,fr-fr --no-audio
+	test -f $(PROBE)/sets/piper.jsonl || $(TRAIN) voices --sentences runs/visitor/corpus/dev.jsonl \
+	  --out $(PROBE)/sets --set espeak-seen,espeak-other,pico,piper --limit 25
+	$(TRAIN) units-probe $(foreach s,espeak-seen espeak-other pico piper,--manifest $(PROBE)/sets/$(s).jsonl) \
+	  --extractor mfcc --out $(PROBE)/mfcc.json
+	$(TRAIN) units-probe $(foreach s,espeak-seen espeak-other pico piper,--manifest $(PROBE)/sets/$(s).jsonl) \
+	  --extractor whisper --whisper $(WHISPER_ENCODER) --layers 1,2,3,4,5,6 --out $(PROBE)/whisper-offline.json
+	$(TRAIN) units-probe $(foreach s,espeak-seen espeak-other pico piper,--manifest $(PROBE)/sets/$(s).jsonl) \
+	  --extractor whisper --whisper $(WHISPER_ENCODER) --layers 4,5,6 --streamed --out $(PROBE)/whisper-streamed.json
 
 # The README's noise table: models/demo against the same recipe without the noisy copies
 # (trained here if missing), offline and through the kiosk's front end, on clean and noisy
