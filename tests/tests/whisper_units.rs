@@ -115,7 +115,7 @@ fn whisper_units_offline_and_as_the_kiosk_streams_them() {
     for i in 0..SENTENCES.len() {
         let key = format!("us/{i}.wav");
         let w = read_wav(dir.path().join(&key)).unwrap();
-        let mut stream = ex.stream(tolk_models::units::StreamOptions::hubert_default());
+        let mut stream = ex.stream(ex.featurizer().stream_options());
         let kiosk = tolk_models::stream::run_chunked(&mut stream, &w.samples, 320).unwrap();
         let got = streamed.get(&key).unwrap();
         assert_eq!(

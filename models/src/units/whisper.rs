@@ -772,6 +772,10 @@ impl Featurizer for WhisperFeaturizer {
         Some(self.model.cfg.max_source_positions as usize)
     }
 
+    fn stream_options(&self) -> StreamOptions {
+        StreamOptions::whisper_default()
+    }
+
     fn frame_stream(self: Arc<Self>, opts: StreamOptions) -> Box<dyn FrameStream> {
         Box::new(WhisperStream::new(self.model.clone(), opts, self.positions))
     }
