@@ -10,13 +10,13 @@
 //!   is never written; an install replaces the other one.
 //! - `staging/<job>`: files being received; `staging/<job>.meta/`: block bitmaps for resuming.
 
-use super::fault::seam;
-use super::fsutil::{atomic_write, free_bytes, remove_tree, sync_path, sync_tree};
-use super::probe::HealthProbe;
+use crate::fault::seam;
+use crate::probe::HealthProbe;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use tolk_config::fsutil::{atomic_write, free_bytes, remove_tree, sync_path, sync_tree};
 use tolk_config::bundle::{
     self, BundleError, Manifest, Policy, PublicKey, MANIFEST_FILE, SIGNATURE_FILE,
 };
@@ -24,8 +24,6 @@ use tolk_config::protocol::{
     Block, DeviceState, JobDocument, JobStatus, Operation, SlotInfo, StatusReport, Transfer,
 };
 
-/// This runtime's version, compared with a bundle's `min_runtime`.
-pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Free space kept on top of a bundle's size.
 const SPACE_MARGIN: u64 = 1 << 20;
 /// Job ids remembered for idempotency.
@@ -66,7 +64,7 @@ impl Settings {
         Self {
             trusted: cfg.trusted_keys(),
             compatible: cfg.ota.compatible.to_string(),
-            runtime_version: RUNTIME_VERSION.to_string(),
+            runtime_version: tolk_config::RUNTIME_VERSION.to_string(),
             max_clock_skew_s: cfg.ota.max_clock_skew_s as u64,
             max_bundle_bytes: cfg.ota.max_bundle_bytes,
             trial_attempts: cfg.ota.trial_attempts,
@@ -91,7 +89,7 @@ pub struct State {
     /// Ids of the keys trusted when `highest_version` was last raised. The anti-rollback floor
     /// binds to them: after a full rotation (none of them trusted any more) the floor starts
     /// again from 0, the recovery path when a compromised key pushed a huge version
-    /// (ota-threats row 5). An overlapping rotation keeps the floor.
+    /// (threat row 5 of deploy/README.md). An overlapping rotation keeps the floor.
     #[serde(default)]
     pub rollback_keys: Vec<String>,
     pub pending: Option<Pending>,
@@ -959,10 +957,15 @@ impl Updater {
                 )?;
                 seam("committed");
             }
-            Err(reason) => {
+            Err(e) => {
                 self.state.pending = None;
                 self.finish(
-                    report(&p.job_id, JobStatus::Failed, Some(p.info.version), reason),
+                    report(
+                        &p.job_id,
+                        JobStatus::Failed,
+                        Some(p.info.version),
+                        e.to_string(),
+                    ),
                     Some(p.info.digest.clone()),
                 )?;
                 let _ = remove_tree(&slot_dir);
