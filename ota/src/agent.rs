@@ -4,7 +4,7 @@
 //! re-publishes the retained true state; the last will marks the device offline.
 
 use crate::mqtt::{options, spawn_event_pump, BrokerSettings, MqttEvent};
-use crate::updater::{OtaError, Updater};
+use crate::updater::{unix_now, OtaError, Updater};
 use rumqttc::{Client, QoS};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -31,13 +31,6 @@ pub enum AgentError {
     Setup(#[from] crate::mqtt::MqttSetupError),
     #[error(transparent)]
     Ota(#[from] OtaError),
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn offline_payload(device: &str) -> Vec<u8> {

@@ -44,9 +44,6 @@ pub enum ProbeError {
     BadSpeech { direction: String },
     #[error("health probe: latency {} ms above the budget of {} ms", latency.as_millis(), budget.as_millis())]
     TooSlow { latency: Duration, budget: Duration },
-    /// A probe of another kind (a test double, say) that found the model unhealthy.
-    #[error("health probe: {0}")]
-    Unhealthy(String),
 }
 
 fn within_budget(latency: Duration, budget: Duration) -> Result<(), ProbeError> {
@@ -99,9 +96,7 @@ impl HealthProbe for LlamaProbe {
         let vocab = model.config().vocab_size;
         let n = self.prompt_len.min(vocab.max(1));
         let tokens = Tensor::arange(n, (Kind::Int64, model.device())).unsqueeze(0);
-        let logits = model
-            .forward(&tokens, None)
-            .map_err(ProbeError::Forward)?;
+        let logits = model.forward(&tokens, None).map_err(ProbeError::Forward)?;
         let latency = start.elapsed();
         if logits.size() != [1, n, vocab] {
             return Err(ProbeError::LogitsShape {
@@ -153,8 +148,7 @@ impl HealthProbe for TranslatorProbe {
     fn probe(&self, slot: &Path) -> Result<ProbeReport, ProbeError> {
         use tolk_models::translator::Translator;
         let start = Instant::now();
-        let tr = Translator::load(slot, tch::Device::Cpu, Kind::Float)
-            .map_err(ProbeError::Load)?;
+        let tr = Translator::load(slot, tch::Device::Cpu, Kind::Float).map_err(ProbeError::Load)?;
         let signal = Self::test_signal();
         let mut parts = Vec::new();
         for &dir in &tr.manifest().directions {
@@ -165,12 +159,12 @@ impl HealthProbe for TranslatorProbe {
                     error,
                 })?;
             if !out.units.is_empty() {
-                let pcm = tr
-                    .synthesize(&out.units, dir.tgt())
-                    .map_err(|error| ProbeError::Vocoder {
-                        direction: dir.to_string(),
-                        error,
-                    })?;
+                let pcm =
+                    tr.synthesize(&out.units, dir.tgt())
+                        .map_err(|error| ProbeError::Vocoder {
+                            direction: dir.to_string(),
+                            error,
+                        })?;
                 if pcm.is_empty() || pcm.iter().any(|x| !x.is_finite()) {
                     return Err(ProbeError::BadSpeech {
                         direction: dir.to_string(),

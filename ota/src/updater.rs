@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use tolk_config::fsutil::{atomic_write, free_bytes, remove_tree, sync_path, sync_tree};
 use tolk_config::bundle::{
     self, BundleError, Manifest, Policy, PublicKey, MANIFEST_FILE, SIGNATURE_FILE,
 };
+use tolk_config::fsutil::{atomic_write, free_bytes, remove_tree, sync_path, sync_tree};
 use tolk_config::protocol::{
     Block, DeviceState, JobDocument, JobStatus, Operation, SlotInfo, StatusReport, Transfer,
 };
@@ -39,6 +39,32 @@ pub enum OtaError {
     },
     #[error("{path}: corrupt state file: {message}")]
     State { path: PathBuf, message: String },
+}
+
+/// Why the files of a URL job could not be fetched; the message is the reason reported with
+/// FAILED.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("URL {base:?}: {source}")]
+    Url {
+        base: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("URL scheme {0:?} is not supported (file:// only)")]
+    Scheme(String),
+    #[error("URL {0:?} is not a local path")]
+    NotLocal(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: source has more bytes than the signed size {size}")]
+    Longer { file: String, size: u64 },
+    #[error(transparent)]
+    Verify(#[from] BundleError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OtaError + '_ {
@@ -762,17 +788,21 @@ impl Updater {
         let job_id = job.job_id.clone();
         let version = job.manifest.version;
         let digest = Manifest::digest(&job.manifest_bytes);
-        let result = (|| -> Result<(), String> {
-            let base_url = url::Url::parse(&base).map_err(|e| format!("URL {base:?}: {e}"))?;
+        let result = (|| -> Result<(), FetchError> {
+            let base_url = url::Url::parse(&base).map_err(|source| FetchError::Url {
+                base: base.clone(),
+                source,
+            })?;
             if base_url.scheme() != "file" {
-                return Err(format!(
-                    "URL scheme {:?} is not supported (file:// only)",
-                    base_url.scheme()
-                ));
+                return Err(FetchError::Scheme(base_url.scheme().to_string()));
             }
             let base_dir = base_url
                 .to_file_path()
-                .map_err(|_| format!("URL {base:?} is not a local path"))?;
+                .map_err(|()| FetchError::NotLocal(base.clone()))?;
+            let fio = |path: &Path| {
+                let path = path.to_path_buf();
+                move |source| FetchError::Io { path, source }
+            };
             for f in 0..job.manifest.files.len() {
                 if job.done[f] {
                     continue;
@@ -781,36 +811,33 @@ impl Updater {
                 let src = base_dir.join(&entry.path);
                 let dst = job.dir.join(&entry.path);
                 if let Some(parent) = dst.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| format!("{}: {e}", parent.display()))?;
+                    std::fs::create_dir_all(parent).map_err(fio(parent))?;
                 }
-                let input =
-                    bundle::open_regular(&src).map_err(|e| format!("{}: {e}", src.display()))?;
-                let mut out =
-                    std::fs::File::create(&dst).map_err(|e| format!("{}: {e}", dst.display()))?;
+                let input = bundle::open_regular(&src).map_err(fio(&src))?;
+                let mut out = std::fs::File::create(&dst).map_err(fio(&dst))?;
                 // Cap by the signed size (+1 to notice a longer source).
-                let n = std::io::copy(&mut input.take(entry.size + 1), &mut out)
-                    .map_err(|e| format!("{}: {e}", dst.display()))?;
-                out.flush().map_err(|e| e.to_string())?;
+                let n =
+                    std::io::copy(&mut input.take(entry.size + 1), &mut out).map_err(fio(&dst))?;
+                out.flush().map_err(fio(&dst))?;
                 if n > entry.size {
-                    return Err(format!(
-                        "{}: source has more bytes than the signed size {}",
-                        entry.path, entry.size
-                    ));
+                    return Err(FetchError::Longer {
+                        file: entry.path.clone(),
+                        size: entry.size,
+                    });
                 }
-                bundle::verify_file(&dst, &entry).map_err(|e| e.to_string())?;
+                bundle::verify_file(&dst, &entry)?;
                 job.done[f] = true;
                 job.have[f].iter_mut().for_each(|h| *h = 1);
                 let d = job.meta.join(format!("{f}.done"));
-                std::fs::write(&d, b"").map_err(|e| e.to_string())?;
+                std::fs::write(&d, b"").map_err(fio(&d))?;
             }
             Ok(())
         })();
-        if let Err(reason) = result {
+        if let Err(e) = result {
             self.job = None;
             self.discard_staging(&job_id);
             return self.finish(
-                report(&job_id, JobStatus::Failed, Some(version), reason),
+                report(&job_id, JobStatus::Failed, Some(version), e.to_string()),
                 Some(digest),
             );
         }

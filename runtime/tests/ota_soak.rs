@@ -8,6 +8,7 @@
 //! `TOLK_SOAK_SECS` sets the length: 75 s in `make test`, 1800 s in `make soak-ota`, which also
 //! writes `target/soak-ota.json` (figures in deploy/README.md).
 
+#[path = "../../ota/tests/common/mod.rs"]
 mod common;
 
 use common::*;
@@ -19,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tolk_config::bundle::{sign_bundle_dir, verify_bundle_dir};
 use tolk_config::protocol::JobStatus;
-use tolk_runtime::ota::mqtt::BrokerSettings;
-use tolk_runtime::ota::publish::{publish, Chaos, PublishOptions, TransferMode};
+use tolk_ota::mqtt::BrokerSettings;
+use tolk_ota::publish::{publish, Chaos, PublishOptions, TransferMode};
 
 const DEVICE: &str = "kiosk-0001";
 

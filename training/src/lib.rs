@@ -14,8 +14,10 @@
 //! - [`vocoder`]: training a unit HiFi-GAN vocoder per target language (`vocoder`);
 //! - [`export`]: a translator folder -> a signed, versioned bundle, never half-written (`export`);
 //! - [`quantize`]: int8 / int4 weight-only quantization of a translator's decoder, with a report
-//!   against f32 (`quantize`);
-//! - [`publish`]: sending a signed bundle to one device over MQTT (`tolk-train publish`).
+//!   against f32 (`quantize`).
+//!
+//! Sending a signed bundle to one device over MQTT (`tolk-train publish`) is
+//! `tolk_ota::publish`, beside the device agent it talks to.
 
 pub mod bundle;
 pub mod corpus;
@@ -24,7 +26,6 @@ pub mod export;
 pub mod metrics;
 pub mod package;
 pub mod preference;
-pub mod publish;
 pub mod quantize;
 pub mod run_dir;
 pub mod sft;

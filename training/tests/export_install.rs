@@ -4,7 +4,7 @@
 //! binary, published by `tolk-train publish` through a real mosquitto to `tolk ota agent`,
 //! probed by the kiosk's translator probe, activated, and then used by `tolk run`.
 
-#[path = "../../runtime/tests/common/mod.rs"]
+#[path = "../../ota/tests/common/mod.rs"]
 mod common;
 
 use common::*;

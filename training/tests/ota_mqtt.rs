@@ -1,7 +1,7 @@
 //! A kiosk's update agent and the host publisher talking through a real mosquitto started on a
-//! free loopback port (ota-threats.md rows 3, 8, 9, 14, 16, 18 over MQTT).
+//! free loopback port (threat rows 3, 8, 9, 14, 16, 18 of `deploy/README.md` over MQTT).
 
-#[path = "../../runtime/tests/common/mod.rs"]
+#[path = "../../ota/tests/common/mod.rs"]
 mod common;
 
 use common::*;
@@ -13,10 +13,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tolk_config::bundle::SigningKey;
 use tolk_config::protocol::{DeviceState, JobStatus, Topics, DEFAULT_PREFIX};
-use tolk_runtime::ota::agent::{self, AgentOptions};
-use tolk_runtime::ota::mqtt::{options, BrokerSettings};
-use tolk_runtime::ota::{HealthProbe, LlamaProbe, ProbeReport, Settings, Updater};
-use tolk_training::publish::{publish, Chaos, PublishOptions, PublishStats, TransferMode};
+use tolk_ota::agent::{self, AgentOptions};
+use tolk_ota::mqtt::{options, BrokerSettings};
+use tolk_ota::publish::{publish, Chaos, PublishOptions, PublishStats, TransferMode};
+use tolk_ota::{HealthProbe, LlamaProbe, ProbeError, ProbeReport, Settings, Updater};
 
 const DEVICE: &str = "kiosk-test";
 
@@ -35,7 +35,7 @@ fn settings(k: &SigningKey) -> Settings {
     Settings {
         trusted: vec![k.public()],
         compatible: COMPATIBLE.into(),
-        runtime_version: tolk_runtime::ota::RUNTIME_VERSION.into(),
+        runtime_version: tolk_config::RUNTIME_VERSION.into(),
         max_clock_skew_s: 60,
         max_bundle_bytes: 1 << 40,
         trial_attempts: 3,
@@ -295,7 +295,7 @@ fn broker_restart_mid_transfer_resumes() {
 /// A probe that "crashes the process" (panics, caught by the test as if the process died).
 struct Crash;
 impl HealthProbe for Crash {
-    fn probe(&self, _: &Path) -> Result<ProbeReport, String> {
+    fn probe(&self, _: &Path) -> Result<ProbeReport, ProbeError> {
         panic!("model aborted on load");
     }
 }

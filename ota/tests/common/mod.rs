@@ -1,13 +1,16 @@
-//! Shared helpers of the OTA tests (also used by `training/tests/ota_mqtt.rs` through `#[path]`):
-//! tiny signed model bundles, device configs, and a real mosquitto on a free loopback port.
+//! Shared helpers of the OTA tests: tiny signed model bundles, test devices (policy, updater, a
+//! device with v1 active), device configs, and a real mosquitto on a free loopback port. The
+//! tests of the `tolk` and `tolk-train` binaries (`runtime/tests/`, `training/tests/`) include
+//! this file through `#[path]`.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tolk_config::bundle::{sign_bundle_dir, BundleInfo, SigningKey};
+use tolk_config::bundle::{sign_bundle_dir, verify_bundle_dir, BundleInfo, SigningKey};
 use tolk_models::llama::{Llama, LlamaConfig, LoadOptions};
+use tolk_ota::{LlamaProbe, Settings, Updater};
 
 pub const COMPATIBLE: &str = "test-hw-1";
 
@@ -330,8 +333,55 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 }
 
 /// The persisted device state.
-pub fn read_state(slot_dir: &Path) -> tolk_runtime::ota::State {
+pub fn read_state(slot_dir: &Path) -> tolk_ota::State {
     std::fs::read(slot_dir.join("state.json"))
         .map(|b| serde_json::from_slice(&b).unwrap())
         .unwrap_or_default()
+}
+
+/// The OTA policy of a test device trusting `trusted` (3 trial attempts, no size limit).
+pub fn device_settings(trusted: &[&SigningKey]) -> Settings {
+    Settings {
+        trusted: trusted.iter().map(|k| k.public()).collect(),
+        compatible: COMPATIBLE.into(),
+        runtime_version: tolk_config::RUNTIME_VERSION.into(),
+        max_clock_skew_s: 60,
+        max_bundle_bytes: 1 << 60,
+        trial_attempts: 3,
+    }
+}
+
+/// The updater of a test device on `root`, probing Llama models.
+pub fn device_updater(root: &Path, trusted: &[&SigningKey]) -> Updater {
+    Updater::open(
+        root,
+        device_settings(trusted),
+        Box::new(LlamaProbe::new(Duration::from_secs(30))),
+    )
+    .unwrap()
+}
+
+/// A device with v1 active; returns (tempdir, slot root).
+pub fn device_with_v1(k: &SigningKey) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("slots");
+    let b1 = bundle(&t.path().join("b1"), 1, k);
+    let mut u = device_updater(&root, &[k]);
+    u.install_dir("job-1", &b1).unwrap();
+    assert_eq!(
+        u.state().active.as_ref().unwrap().version,
+        1,
+        "{:?}",
+        u.state().last_job
+    );
+    (t, root)
+}
+
+/// The active slot is `version` and its signature and files verify.
+pub fn assert_active(root: &Path, k: &SigningKey, version: u64) {
+    let u = device_updater(root, &[k]);
+    let a = u.state().active.clone().expect("a model is active");
+    assert_eq!(a.version, version);
+    let (m, ..) = verify_bundle_dir(&root.join("slots").join(&a.slot), &[k.public()]).unwrap();
+    assert_eq!(m.version, version);
 }
