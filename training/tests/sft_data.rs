@@ -10,13 +10,13 @@ use tch::{Kind, Reduction, Tensor};
 use tolk_models::llama::{Llama, LoadOptions};
 use tolk_models::prompt::{PromptFormat, SpecialToken, Task};
 use tolk_models::tokenizer::Tokenizer;
+use tolk_tests::reference_dir;
 use tolk_training::corpus::manifest::ManifestEntry;
 use tolk_training::sft::{
     build_examples, BatchConfig, BatchPosition, Batcher, Direction, Example, SftDataConfig,
     SkipReason, Strategy, IGNORE_INDEX,
 };
 use tolk_training::units::file::UnitsTable;
-use tolk_tests::reference_dir;
 
 const NUM_UNITS: u32 = 100;
 

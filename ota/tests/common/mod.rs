@@ -4,12 +4,19 @@
 //! this file through `#[path]`.
 #![allow(dead_code)]
 
+use rumqttc::{Client, Event, Packet, QoS};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tolk_config::bundle::{sign_bundle_dir, verify_bundle_dir, BundleInfo, SigningKey};
+use tolk_config::protocol::{DeviceState, Topics, DEFAULT_PREFIX};
 use tolk_models::llama::{Llama, LlamaConfig, LoadOptions};
+use tolk_ota::agent::{self, AgentOptions};
+use tolk_ota::mqtt::{options, BrokerSettings};
 use tolk_ota::{LlamaProbe, Settings, Updater};
 
 pub const COMPATIBLE: &str = "test-hw-1";
@@ -384,4 +391,103 @@ pub fn assert_active(root: &Path, k: &SigningKey, version: u64) {
     assert_eq!(a.version, version);
     let (m, ..) = verify_bundle_dir(&root.join("slots").join(&a.slot), &[k.public()]).unwrap();
     assert_eq!(m.version, version);
+}
+
+// ---- a device agent in this process, and what it retains on the broker ----
+
+/// The device id of the agents the tests start.
+pub const DEVICE: &str = "kiosk-test";
+
+/// Settings for `url`, with the server CA of `tls` and, if `with_cert`, its client certificate.
+pub fn broker_settings(url: &str, tls: Option<&Tls>, with_cert: bool) -> BrokerSettings {
+    BrokerSettings {
+        url: url.into(),
+        ca: tls.map(|t| t.ca.clone()),
+        client_cert: tls.filter(|_| with_cert).map(|t| t.client_cert.clone()),
+        client_key: tls.filter(|_| with_cert).map(|t| t.client_key.clone()),
+        credentials: None,
+        keep_alive_s: 5,
+    }
+}
+
+/// A device with v1 installed under `t/slots` (the bundle made in `t/b1`).
+pub fn device_root(t: &Path, k: &SigningKey) -> PathBuf {
+    let root = t.join("slots");
+    let mut u = device_updater(&root, &[k]);
+    u.install_dir("job-1", &bundle(&t.join("b1"), 1, k))
+        .unwrap();
+    root
+}
+
+/// The device agent (`tolk_ota::agent::run`) in a thread of the test process.
+pub struct AgentThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl AgentThread {
+    /// Opens the updater on `root` (trusting `k`) and runs the agent until [`AgentThread::stop`].
+    pub fn start(root: &Path, k: &SigningKey, broker: BrokerSettings) -> Self {
+        let u = Updater::open(
+            root,
+            device_settings(&[k]),
+            Box::new(LlamaProbe::new(Duration::from_secs(30))),
+        )
+        .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let opts = AgentOptions {
+            device_id: DEVICE.into(),
+            topic_prefix: DEFAULT_PREFIX.into(),
+            broker,
+            stall_timeout: Duration::from_millis(800),
+            window: 32,
+        };
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || agent::run(u, opts, s, || {}, || {}).unwrap());
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap();
+    }
+}
+
+/// Reads the retained message of `topic` (None if none within the timeout).
+pub fn retained(b: &BrokerSettings, topic: &str, want: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+    let (client, mut conn) = Client::new(
+        options(b, &format!("reader-{}", rand::random::<u32>()), None).unwrap(),
+        8,
+    );
+    client.subscribe(topic, QoS::AtLeastOnce).unwrap();
+    let start = std::time::Instant::now();
+    let mut last = None;
+    while start.elapsed() < Duration::from_secs(15) {
+        match conn.recv_timeout(Duration::from_millis(500)) {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == topic => {
+                if want(&p.payload) {
+                    return Some(p.payload.to_vec());
+                }
+                last = Some(p.payload.to_vec());
+                // Re-subscribe to get the retained copy again after it changes.
+                std::thread::sleep(Duration::from_millis(200));
+                let _ = client.unsubscribe(topic);
+                let _ = client.subscribe(topic, QoS::AtLeastOnce);
+            }
+            _ => {}
+        }
+    }
+    last.filter(|l| want(l))
+}
+
+#[track_caller]
+pub fn state_of(b: &BrokerSettings, want: impl Fn(&DeviceState) -> bool) -> DeviceState {
+    let topic = Topics::new(DEFAULT_PREFIX, DEVICE).state;
+    let bytes = retained(b, &topic, |p| {
+        serde_json::from_slice::<DeviceState>(p).is_ok_and(|s| want(&s))
+    })
+    .expect("retained device state as expected");
+    serde_json::from_slice(&bytes).unwrap()
 }
