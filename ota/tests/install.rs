@@ -1,6 +1,6 @@
 //! The device-side install (the updater, no broker, no `tolk` process) against the threat rows
 //! of `deploy/README.md`; each row's test names its number. The `tolk ota install` rows (11, 13)
-//! are in `runtime/tests/ota_install.rs`, the MQTT rows in `training/tests/ota_mqtt.rs`.
+//! are in `runtime/tests/ota_install.rs`, the MQTT rows in `ota/tests/mqtt.rs`.
 
 mod common;
 
