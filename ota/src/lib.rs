@@ -1,9 +1,12 @@
-//! Signed over-the-air model updates (threat table and tests in `deploy/README.md`; the tests in
-//! `ota/tests/` and, for those that drive the `tolk` binary, `runtime/tests/ota_*.rs`).
+//! Signed over-the-air model updates, device side and host side: the kiosk's `tolk ota` and
+//! `tolk run` (crate `tolk-runtime`) run the updater and the agent, the host's `tolk-train
+//! publish` and `tolk-train export` (crate `tolk-training`) the publisher and the health probe.
+//! Neither audio I/O nor the kiosk pipeline is part of it, so the host trainer builds without
+//! the audio stacks (checked by `build-support/check-deps.sh`).
 //!
-//! The device side and the host side share this crate; neither audio I/O nor the kiosk pipeline
-//! is part of it, so the host trainer (`tolk-train export`, `tolk-train publish`) builds without
-//! the audio stacks.
+//! The threat table and the tests covering each row are in `deploy/README.md`; the tests are in
+//! `ota/tests/` and, for those that drive the `tolk` or `tolk-train` binary, in
+//! `runtime/tests/ota_*.rs` and `training/tests/publish_cli.rs`.
 //!
 //! - [`updater`]: job intake, staging, verification, A/B install, trial, commit/revert, state;
 //! - [`probe`]: the health probe run on a new model before it becomes active;

@@ -11,18 +11,6 @@ use tolk_config::bundle::{sign_bundle_dir, BundleInfo, MANIFEST_FILE};
 use tolk_config::protocol::{Block, JobDocument, JobStatus, Transfer};
 use tolk_ota::{LlamaProbe, Updater};
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 fn last(u: &Updater) -> (JobStatus, String) {
     let r = u.state().last_job.clone().expect("a job finished");
     (r.status, r.reason)

@@ -31,22 +31,9 @@ fn demo_dir() -> PathBuf {
 
 /// A signed translator bundle: the demo model under a new version.
 fn translator_bundle(dir: &Path, version: u64) -> PathBuf {
-    copy_tree(&demo_dir(), dir);
+    copy_dir(&demo_dir(), dir);
     sign_bundle_dir(dir, &info(version), &[&key(1)]).unwrap();
     dir.to_path_buf()
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
 }
 
 /// A child process killed when the test ends, passed or not.

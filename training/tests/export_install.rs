@@ -272,18 +272,6 @@ fn tiny_export_verifies_and_tampering_is_caught() {
     assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// Bad input is refused with an error naming what is wrong, and leaves neither OUT nor a
 /// staging folder: not a translator, a link leaving the folder, OUT inside the model, a bad key,
 /// version 0, and a model whose vocoders output NaN (caught by the self-check on the copy,

@@ -346,6 +346,19 @@ pub fn read_state(slot_dir: &Path) -> tolk_ota::State {
         .unwrap_or_default()
 }
 
+/// Copies the folder tree `src` to `dst` (files and folders).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 /// The OTA policy of a test device trusting `trusted` (3 trial attempts, no size limit).
 pub fn device_settings(trusted: &[&SigningKey]) -> Settings {
     Settings {
