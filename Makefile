@@ -244,7 +244,10 @@ quant-table: setup
 	  $(TRAIN) eval --model $${m#*:} --manifest $(DEMO_DATA)/corpus/test.jsonl --units $(DEMO_DATA)/units.jsonl \
 	    --direction en-fr --limit 100 --no-asr --out runs/quant/eval-$${m%%:*} || exit 1; done
 
+# The dependency rules first (build-support/check-deps.sh: tolk-train without the runtime and
+# audio stacks, no cycle among the workspace crates), then every test.
 test: reference
+	build-support/check-deps.sh
 	cargo test --workspace --no-fail-fast
 	$(MAKE) fuzz-smoke
 

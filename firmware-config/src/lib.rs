@@ -8,9 +8,16 @@
 //!   the one definition used by the device (`tolk ota`) and the host (`tolk-train bundle sign`).
 //! - [`protocol`]: the MQTT topic tree, job documents, status reports and the block codec of the
 //!   data plane, shared by the device agent and the host publisher.
+//! - [`fsutil`]: the durable file-system steps (atomic replace with fsync of the file and its
+//!   folder, fsync of trees) that bundles, slots and checkpoints are written with.
 
 pub mod bundle;
+pub mod fsutil;
 pub mod protocol;
+
+/// The device runtime's version, compared with a bundle's `min_runtime` (the workspace version,
+/// shared by the runtime, the OTA agent and the exporter that writes the default `min_runtime`).
+pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

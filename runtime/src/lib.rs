@@ -1,9 +1,8 @@
-//! The Tolk kiosk runtime as a library: what the `tolk` binary, the tests and the host tools
-//! (`tolk-train publish`) share.
+//! The Tolk kiosk runtime as a library: what the `tolk` binary and its tests share. The OTA
+//! updater and agent the binary runs live in `tolk_ota`.
 
 pub mod audio;
 pub mod events;
 pub mod metrics;
-pub mod ota;
 pub mod pipeline;
 pub mod platform;

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tolk_config::bundle::SigningKey;
 use tolk_config::Config;
-use tolk_runtime::ota::agent::{self, AgentOptions};
-use tolk_runtime::ota::mqtt::{options, BrokerSettings};
-use tolk_runtime::ota::{ModelProbe, Settings, Updater};
+use tolk_ota::agent::{self, AgentOptions};
+use tolk_ota::mqtt::{options, BrokerSettings};
+use tolk_ota::{ModelProbe, Settings, Updater};
 
 #[derive(Subcommand)]
 pub enum ConfigCommand {

@@ -13,11 +13,11 @@ use clap::Args;
 use rumqttc::QoS;
 use tolk_config::Config;
 use tolk_models::translator::{Direction, Mode};
+use tolk_ota::mqtt::{options, spawn_event_pump, BrokerSettings};
+use tolk_ota::{ModelProbe, Settings, Updater};
 use tolk_runtime::audio::{AudioSink, AudioSource, RingOptions};
 use tolk_runtime::events::{Event, EventRecord, EventSink, JsonLines};
 use tolk_runtime::metrics::{Metrics, MetricsServer};
-use tolk_runtime::ota::mqtt::{options, spawn_event_pump, BrokerSettings};
-use tolk_runtime::ota::{ModelProbe, Settings, Updater};
 use tolk_runtime::pipeline::{FeedEnd, NullOut, PcmOut, Pipeline, PipelineOptions, SinkOut};
 
 use crate::translate_cmd::{load_translator, parse_vad};

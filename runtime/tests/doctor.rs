@@ -3,6 +3,7 @@
 //! `nvpmodel` first on PATH. This machine has no CUDA device, so `--require-cuda` must fail with
 //! a clear reason, as on a Jetson whose torch lacks CUDA.
 
+#[path = "../../ota/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! The kiosk process (`tolk ota agent`) and the host publisher talking through a real
 //! mosquitto: install, SIGKILL (last will), restart (true state), SIGTERM (graceful offline).
 
+#[path = "../../ota/tests/common/mod.rs"]
 mod common;
 
 use common::*;
@@ -8,9 +9,9 @@ use rumqttc::{Client, Event, Packet, QoS};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tolk_config::protocol::{DeviceState, JobStatus, Topics, DEFAULT_PREFIX};
-use tolk_runtime::ota::mqtt::{options, BrokerSettings};
-use tolk_runtime::ota::publish::{publish, PublishOptions, TransferMode};
-use tolk_runtime::ota::{LlamaProbe, Settings, Updater};
+use tolk_ota::mqtt::{options, BrokerSettings};
+use tolk_ota::publish::{publish, PublishOptions, TransferMode};
+use tolk_ota::{LlamaProbe, Settings, Updater};
 
 const DEVICE: &str = "kiosk-0001"; // the id in the default config
 
@@ -69,7 +70,7 @@ fn kiosk_process_and_publisher_through_mosquitto() {
     let settings = Settings {
         trusted: vec![k.public()],
         compatible: COMPATIBLE.into(),
-        runtime_version: tolk_runtime::ota::RUNTIME_VERSION.into(),
+        runtime_version: tolk_config::RUNTIME_VERSION.into(),
         max_clock_skew_s: 60,
         max_bundle_bytes: 1 << 40,
         trial_attempts: 3,

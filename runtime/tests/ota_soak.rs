@@ -8,6 +8,7 @@
 //! `TOLK_SOAK_SECS` sets the length: 75 s in `make test`, 1800 s in `make soak-ota`, which also
 //! writes `target/soak-ota.json` (figures in deploy/README.md).
 
+#[path = "../../ota/tests/common/mod.rs"]
 mod common;
 
 use common::*;
@@ -19,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tolk_config::bundle::{sign_bundle_dir, verify_bundle_dir};
 use tolk_config::protocol::JobStatus;
-use tolk_runtime::ota::mqtt::BrokerSettings;
-use tolk_runtime::ota::publish::{publish, Chaos, PublishOptions, TransferMode};
+use tolk_ota::mqtt::BrokerSettings;
+use tolk_ota::publish::{publish, Chaos, PublishOptions, TransferMode};
 
 const DEVICE: &str = "kiosk-0001";
 
@@ -30,22 +31,9 @@ fn demo_dir() -> PathBuf {
 
 /// A signed translator bundle: the demo model under a new version.
 fn translator_bundle(dir: &Path, version: u64) -> PathBuf {
-    copy_tree(&demo_dir(), dir);
+    copy_dir(&demo_dir(), dir);
     sign_bundle_dir(dir, &info(version), &[&key(1)]).unwrap();
     dir.to_path_buf()
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
 }
 
 /// A child process killed when the test ends, passed or not.

@@ -3,6 +3,7 @@
 //! agent is still running, the old model is still active, the job (where one was named) is
 //! reported FAILED with its reason, and a genuine update still installs.
 
+#[path = "../../ota/tests/common/mod.rs"]
 mod common;
 
 use common::*;
@@ -17,9 +18,9 @@ use tolk_config::protocol::{
     Block, BlockRequest, DeviceState, JobDocument, JobStatus, StatusReport, Topics, Transfer,
     DEFAULT_PREFIX, MAX_INCOMING_PACKET,
 };
-use tolk_runtime::ota::mqtt::{options, spawn_event_pump, BrokerSettings, MqttEvent};
-use tolk_runtime::ota::publish::{publish, PublishOptions, TransferMode};
-use tolk_runtime::ota::{LlamaProbe, Settings, Updater};
+use tolk_ota::mqtt::{options, spawn_event_pump, BrokerSettings, MqttEvent};
+use tolk_ota::publish::{publish, PublishOptions, TransferMode};
+use tolk_ota::{LlamaProbe, Settings, Updater};
 
 const DEVICE: &str = "kiosk-0001"; // the id in the default config
 
@@ -47,7 +48,7 @@ impl Kiosk {
         let settings = Settings {
             trusted: vec![key.public()],
             compatible: COMPATIBLE.into(),
-            runtime_version: tolk_runtime::ota::RUNTIME_VERSION.into(),
+            runtime_version: tolk_config::RUNTIME_VERSION.into(),
             max_clock_skew_s: 60,
             max_bundle_bytes: 1 << 40,
             trial_attempts: 3,

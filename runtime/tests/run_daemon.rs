@@ -2,6 +2,7 @@
 //! another, the built-in demo model as the fallback model (no OTA slot active), subtitles as JSON
 //! lines, the Prometheus endpoint, and a clean exit at the end of the source (`--once`).
 
+#[path = "../../ota/tests/common/mod.rs"]
 mod common;
 
 use std::process::Command;

@@ -1,5 +1,5 @@
 //! The translator engine (`tolk_models::translator`) on a tiny random translator folder built at
-//! test time (`tolk_training::eval::tiny`): loading, constrained decoding in every mode, cached
+//! test time (`tolk_models::translator::testing`): loading, constrained decoding in every mode, cached
 //! decoding against full recomputation, streamed subtitles and streamed speech against the
 //! offline results, streaming unit extraction, and broken folders.
 
@@ -11,11 +11,11 @@ use tolk_models::stream::testing::assert_chunked_eq_offline_exact;
 use tch::{Device, Kind, Tensor};
 use tolk_models::llama::Llama;
 use tolk_models::prompt::{PromptFormat, SpecialToken, Task};
+use tolk_models::translator::testing::{write_random_translator, TinyTranslatorSpec};
 use tolk_models::translator::{
     DecodeSession, Direction, Event, Mode, Output, Stop, Strategy, TranslationOutput, Translator,
 };
 use tolk_models::ModelError;
-use tolk_training::eval::tiny::{write_random_translator, TinyTranslatorSpec};
 
 fn folder(spec: &TinyTranslatorSpec) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -20,9 +20,9 @@
 //!
 //! An error removes the staging folder; a run killed part-way leaves a staging folder that the
 //! next export to the same OUT removes (its process is gone). The pattern is the OTA updater's
-//! own (`tolk_runtime::ota::updater`): write aside, fsync, rename.
+//! own (`tolk_ota::updater`): write aside, fsync, rename.
 //!
-//! Test seams (`TOLK_OTA_FAULT`, as in `tolk_runtime::ota::fault`): `export-<step>:kill|abort`
+//! Test seams (`TOLK_OTA_FAULT`, as in `tolk_ota::fault`): `export-<step>:kill|abort`
 //! ends the process at a step, `export-<step>:fail` returns an error there. Steps: `loaded`,
 //! `staged`, `file` (after the first file), `copied`, `checked`, `signed`, `synced`,
 //! `moved-old` (with `--force` over an existing OUT), `renamed` (kill/abort only).
@@ -38,12 +38,13 @@ use tolk_config::bundle::{
     check_relative_path, parse_semver, sign_bundle_dir, verify_bundle_dir, BundleError, BundleInfo,
     SigningKey,
 };
+use tolk_config::fsutil::{remove_tree, sync_path, sync_tree};
+use tolk_config::RUNTIME_VERSION;
 use tolk_models::translator::{
     Direction, ModelManifest, Strategy, Translator, UnitsSpec, MANIFEST_FILE,
 };
 use tolk_models::ModelError;
-use tolk_runtime::ota::fsutil::{remove_tree, sync_path, sync_tree};
-use tolk_runtime::ota::{HealthProbe, TranslatorProbe, RUNTIME_VERSION};
+use tolk_ota::{HealthProbe, ProbeError, TranslatorProbe};
 
 /// Provenance file added at the bundle's root (signed like every other file).
 pub const RELEASE_FILE: &str = "release.json";
@@ -123,7 +124,7 @@ pub enum ExportError {
     #[error("sample {spec}: {message}")]
     Sample { spec: String, message: String },
     #[error("self-check of the exported copy failed: {0}")]
-    SelfCheck(String),
+    SelfCheck(ProbeError),
     #[error("signing or verifying the bundle: {0}")]
     Bundle(#[from] BundleError),
     #[error("fault injected at export step `{0}` (TOLK_OTA_FAULT)")]
@@ -218,10 +219,10 @@ pub struct ExportSummary {
 }
 
 /// `TOLK_OTA_FAULT=export-<step>:<action>`: `kill`/`abort` end the process here (through the
-/// runtime's seam), `fail` returns an error.
+/// OTA seam), `fail` returns an error.
 fn seam(step: &str) -> Result<()> {
     let name = format!("export-{step}");
-    tolk_runtime::ota::fault::seam(&name);
+    tolk_ota::fault::seam(&name);
     let armed = std::env::var("TOLK_OTA_FAULT").is_ok_and(|v| {
         v.split(',')
             .filter_map(|s| s.split_once(':'))
@@ -615,7 +616,7 @@ fn publish(staging: &Path, out: &Path, parent: &Path, out_name: &str, force: boo
         }
         return Err(e);
     }
-    tolk_runtime::ota::fault::seam("export-renamed");
+    tolk_ota::fault::seam("export-renamed");
     sync_path(parent).map_err(io(parent))?;
     if let Some(away) = old {
         if let Err(e) = remove_any(&away) {

@@ -15,9 +15,11 @@
 //! - [`export`]: a translator folder -> a signed, versioned bundle, never half-written (`export`);
 //! - [`quantize`]: int8 / int4 weight-only quantization of a translator's decoder, with a report
 //!   against f32 (`quantize`);
-//! - [`publish`]: sending a signed bundle to one device over MQTT (`tolk-train publish`);
 //! - [`toolkit`]: what the trainers share: AdamW, LR schedules, run folders, checkpoints,
 //!   progress, plots, recipe sections, LoRA adapters.
+//!
+//! Sending a signed bundle to one device over MQTT (`tolk-train publish`) is
+//! `tolk_ota::publish`, beside the device agent it talks to.
 
 pub mod bundle;
 pub mod corpus;
@@ -26,7 +28,6 @@ pub mod export;
 pub mod metrics;
 pub mod package;
 pub mod preference;
-pub mod publish;
 pub mod quantize;
 pub mod sft;
 pub mod toolkit;

@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 use tolk_config::bundle::{verify_bundle_dir, BundleInfo, PublicKey};
-use tolk_runtime::ota::mqtt::BrokerSettings;
-use tolk_training::publish::{publish, Chaos, PublishOptions, TransferMode};
+use tolk_ota::mqtt::BrokerSettings;
+use tolk_ota::publish::{publish, Chaos, PublishOptions, TransferMode};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]

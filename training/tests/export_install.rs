@@ -4,7 +4,7 @@
 //! binary, published by `tolk-train publish` through a real mosquitto to `tolk ota agent`,
 //! probed by the kiosk's translator probe, activated, and then used by `tolk run`.
 
-#[path = "../../runtime/tests/common/mod.rs"]
+#[path = "../../ota/tests/common/mod.rs"]
 mod common;
 
 use common::*;
@@ -270,18 +270,6 @@ fn tiny_export_verifies_and_tampering_is_caught() {
     assert_eq!(verified(&out, &k).version, 2);
     assert_eq!(release_of(&out).self_check, None);
     assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// Bad input is refused with an error naming what is wrong, and leaves neither OUT nor a

@@ -4,33 +4,19 @@
 //! Needs the reference models (`make reference`): `smollm2/model` and
 //! `llama_tiny/llama32_tied/model`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tch::{Kind, Reduction, Tensor};
 use tolk_models::llama::{Llama, LoadOptions};
 use tolk_models::prompt::{PromptFormat, SpecialToken, Task};
 use tolk_models::tokenizer::Tokenizer;
+use tolk_tests::reference_dir;
 use tolk_training::corpus::manifest::ManifestEntry;
 use tolk_training::sft::{
     build_examples, BatchConfig, BatchPosition, Batcher, Direction, Example, SftDataConfig,
     SkipReason, Strategy, IGNORE_INDEX,
 };
 use tolk_training::units::file::UnitsTable;
-
-/// As `tolk_tests::reference_dir` (tolk-tests depends on this crate, so it is not a
-/// dev-dependency here): fails with the command to run when the data is missing.
-fn reference_dir(name: &str) -> PathBuf {
-    let root = std::env::var_os("TOLK_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/reference"));
-    let dir = root.join(name);
-    assert!(
-        dir.exists(),
-        "reference data {} is missing: run `make reference` (or `make test`) first",
-        dir.display()
-    );
-    dir
-}
 
 const NUM_UNITS: u32 = 100;
 

@@ -1,5 +1,5 @@
 //! Evaluation metrics with the reference definitions of `method.md` section 4, each matching a
-//! reference package on the same inputs (`tests/tests/metrics_parity.rs`):
+//! reference package on the same inputs (`training/tests/metrics_parity.rs`):
 //!
 //! - [`bleu`]: sacreBLEU 2.6.0 `BLEU` defaults (13a tokenizer, exp smoothing) and `sentence_bleu`;
 //! - [`chrf`]: sacreBLEU 2.6.0 `CHRF` defaults (chrF2, character order 6, no word n-grams);

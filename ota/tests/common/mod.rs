@@ -1,13 +1,23 @@
-//! Shared helpers of the OTA tests (also used by `training/tests/ota_mqtt.rs` through `#[path]`):
-//! tiny signed model bundles, device configs, and a real mosquitto on a free loopback port.
+//! Shared helpers of the OTA tests: tiny signed model bundles, test devices (policy, updater, a
+//! device with v1 active), device configs, and a real mosquitto on a free loopback port. The
+//! tests of the `tolk` and `tolk-train` binaries (`runtime/tests/`, `training/tests/`) include
+//! this file through `#[path]`.
 #![allow(dead_code)]
 
+use rumqttc::{Client, Event, Packet, QoS};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tolk_config::bundle::{sign_bundle_dir, BundleInfo, SigningKey};
+use tolk_config::bundle::{sign_bundle_dir, verify_bundle_dir, BundleInfo, SigningKey};
+use tolk_config::protocol::{DeviceState, Topics, DEFAULT_PREFIX};
 use tolk_models::llama::{Llama, LlamaConfig, LoadOptions};
+use tolk_ota::agent::{self, AgentOptions};
+use tolk_ota::mqtt::{options, BrokerSettings};
+use tolk_ota::{LlamaProbe, Settings, Updater};
 
 pub const COMPATIBLE: &str = "test-hw-1";
 
@@ -330,8 +340,167 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 }
 
 /// The persisted device state.
-pub fn read_state(slot_dir: &Path) -> tolk_runtime::ota::State {
+pub fn read_state(slot_dir: &Path) -> tolk_ota::State {
     std::fs::read(slot_dir.join("state.json"))
         .map(|b| serde_json::from_slice(&b).unwrap())
         .unwrap_or_default()
+}
+
+/// Copies the folder tree `src` to `dst` (files and folders).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// The OTA policy of a test device trusting `trusted` (3 trial attempts, no size limit).
+pub fn device_settings(trusted: &[&SigningKey]) -> Settings {
+    Settings {
+        trusted: trusted.iter().map(|k| k.public()).collect(),
+        compatible: COMPATIBLE.into(),
+        runtime_version: tolk_config::RUNTIME_VERSION.into(),
+        max_clock_skew_s: 60,
+        max_bundle_bytes: 1 << 60,
+        trial_attempts: 3,
+    }
+}
+
+/// The updater of a test device on `root`, probing Llama models.
+pub fn device_updater(root: &Path, trusted: &[&SigningKey]) -> Updater {
+    Updater::open(
+        root,
+        device_settings(trusted),
+        Box::new(LlamaProbe::new(Duration::from_secs(30))),
+    )
+    .unwrap()
+}
+
+/// A device with v1 active; returns (tempdir, slot root).
+pub fn device_with_v1(k: &SigningKey) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("slots");
+    let b1 = bundle(&t.path().join("b1"), 1, k);
+    let mut u = device_updater(&root, &[k]);
+    u.install_dir("job-1", &b1).unwrap();
+    assert_eq!(
+        u.state().active.as_ref().unwrap().version,
+        1,
+        "{:?}",
+        u.state().last_job
+    );
+    (t, root)
+}
+
+/// The active slot is `version` and its signature and files verify.
+pub fn assert_active(root: &Path, k: &SigningKey, version: u64) {
+    let u = device_updater(root, &[k]);
+    let a = u.state().active.clone().expect("a model is active");
+    assert_eq!(a.version, version);
+    let (m, ..) = verify_bundle_dir(&root.join("slots").join(&a.slot), &[k.public()]).unwrap();
+    assert_eq!(m.version, version);
+}
+
+// ---- a device agent in this process, and what it retains on the broker ----
+
+/// The device id of the agents the tests start.
+pub const DEVICE: &str = "kiosk-test";
+
+/// Settings for `url`, with the server CA of `tls` and, if `with_cert`, its client certificate.
+pub fn broker_settings(url: &str, tls: Option<&Tls>, with_cert: bool) -> BrokerSettings {
+    BrokerSettings {
+        url: url.into(),
+        ca: tls.map(|t| t.ca.clone()),
+        client_cert: tls.filter(|_| with_cert).map(|t| t.client_cert.clone()),
+        client_key: tls.filter(|_| with_cert).map(|t| t.client_key.clone()),
+        credentials: None,
+        keep_alive_s: 5,
+    }
+}
+
+/// A device with v1 installed under `t/slots` (the bundle made in `t/b1`).
+pub fn device_root(t: &Path, k: &SigningKey) -> PathBuf {
+    let root = t.join("slots");
+    let mut u = device_updater(&root, &[k]);
+    u.install_dir("job-1", &bundle(&t.join("b1"), 1, k))
+        .unwrap();
+    root
+}
+
+/// The device agent (`tolk_ota::agent::run`) in a thread of the test process.
+pub struct AgentThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl AgentThread {
+    /// Opens the updater on `root` (trusting `k`) and runs the agent until [`AgentThread::stop`].
+    pub fn start(root: &Path, k: &SigningKey, broker: BrokerSettings) -> Self {
+        let u = Updater::open(
+            root,
+            device_settings(&[k]),
+            Box::new(LlamaProbe::new(Duration::from_secs(30))),
+        )
+        .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let opts = AgentOptions {
+            device_id: DEVICE.into(),
+            topic_prefix: DEFAULT_PREFIX.into(),
+            broker,
+            stall_timeout: Duration::from_millis(800),
+            window: 32,
+        };
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || agent::run(u, opts, s, || {}, || {}).unwrap());
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap();
+    }
+}
+
+/// Reads the retained message of `topic` (None if none within the timeout).
+pub fn retained(b: &BrokerSettings, topic: &str, want: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+    let (client, mut conn) = Client::new(
+        options(b, &format!("reader-{}", rand::random::<u32>()), None).unwrap(),
+        8,
+    );
+    client.subscribe(topic, QoS::AtLeastOnce).unwrap();
+    let start = std::time::Instant::now();
+    let mut last = None;
+    while start.elapsed() < Duration::from_secs(15) {
+        match conn.recv_timeout(Duration::from_millis(500)) {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == topic => {
+                if want(&p.payload) {
+                    return Some(p.payload.to_vec());
+                }
+                last = Some(p.payload.to_vec());
+                // Re-subscribe to get the retained copy again after it changes.
+                std::thread::sleep(Duration::from_millis(200));
+                let _ = client.unsubscribe(topic);
+                let _ = client.subscribe(topic, QoS::AtLeastOnce);
+            }
+            _ => {}
+        }
+    }
+    last.filter(|l| want(l))
+}
+
+#[track_caller]
+pub fn state_of(b: &BrokerSettings, want: impl Fn(&DeviceState) -> bool) -> DeviceState {
+    let topic = Topics::new(DEFAULT_PREFIX, DEVICE).state;
+    let bytes = retained(b, &topic, |p| {
+        serde_json::from_slice::<DeviceState>(p).is_ok_and(|s| want(&s))
+    })
+    .expect("retained device state as expected");
+    serde_json::from_slice(&bytes).unwrap()
 }

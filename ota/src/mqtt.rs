@@ -260,7 +260,7 @@ mod tests {
         assert_eq!(b.failed(t + Backoff::STABLE), Backoff::FIRST);
     }
 
-    /// The shipped broker refuses what the device could not read (threat row 19).
+    /// The shipped broker refuses what the device could not read (threat row 19 of deploy/README.md).
     #[test]
     fn shipped_broker_limit_is_the_devices() {
         let conf = std::fs::read_to_string(concat!(

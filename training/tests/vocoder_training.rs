@@ -235,7 +235,7 @@ mod train_runs {
     }
 
     fn recipe_path() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../training/recipes/vocoder-tiny.toml")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/vocoder-tiny.toml")
     }
 
     /// The tiny recipe with `[train]` keys replaced, written to `dir/recipe.toml`.

@@ -1,4 +1,4 @@
-//! Fault seams for the power-loss and crash-loop tests (ota-threats.md rows 11 and 13).
+//! Fault seams for the power-loss and crash-loop tests (threat rows 11 and 13 of deploy/README.md).
 //!
 //! `TOLK_OTA_FAULT=<step>:<action>[,<step>:<action>...]` makes the process die at a named step of
 //! an install: `kill` sends SIGKILL to itself (a power cut as seen by the file system, minus the

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tolk_models::translator::testing::{write_random_translator, TinyTranslatorSpec};
-use tolk_runtime::ota::{HealthProbe, ModelProbe};
+use tolk_ota::{HealthProbe, ModelProbe};
 
 #[test]
 fn translator_bundles_are_probed_end_to_end() {
@@ -19,13 +19,15 @@ fn translator_bundles_are_probed_end_to_end() {
 
     let err = ModelProbe::new(Duration::from_nanos(1))
         .probe(&dir)
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("latency"), "{err}");
 
     std::fs::remove_file(dir.join("vocoder-fr/model.safetensors")).unwrap();
     let err = ModelProbe::new(Duration::from_secs(60))
         .probe(&dir)
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("load") && err.contains("model.safetensors"),
         "{err}"

@@ -1,10 +1,10 @@
-//! The host publisher behind `tolk-train publish` (here so the runtime's tests can drive the
-//! `tolk` agent process with it): sends a signed bundle to one device through the broker and follows the
-//! job to its end. The job document is retained on `jobs/notify` (a device that connects later
+//! The host publisher behind `tolk-train publish` (beside the agent, so that the tests of the
+//! `tolk` agent process drive it too): sends a signed bundle to one device through the broker and
+//! follows the job to its end. The job document is retained on `jobs/notify` (a device that connects later
 //! still gets it) and cleared once the job ends; blocks are served on request, so a device
 //! resumes after its own or the broker's restart by asking for what it misses.
 
-use super::mqtt::{options, spawn_event_pump, BrokerSettings, MqttEvent, MqttSetupError};
+use crate::mqtt::{options, spawn_event_pump, BrokerSettings, MqttEvent, MqttSetupError};
 use rumqttc::{Client, QoS};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ pub enum TransferMode {
     Url(String),
 }
 
-/// Faults the publisher can inject into the data plane (tests of ota-threats.md row 9).
+/// Faults the publisher can inject into the data plane (threat row 9 of deploy/README.md).
 #[derive(Debug, Clone, Default)]
 pub struct Chaos {
     /// Drop every n-th block the first time it is asked for.

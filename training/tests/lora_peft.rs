@@ -116,7 +116,7 @@ fn python() -> PathBuf {
 }
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/lora_peft.py")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/lora_peft.py")
 }
 
 #[test]

@@ -1,118 +1,17 @@
 //! A kiosk's update agent and the host publisher talking through a real mosquitto started on a
-//! free loopback port (ota-threats.md rows 3, 8, 9, 14, 16, 18 over MQTT).
+//! free loopback port (threat rows 3, 8, 9, 10, 14, 16, 18 of `deploy/README.md` over MQTT). The
+//! same through the `tolk-train` CLI is `training/tests/publish_cli.rs`.
 
-#[path = "../../runtime/tests/common/mod.rs"]
 mod common;
 
 use common::*;
 use rumqttc::{Client, Event, Packet, QoS};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::path::Path;
 use std::time::Duration;
-use tolk_config::bundle::SigningKey;
-use tolk_config::protocol::{DeviceState, JobStatus, Topics, DEFAULT_PREFIX};
-use tolk_runtime::ota::agent::{self, AgentOptions};
-use tolk_runtime::ota::mqtt::{options, BrokerSettings};
-use tolk_runtime::ota::{HealthProbe, LlamaProbe, ProbeReport, Settings, Updater};
-use tolk_training::publish::{publish, Chaos, PublishOptions, PublishStats, TransferMode};
-
-const DEVICE: &str = "kiosk-test";
-
-fn broker_settings(url: &str, tls: Option<&Tls>, with_cert: bool) -> BrokerSettings {
-    BrokerSettings {
-        url: url.into(),
-        ca: tls.map(|t| t.ca.clone()),
-        client_cert: tls.filter(|_| with_cert).map(|t| t.client_cert.clone()),
-        client_key: tls.filter(|_| with_cert).map(|t| t.client_key.clone()),
-        credentials: None,
-        keep_alive_s: 5,
-    }
-}
-
-fn settings(k: &SigningKey) -> Settings {
-    Settings {
-        trusted: vec![k.public()],
-        compatible: COMPATIBLE.into(),
-        runtime_version: tolk_runtime::ota::RUNTIME_VERSION.into(),
-        max_clock_skew_s: 60,
-        max_bundle_bytes: 1 << 40,
-        trial_attempts: 3,
-    }
-}
-
-/// The device agent in a thread.
-struct Device {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Device {
-    fn start(root: &Path, k: &SigningKey, broker: BrokerSettings) -> Self {
-        let u = Updater::open(
-            root,
-            settings(k),
-            Box::new(LlamaProbe::new(Duration::from_secs(30))),
-        )
-        .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let opts = AgentOptions {
-            device_id: DEVICE.into(),
-            topic_prefix: DEFAULT_PREFIX.into(),
-            broker,
-            stall_timeout: Duration::from_millis(800),
-            window: 32,
-        };
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || agent::run(u, opts, s, || {}, || {}).unwrap());
-        Self {
-            stop,
-            handle: Some(handle),
-        }
-    }
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.take().unwrap().join().unwrap();
-    }
-}
-
-/// Reads the retained message of `topic` (None if none within the timeout).
-fn retained(b: &BrokerSettings, topic: &str, want: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
-    let (client, mut conn) = Client::new(
-        options(b, &format!("reader-{}", rand::random::<u32>()), None).unwrap(),
-        8,
-    );
-    client.subscribe(topic, QoS::AtLeastOnce).unwrap();
-    let start = std::time::Instant::now();
-    let mut last = None;
-    while start.elapsed() < Duration::from_secs(15) {
-        match conn.recv_timeout(Duration::from_millis(500)) {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == topic => {
-                if want(&p.payload) {
-                    return Some(p.payload.to_vec());
-                }
-                last = Some(p.payload.to_vec());
-                // Re-subscribe to get the retained copy again after it changes.
-                std::thread::sleep(Duration::from_millis(200));
-                let _ = client.unsubscribe(topic);
-                let _ = client.subscribe(topic, QoS::AtLeastOnce);
-            }
-            _ => {}
-        }
-    }
-    last.filter(|l| want(l))
-}
-
-#[track_caller]
-fn state_of(b: &BrokerSettings, want: impl Fn(&DeviceState) -> bool) -> DeviceState {
-    let topic = Topics::new(DEFAULT_PREFIX, DEVICE).state;
-    let bytes = retained(b, &topic, |p| {
-        serde_json::from_slice::<DeviceState>(p).is_ok_and(|s| want(&s))
-    })
-    .expect("retained device state as expected");
-    serde_json::from_slice(&bytes).unwrap()
-}
+use tolk_config::protocol::{JobStatus, Topics, DEFAULT_PREFIX};
+use tolk_ota::mqtt::{options, BrokerSettings};
+use tolk_ota::publish::{publish, Chaos, PublishOptions, PublishStats, TransferMode};
+use tolk_ota::{HealthProbe, ProbeError, ProbeReport, Updater};
 
 fn run_publish(
     o: &PublishOptions,
@@ -126,20 +25,6 @@ fn run_publish(
     (r, s, seen)
 }
 
-/// A device with v1 installed locally.
-fn device_root(t: &Path, k: &SigningKey) -> PathBuf {
-    let root = t.join("slots");
-    let mut u = Updater::open(
-        &root,
-        settings(k),
-        Box::new(LlamaProbe::new(Duration::from_secs(30))),
-    )
-    .unwrap();
-    u.install_dir("job-1", &bundle(&t.join("b1"), 1, k))
-        .unwrap();
-    root
-}
-
 /// Rows 3, 8 and 9 over MQTT: an oversize packet is survived; blocks dropped, reordered and
 /// duplicated still give one install; the URL path works; a replayed job changes nothing.
 #[test]
@@ -149,7 +34,7 @@ fn publish_over_mqtt_with_hostile_data_plane() {
     let root = device_root(t.path(), &k);
     let broker = Mosquitto::start(t.path(), None);
     let b = broker_settings(&broker.url(), None, false);
-    let dev = Device::start(&root, &k, b.clone());
+    let dev = AgentThread::start(&root, &k, b.clone());
     state_of(&b, |s| s.status == "online");
 
     // Row 8: an oversize block (200 kB, above the block limit) and a malformed job document:
@@ -250,7 +135,7 @@ fn broker_restart_mid_transfer_resumes() {
     let root = device_root(t.path(), &k);
     let mut broker = Mosquitto::start(t.path(), None);
     let b = broker_settings(&broker.url(), None, false);
-    let dev = Device::start(&root, &k, b.clone());
+    let dev = AgentThread::start(&root, &k, b.clone());
     let b2 = t.path().join("b2");
     write_model(&b2, 2);
     let noise: Vec<u8> = (0..400_000u32)
@@ -295,7 +180,7 @@ fn broker_restart_mid_transfer_resumes() {
 /// A probe that "crashes the process" (panics, caught by the test as if the process died).
 struct Crash;
 impl HealthProbe for Crash {
-    fn probe(&self, _: &Path) -> Result<ProbeReport, String> {
+    fn probe(&self, _: &Path) -> Result<ProbeReport, ProbeError> {
         panic!("model aborted on load");
     }
 }
@@ -310,7 +195,7 @@ fn true_state_is_reported_after_a_revert_and_last_will() {
     let root = device_root(t.path(), &k);
     let b2 = bundle(&t.path().join("b2"), 2, &k);
     for _ in 0..3 {
-        let mut u = Updater::open(&root, settings(&k), Box::new(Crash)).unwrap();
+        let mut u = Updater::open(&root, device_settings(&[&k]), Box::new(Crash)).unwrap();
         let _ = u.recover();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if u.state().pending.is_some() {
@@ -324,7 +209,7 @@ fn true_state_is_reported_after_a_revert_and_last_will() {
     assert_eq!(read_state(&root).pending.unwrap().attempts, 3);
     let broker = Mosquitto::start(t.path(), None);
     let b = broker_settings(&broker.url(), None, false);
-    let dev = Device::start(&root, &k, b.clone());
+    let dev = AgentThread::start(&root, &k, b.clone());
     let st = state_of(&b, |s| s.status == "online");
     assert_eq!(st.active.as_ref().unwrap().version, 1);
     let lj = st.last_job.unwrap();
@@ -334,7 +219,7 @@ fn true_state_is_reported_after_a_revert_and_last_will() {
     );
     dev.stop();
     // Restart again: the same true state.
-    let dev = Device::start(&root, &k, b.clone());
+    let dev = AgentThread::start(&root, &k, b.clone());
     let st = state_of(&b, |s| s.status == "online");
     assert_eq!(st.last_job.unwrap().status, JobStatus::RolledBack);
     dev.stop();
@@ -405,87 +290,13 @@ fn mutual_tls_broker() {
         connects(&plain).is_err(),
         "plain MQTT accepted by the TLS listener"
     );
-    let dev = Device::start(&root, &k, with_cert.clone());
+    let dev = AgentThread::start(&root, &k, with_cert.clone());
     let b2 = bundle(&t.path().join("b2"), 2, &k);
     let mut o = PublishOptions::new(&b2, DEVICE, with_cert.clone(), "job-tls");
     o.transfer = TransferMode::Mqtt { block_size: 4096 };
     o.timeout = Duration::from_secs(60);
     let (r, ..) = run_publish(&o);
     assert_eq!(r.status, JobStatus::Succeeded, "{r:?}");
-    dev.stop();
-}
-
-/// The host CLI as a release engineer runs it: sign, verify, publish to a kiosk.
-#[test]
-fn tolk_train_sign_verify_publish_cli() {
-    let t = tempfile::tempdir().unwrap();
-    let k = key(1);
-    let root = device_root(t.path(), &k);
-    let keyfile = t.path().join("release.key");
-    std::fs::write(&keyfile, k.to_secret_string()).unwrap();
-    let dir = t.path().join("b2");
-    write_model(&dir, 2);
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tolk-train"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let d = dir.to_str().unwrap();
-    let (ok, out, err) = cli(&[
-        "bundle",
-        "sign",
-        d,
-        "--key",
-        keyfile.to_str().unwrap(),
-        "--name",
-        "tiny-llama",
-        "--version",
-        "2",
-        "--compatible",
-        COMPATIBLE,
-    ]);
-    assert!(ok, "{err}");
-    assert!(out.contains("signed tiny-llama v2"), "{out}");
-    let (ok, out, err) = cli(&[
-        "bundle",
-        "verify",
-        d,
-        "--trusted-key",
-        &k.public().to_string(),
-    ]);
-    assert!(ok && out.contains("verify"), "{out}{err}");
-    let (ok, _, err) = cli(&[
-        "bundle",
-        "verify",
-        d,
-        "--trusted-key",
-        &key(2).public().to_string(),
-    ]);
-    assert!(!ok && err.contains("untrusted"), "{err}");
-    let broker = Mosquitto::start(t.path(), None);
-    let b = broker_settings(&broker.url(), None, false);
-    let dev = Device::start(&root, &k, b.clone());
-    let (ok, out, err) = cli(&[
-        "publish",
-        d,
-        "--device",
-        DEVICE,
-        "--broker",
-        &broker.url(),
-        "--block-size",
-        "4096",
-        "--timeout-s",
-        "60",
-    ]);
-    assert!(ok, "{err}");
-    assert!(out.contains("\"SUCCEEDED\""), "{out}");
-    state_of(&b, |s| s.active.as_ref().is_some_and(|a| a.version == 2));
     dev.stop();
 }
 
@@ -499,7 +310,7 @@ fn row10_black_holed_blocks_are_requested_again() {
     let root = device_root(t.path(), &k);
     let broker = Mosquitto::start(t.path(), None);
     let b = broker_settings(&broker.url(), None, false);
-    let dev = Device::start(&root, &k, b.clone());
+    let dev = AgentThread::start(&root, &k, b.clone());
     let b2 = bundle(&t.path().join("b2"), 2, &k);
     let mut o = PublishOptions::new(&b2, DEVICE, b.clone(), "job-slow");
     o.transfer = TransferMode::Mqtt { block_size: 4096 };

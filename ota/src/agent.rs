@@ -3,8 +3,8 @@
 //! through the client. Every ConnAck re-subscribes (clean sessions lose subscriptions) and
 //! re-publishes the retained true state; the last will marks the device offline.
 
-use super::mqtt::{options, spawn_event_pump, BrokerSettings, MqttEvent};
-use super::updater::{OtaError, Updater};
+use crate::mqtt::{options, spawn_event_pump, BrokerSettings, MqttEvent};
+use crate::updater::{unix_now, OtaError, Updater};
 use rumqttc::{Client, QoS};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -28,16 +28,9 @@ pub struct AgentOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
-    Setup(#[from] super::mqtt::MqttSetupError),
+    Setup(#[from] crate::mqtt::MqttSetupError),
     #[error(transparent)]
     Ota(#[from] OtaError),
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn offline_payload(device: &str) -> Vec<u8> {

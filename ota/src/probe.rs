@@ -1,4 +1,4 @@
-//! Health probe of a model before it becomes active (ota-threats.md row 12).
+//! Health probe of a model before it becomes active (threat row 12 of deploy/README.md).
 //!
 //! [`ModelProbe`] picks by content: a translator bundle gets [`TranslatorProbe`] (the whole
 //! speech-to-speech chain on a built-in signal), a bare Llama decoder [`LlamaProbe`] (a short
@@ -16,21 +16,46 @@ pub struct ProbeReport {
     pub summary: String,
 }
 
-fn within_budget(latency: Duration, budget: Duration) -> Result<(), String> {
+/// Why a model failed its health probe; the message, which includes the underlying error, is the
+/// reason reported with FAILED.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no config.json at the bundle root or in model/")]
+    NoModel,
+    #[error("health probe: load: {0}")]
+    Load(tolk_models::ModelError),
+    #[error("health probe: forward: {0}")]
+    Forward(tolk_models::ModelError),
+    #[error("health probe: logits shape {got:?}, expected {expected:?}")]
+    LogitsShape { got: Vec<i64>, expected: Vec<i64> },
+    #[error("health probe: logits hold NaN or infinity")]
+    NotFinite,
+    #[error("health probe: {direction}: {error}")]
+    Translate {
+        direction: String,
+        error: tolk_models::ModelError,
+    },
+    #[error("health probe: {direction}: vocoder: {error}")]
+    Vocoder {
+        direction: String,
+        error: tolk_models::ModelError,
+    },
+    #[error("health probe: {direction}: the vocoder output is empty or not finite")]
+    BadSpeech { direction: String },
+    #[error("health probe: latency {} ms above the budget of {} ms", latency.as_millis(), budget.as_millis())]
+    TooSlow { latency: Duration, budget: Duration },
+}
+
+fn within_budget(latency: Duration, budget: Duration) -> Result<(), ProbeError> {
     if latency > budget {
-        return Err(format!(
-            "health probe: latency {} ms above the budget of {} ms",
-            latency.as_millis(),
-            budget.as_millis()
-        ));
+        return Err(ProbeError::TooSlow { latency, budget });
     }
     Ok(())
 }
 
-/// Loads the model of a slot folder and decides whether it is healthy. The error is the reason
-/// reported with FAILED.
+/// Loads the model of a slot folder and decides whether it is healthy.
 pub trait HealthProbe: Send {
-    fn probe(&self, slot: &Path) -> Result<ProbeReport, String>;
+    fn probe(&self, slot: &Path) -> Result<ProbeReport, ProbeError>;
 }
 
 /// Probes the Llama decoder found in the slot (`config.json` + safetensors at the slot root or
@@ -48,16 +73,16 @@ impl LlamaProbe {
         }
     }
 
-    fn model_dir(slot: &Path) -> Result<PathBuf, String> {
+    fn model_dir(slot: &Path) -> Result<PathBuf, ProbeError> {
         [slot.to_path_buf(), slot.join("model")]
             .into_iter()
             .find(|d| d.join("config.json").is_file())
-            .ok_or_else(|| "no config.json at the bundle root or in model/".to_string())
+            .ok_or(ProbeError::NoModel)
     }
 }
 
 impl HealthProbe for LlamaProbe {
-    fn probe(&self, slot: &Path) -> Result<ProbeReport, String> {
+    fn probe(&self, slot: &Path) -> Result<ProbeReport, ProbeError> {
         let dir = Self::model_dir(slot)?;
         let start = Instant::now();
         let model = Llama::load(
@@ -67,23 +92,21 @@ impl HealthProbe for LlamaProbe {
                 ..Default::default()
             },
         )
-        .map_err(|e| format!("health probe: load: {e}"))?;
+        .map_err(ProbeError::Load)?;
         let vocab = model.config().vocab_size;
         let n = self.prompt_len.min(vocab.max(1));
         let tokens = Tensor::arange(n, (Kind::Int64, model.device())).unsqueeze(0);
-        let logits = model
-            .forward(&tokens, None)
-            .map_err(|e| format!("health probe: forward: {e}"))?;
+        let logits = model.forward(&tokens, None).map_err(ProbeError::Forward)?;
         let latency = start.elapsed();
         if logits.size() != [1, n, vocab] {
-            return Err(format!(
-                "health probe: logits shape {:?}, expected [1, {n}, {vocab}]",
-                logits.size()
-            ));
+            return Err(ProbeError::LogitsShape {
+                got: logits.size(),
+                expected: vec![1, n, vocab],
+            });
         }
         let finite = logits.isfinite().all().int64_value(&[]) == 1;
         if !finite {
-            return Err("health probe: logits hold NaN or infinity".into());
+            return Err(ProbeError::NotFinite);
         }
         within_budget(latency, self.budget)?;
         Ok(ProbeReport {
@@ -122,25 +145,30 @@ impl TranslatorProbe {
 }
 
 impl HealthProbe for TranslatorProbe {
-    fn probe(&self, slot: &Path) -> Result<ProbeReport, String> {
+    fn probe(&self, slot: &Path) -> Result<ProbeReport, ProbeError> {
         use tolk_models::translator::Translator;
         let start = Instant::now();
-        let tr = Translator::load(slot, tch::Device::Cpu, Kind::Float)
-            .map_err(|e| format!("health probe: load: {e}"))?;
+        let tr = Translator::load(slot, tch::Device::Cpu, Kind::Float).map_err(ProbeError::Load)?;
         let signal = Self::test_signal();
         let mut parts = Vec::new();
         for &dir in &tr.manifest().directions {
             let out = tr
                 .translate_audio(&signal, dir, tr.default_mode())
-                .map_err(|e| format!("health probe: {dir}: {e}"))?;
+                .map_err(|error| ProbeError::Translate {
+                    direction: dir.to_string(),
+                    error,
+                })?;
             if !out.units.is_empty() {
-                let pcm = tr
-                    .synthesize(&out.units, dir.tgt())
-                    .map_err(|e| format!("health probe: {dir}: vocoder: {e}"))?;
+                let pcm =
+                    tr.synthesize(&out.units, dir.tgt())
+                        .map_err(|error| ProbeError::Vocoder {
+                            direction: dir.to_string(),
+                            error,
+                        })?;
                 if pcm.is_empty() || pcm.iter().any(|x| !x.is_finite()) {
-                    return Err(format!(
-                        "health probe: {dir}: the vocoder output is empty or not finite"
-                    ));
+                    return Err(ProbeError::BadSpeech {
+                        direction: dir.to_string(),
+                    });
                 }
             }
             parts.push(format!(
@@ -171,7 +199,7 @@ impl ModelProbe {
 }
 
 impl HealthProbe for ModelProbe {
-    fn probe(&self, slot: &Path) -> Result<ProbeReport, String> {
+    fn probe(&self, slot: &Path) -> Result<ProbeReport, ProbeError> {
         if slot.join(tolk_models::translator::MANIFEST_FILE).is_file() {
             TranslatorProbe {
                 budget: self.budget,

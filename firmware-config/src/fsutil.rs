@@ -1,4 +1,9 @@
-//! Durable file-system steps: fsync of files and folders, atomic replace, free space.
+//! Durable file-system steps of the bundle format and of everything else written to disk:
+//! fsync of files and folders, atomic replace, free space, tree removal.
+//!
+//! [`atomic_write`] replaces a file in place: the new content goes to a temporary file in the
+//! same folder, is fsynced, renamed over the target, and the folder is fsynced, so a crash leaves
+//! either the old or the new content, never a torn file or a rename lost with the page cache.
 
 use std::fs::File;
 use std::io::Write;
@@ -23,8 +28,7 @@ pub fn sync_tree(dir: &Path) -> std::io::Result<()> {
     sync_path(dir)
 }
 
-/// Writes `bytes` to `path` atomically: temporary file in the same folder, fsync, rename over
-/// the target, fsync of the folder. A crash leaves either the old or the new content.
+/// Writes `bytes` to `path` atomically (see the module documentation).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
@@ -57,5 +61,30 @@ pub fn remove_tree(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_dir_all(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_the_content_and_leaves_no_temporary_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        atomic_write(&p, b"old").unwrap();
+        atomic_write(&p, b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["state.json"]);
+    }
+
+    #[test]
+    fn remove_tree_of_a_missing_folder_is_not_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        remove_tree(&d.path().join("never-made")).unwrap();
     }
 }

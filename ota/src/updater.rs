@@ -10,9 +10,8 @@
 //!   is never written; an install replaces the other one.
 //! - `staging/<job>`: files being received; `staging/<job>.meta/`: block bitmaps for resuming.
 
-use super::fault::seam;
-use super::fsutil::{atomic_write, free_bytes, remove_tree, sync_path, sync_tree};
-use super::probe::HealthProbe;
+use crate::fault::seam;
+use crate::probe::HealthProbe;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -20,12 +19,11 @@ use std::path::{Path, PathBuf};
 use tolk_config::bundle::{
     self, BundleError, Manifest, Policy, PublicKey, MANIFEST_FILE, SIGNATURE_FILE,
 };
+use tolk_config::fsutil::{atomic_write, free_bytes, remove_tree, sync_path, sync_tree};
 use tolk_config::protocol::{
     Block, DeviceState, JobDocument, JobStatus, Operation, SlotInfo, StatusReport, Transfer,
 };
 
-/// This runtime's version, compared with a bundle's `min_runtime`.
-pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Free space kept on top of a bundle's size.
 const SPACE_MARGIN: u64 = 1 << 20;
 /// Job ids remembered for idempotency.
@@ -41,6 +39,32 @@ pub enum OtaError {
     },
     #[error("{path}: corrupt state file: {message}")]
     State { path: PathBuf, message: String },
+}
+
+/// Why the files of a URL job could not be fetched; the message is the reason reported with
+/// FAILED.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("URL {base:?}: {source}")]
+    Url {
+        base: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("URL scheme {0:?} is not supported (file:// only)")]
+    Scheme(String),
+    #[error("URL {0:?} is not a local path")]
+    NotLocal(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: source has more bytes than the signed size {size}")]
+    Longer { file: String, size: u64 },
+    #[error(transparent)]
+    Verify(#[from] BundleError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OtaError + '_ {
@@ -66,7 +90,7 @@ impl Settings {
         Self {
             trusted: cfg.trusted_keys(),
             compatible: cfg.ota.compatible.to_string(),
-            runtime_version: RUNTIME_VERSION.to_string(),
+            runtime_version: tolk_config::RUNTIME_VERSION.to_string(),
             max_clock_skew_s: cfg.ota.max_clock_skew_s as u64,
             max_bundle_bytes: cfg.ota.max_bundle_bytes,
             trial_attempts: cfg.ota.trial_attempts,
@@ -91,7 +115,7 @@ pub struct State {
     /// Ids of the keys trusted when `highest_version` was last raised. The anti-rollback floor
     /// binds to them: after a full rotation (none of them trusted any more) the floor starts
     /// again from 0, the recovery path when a compromised key pushed a huge version
-    /// (ota-threats row 5). An overlapping rotation keeps the floor.
+    /// (threat row 5 of deploy/README.md). An overlapping rotation keeps the floor.
     #[serde(default)]
     pub rollback_keys: Vec<String>,
     pub pending: Option<Pending>,
@@ -764,17 +788,21 @@ impl Updater {
         let job_id = job.job_id.clone();
         let version = job.manifest.version;
         let digest = Manifest::digest(&job.manifest_bytes);
-        let result = (|| -> Result<(), String> {
-            let base_url = url::Url::parse(&base).map_err(|e| format!("URL {base:?}: {e}"))?;
+        let result = (|| -> Result<(), FetchError> {
+            let base_url = url::Url::parse(&base).map_err(|source| FetchError::Url {
+                base: base.clone(),
+                source,
+            })?;
             if base_url.scheme() != "file" {
-                return Err(format!(
-                    "URL scheme {:?} is not supported (file:// only)",
-                    base_url.scheme()
-                ));
+                return Err(FetchError::Scheme(base_url.scheme().to_string()));
             }
             let base_dir = base_url
                 .to_file_path()
-                .map_err(|_| format!("URL {base:?} is not a local path"))?;
+                .map_err(|()| FetchError::NotLocal(base.clone()))?;
+            let fio = |path: &Path| {
+                let path = path.to_path_buf();
+                move |source| FetchError::Io { path, source }
+            };
             for f in 0..job.manifest.files.len() {
                 if job.done[f] {
                     continue;
@@ -783,36 +811,33 @@ impl Updater {
                 let src = base_dir.join(&entry.path);
                 let dst = job.dir.join(&entry.path);
                 if let Some(parent) = dst.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| format!("{}: {e}", parent.display()))?;
+                    std::fs::create_dir_all(parent).map_err(fio(parent))?;
                 }
-                let input =
-                    bundle::open_regular(&src).map_err(|e| format!("{}: {e}", src.display()))?;
-                let mut out =
-                    std::fs::File::create(&dst).map_err(|e| format!("{}: {e}", dst.display()))?;
+                let input = bundle::open_regular(&src).map_err(fio(&src))?;
+                let mut out = std::fs::File::create(&dst).map_err(fio(&dst))?;
                 // Cap by the signed size (+1 to notice a longer source).
-                let n = std::io::copy(&mut input.take(entry.size + 1), &mut out)
-                    .map_err(|e| format!("{}: {e}", dst.display()))?;
-                out.flush().map_err(|e| e.to_string())?;
+                let n =
+                    std::io::copy(&mut input.take(entry.size + 1), &mut out).map_err(fio(&dst))?;
+                out.flush().map_err(fio(&dst))?;
                 if n > entry.size {
-                    return Err(format!(
-                        "{}: source has more bytes than the signed size {}",
-                        entry.path, entry.size
-                    ));
+                    return Err(FetchError::Longer {
+                        file: entry.path.clone(),
+                        size: entry.size,
+                    });
                 }
-                bundle::verify_file(&dst, &entry).map_err(|e| e.to_string())?;
+                bundle::verify_file(&dst, &entry)?;
                 job.done[f] = true;
                 job.have[f].iter_mut().for_each(|h| *h = 1);
                 let d = job.meta.join(format!("{f}.done"));
-                std::fs::write(&d, b"").map_err(|e| e.to_string())?;
+                std::fs::write(&d, b"").map_err(fio(&d))?;
             }
             Ok(())
         })();
-        if let Err(reason) = result {
+        if let Err(e) = result {
             self.job = None;
             self.discard_staging(&job_id);
             return self.finish(
-                report(&job_id, JobStatus::Failed, Some(version), reason),
+                report(&job_id, JobStatus::Failed, Some(version), e.to_string()),
                 Some(digest),
             );
         }
@@ -959,10 +984,15 @@ impl Updater {
                 )?;
                 seam("committed");
             }
-            Err(reason) => {
+            Err(e) => {
                 self.state.pending = None;
                 self.finish(
-                    report(&p.job_id, JobStatus::Failed, Some(p.info.version), reason),
+                    report(
+                        &p.job_id,
+                        JobStatus::Failed,
+                        Some(p.info.version),
+                        e.to_string(),
+                    ),
                     Some(p.info.digest.clone()),
                 )?;
                 let _ = remove_tree(&slot_dir);

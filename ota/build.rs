@@ -1,0 +1,3 @@
+fn main() {
+    tolk_build::link_libtorch();
+}
