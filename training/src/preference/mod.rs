@@ -5,7 +5,7 @@
 //! - [`lora`]: LoRA adapters in their own VarStore, peft's initialisation and file format,
 //!   merging into the base weights;
 //! - [`pairs`]: `tolk-train pairs`, preference pairs by self-sampling and back-translation
-//!   ([`pairs_plot`]: the margin histogram);
+//!   (`pairs::plot`: the margin histogram);
 //! - [`data`]: the pairs files and their batches; [`recipe`]: the TOML recipe; [`train`]: the
 //!   DPO / SimPO loop with exact-resume checkpoints and the merged translator it ends with.
 
@@ -13,7 +13,6 @@ pub mod data;
 pub mod lora;
 pub mod losses;
 pub mod pairs;
-pub mod pairs_plot;
 pub mod recipe;
 pub mod train;
 

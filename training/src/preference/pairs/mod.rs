@@ -1,0 +1,386 @@
+//! `tolk-train pairs`: preference pairs without humans, by self-sampling and back-translation
+//! (PROST-LLM arXiv 2601.16618 section 2.2; `../shared/reference/method.md` section 1 item 2).
+//!
+//! For every source utterance of a manifest (its units from a units file):
+//!
+//! 1. **Candidates**: `--candidates` chain-of-modality translations (target text, then target
+//!    units) sampled in one batch ([`Translator::translate_units_batch`]) with temperature /
+//!    top-k / top-p; candidate `k` draws from a ChaCha8 RNG seeded by [`candidate_seed`] of the
+//!    utterance seed ([`utterance_seed`]: the run's `--seed` mixed with the utterance id), so a
+//!    result never depends on sharding or order.
+//! 2. **Back-translation** (`--judge-against back-translation`): the candidate's target units
+//!    are vocoded ([`Translator::synthesize`]), source-side units are re-extracted from that
+//!    speech ([`Translator::extract_units`]) (`--back-from units` feeds the candidate units
+//!    directly), and the same model translates them back greedily: the text phase of the
+//!    chain-of-modality prompt (mode S2TT) for the text judges; for MCD the whole reverse chain,
+//!    whose units are vocoded and compared with the source audio.
+//! 3. **Judge**: BLEU/100 (sacreBLEU `sentence_bleu`), METEOR (nltk, no WordNet), WER (jiwer,
+//!    capped at 1) of the back-translation against the source text, or MCD (dB) of the
+//!    back-translated speech against the source speech; `--judge-against reference` scores the
+//!    candidate itself against the manifest's `target_text` / `target_audio` (paired S2ST data).
+//!    The source text is the manifest's `text`; an entry without one is transcribed with
+//!    PocketSphinx (English) under `--transcribe`, and then both sides are normalized as for
+//!    ASR-BLEU before scoring.
+//! 4. **Pairs**: candidates are ranked best first (higher BLEU/METEOR, lower WER/MCD); a
+//!    candidate that never emitted `<|end|>` (length cap, full cache) or whose back-translation
+//!    (or, against the reference, own text) is empty is *invalid*: it gets the worst score of
+//!    the scale (0 for BLEU/METEOR, 1 for WER, `--mcd-worst` dB for MCD) and ranks below every
+//!    valid candidate, so it can be rejected but never chosen. The best and the worst make a
+//!    pair when they are not identical, the best is valid and the margin (>= 0, in the judge's
+//!    units) exceeds `--delta`. Every drop is counted by reason.
+//!
+//! Output (`--out`): `pairs.jsonl` (the shared format of `/work/notes/issue7-plan.md`: TRL's
+//! `prompt` / `chosen` / `rejected` strings, the token ids the trainer uses, scores and
+//! metadata), `utterances.jsonl` (every utterance with all its candidates, for merging and
+//! inspection), `summary.json` and `margins.png`. `--shard i/n` processes entries `i, i+n, ...`
+//! of the selected list; `--merge SHARD_DIR...` concatenates shard folders in entry order and
+//! rebuilds the summary and the plot, giving what one unsharded run gives.
+//!
+//! Token strings: the text part of a completion is stored in its canonical tokenization
+//! (`encode(decode(ids))`; a sampled non-canonical split of the same text is re-split, counted
+//! as `retokenized_candidates`), so that tokenizing `prompt`, `chosen` and `rejected` with the
+//! translator's `tokenizer.json` (no added special tokens) gives exactly `prompt_ids`,
+//! `chosen_ids` and `rejected_ids` (`tests/reference/pairs_trl.py` checks it, also through
+//! TRL's DPO dataset processing).
+
+mod back_translation;
+mod judging;
+mod merge;
+mod output;
+mod plot;
+mod records;
+mod sampling;
+mod seeding;
+mod shards;
+mod sources;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use tolk_models::audio::wav::{write_wav, WavFormat};
+use tolk_models::device::{available_device, parse_dtype};
+use tolk_models::sampling::SamplingConfig;
+use tolk_models::translator::{Direction, Mode, Translator};
+
+use crate::eval::{asr, file_stem, read_16k};
+use crate::units::read_units;
+use back_translation::reverse;
+use output::write_outputs;
+use sampling::{process, Ctx};
+use sources::{read_sources_manifest, select, Source};
+
+pub use back_translation::BackFrom;
+pub use judging::{Judge, JudgeAgainst};
+pub use merge::merge_shards;
+pub use records::{
+    summarize, CandidateRecord, Decision, Invalid, PairRecord, PairsSettings, PairsSummary,
+    StopReason, UtteranceRecord,
+};
+pub use seeding::{candidate_seed, utterance_seed};
+pub use shards::Shard;
+
+fn parse_direction(s: &str) -> std::result::Result<Direction, String> {
+    Direction::parse(s).map_err(|e| e.to_string())
+}
+
+/// Arguments of `tolk-train pairs`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PairsArgs {
+    /// Translator folder (a chain-of-modality model translating both ways).
+    #[arg(long, required_unless_present = "merge")]
+    pub model: Option<PathBuf>,
+    /// JSONL manifest of source utterances (monolingual, or paired for --judge-against
+    /// reference); `text` may be empty with --transcribe.
+    #[arg(long, required_unless_present = "merge")]
+    pub manifest: Option<PathBuf>,
+    /// Units file covering the manifest's `audio` (tolk-train units).
+    #[arg(long, required_unless_present = "merge")]
+    pub units: Option<PathBuf>,
+    /// en-fr or fr-en (source -> target of the candidates).
+    #[arg(long, value_parser = parse_direction, required_unless_present = "merge")]
+    pub direction: Option<Direction>,
+    /// Output folder (pairs.jsonl, utterances.jsonl, summary.json, margins.png).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Candidates sampled per utterance (the best is paired with the worst).
+    #[arg(long, default_value_t = 2)]
+    pub candidates: usize,
+    /// Sampling temperature (0 is greedy: every candidate identical).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Nucleus (top-p) cut, in (0, 1].
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Top-k cut (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Run seed; each utterance's sampling seed mixes it with the utterance id.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The metric judging candidates: bleu (BLEU/100), meteor, wer (capped at 1), mcd (dB).
+    #[arg(long, value_enum, default_value_t = Judge::Bleu)]
+    pub judge: Judge,
+    /// back-translation (monolingual speech) or reference (the manifest's target side).
+    #[arg(long, value_enum, default_value_t = JudgeAgainst::BackTranslation)]
+    pub judge_against: JudgeAgainst,
+    /// Back-translate from the candidate's vocoded speech or from its units.
+    #[arg(long, value_enum, default_value_t = BackFrom::Speech)]
+    pub back_from: BackFrom,
+    /// Keep a pair when its margin exceeds delta: on the 0-1 scale for bleu, meteor and wer
+    /// (BLEU/100), in dB for mcd.
+    #[arg(long, default_value_t = 0.1)]
+    pub delta: f64,
+    /// MCD judge: the score, in dB, of an invalid candidate and the cap of every MCD score
+    /// (Kaldi-MFCC MCDs of the demo model are around 300 dB).
+    #[arg(long, default_value_t = 1000.0)]
+    pub mcd_worst: f64,
+    /// Transcribe sources without text with PocketSphinx (English only).
+    #[arg(long)]
+    pub transcribe: bool,
+    /// Python with pocketsphinx for --transcribe (default: $TOLK_PYTHON, else the .venv).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Process shard i of n (entries i, i+n, ...); merge the shard folders with --merge.
+    #[arg(long)]
+    pub shard: Option<Shard>,
+    /// Use the first N entries of the direction only (before sharding).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Intra-op threads of libtorch.
+    #[arg(long)]
+    pub threads: Option<i32>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Merge these shard folders into --out instead of generating.
+    #[arg(long, num_args = 1.., value_name = "SHARD_DIR")]
+    pub merge: Vec<PathBuf>,
+}
+fn settings_of(args: &PairsArgs) -> Result<PairsSettings> {
+    let (Some(model), Some(manifest), Some(units), Some(direction)) =
+        (&args.model, &args.manifest, &args.units, args.direction)
+    else {
+        bail!("--model, --manifest, --units and --direction are required (unless --merge)");
+    };
+    ensure!(
+        args.candidates >= 2,
+        "--candidates {} must be at least 2",
+        args.candidates
+    );
+    ensure!(
+        args.delta.is_finite() && args.delta >= 0.0,
+        "--delta {} must be a non-negative number",
+        args.delta
+    );
+    ensure!(
+        args.mcd_worst.is_finite() && args.mcd_worst > 0.0,
+        "--mcd-worst {} must be a positive number of dB",
+        args.mcd_worst
+    );
+    SamplingConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: 0,
+    }
+    .validate()?;
+    Ok(PairsSettings {
+        model: model.display().to_string(),
+        manifest: manifest.display().to_string(),
+        units: units.display().to_string(),
+        direction: direction.as_str().to_string(),
+        judge: args.judge,
+        judged_against: args.judge_against,
+        back_from: args.back_from,
+        delta: args.delta,
+        mcd_worst_db: args.mcd_worst,
+        candidates: args.candidates,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        seed: args.seed,
+        limit: args.limit,
+        transcribe: args.transcribe,
+    })
+}
+
+/// Runs `tolk-train pairs` (or the merge with `--merge`).
+pub fn run_pairs(args: &PairsArgs) -> Result<PairsSummary> {
+    if !args.merge.is_empty() {
+        return merge_shards(&args.merge, &args.out);
+    }
+    let settings = settings_of(args)?;
+    let direction = args.direction.context("--direction is required")?;
+    let (model, manifest_path, units_path) = (
+        args.model.as_deref().context("--model is required")?,
+        args.manifest.as_deref().context("--manifest is required")?,
+        args.units.as_deref().context("--units is required")?,
+    );
+    if let Some(n) = args.threads {
+        ensure!(n > 0, "--threads {n} must be positive");
+        tch::set_num_threads(n);
+    }
+    let t0 = Instant::now();
+    let device = available_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    let tr = Translator::load(model, device, dtype)
+        .with_context(|| format!("loading the translator {}", model.display()))?;
+    Mode::ChainOfModality
+        .task_for(tr.manifest().strategy)
+        .with_context(|| {
+            format!(
+                "{}: preference pairs need a chain-of-modality model",
+                model.display()
+            )
+        })?;
+    for d in [direction, reverse(direction)] {
+        if !tr.manifest().supports_direction(d) {
+            bail!(
+                "{} does not translate {d} (pairs need {direction} and its back-translation)",
+                model.display()
+            );
+        }
+    }
+    let table = read_units(units_path)?;
+    let k = tr.format().num_units;
+    ensure!(
+        table.num_units == k,
+        "{}: units file has num_units {} but the model has {k} units",
+        units_path.display(),
+        table.num_units
+    );
+    let entries = read_sources_manifest(manifest_path)?;
+    let (mut selected, skipped) = select(&entries, direction, args.judge_against);
+    if let Some(n) = args.limit {
+        selected.truncate(n);
+    }
+    if selected.is_empty() {
+        bail!(
+            "{} has no {} entries{}",
+            manifest_path.display(),
+            direction,
+            if args.judge_against == JudgeAgainst::Reference {
+                " with a target side (--judge-against reference needs paired entries)"
+            } else {
+                ""
+            }
+        );
+    }
+    let sources: Vec<Source> = selected
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| args.shard.is_none_or(|s| i % s.count == s.index))
+        .map(|(index, entry)| Source { index, entry })
+        .collect();
+
+    // Source texts: the manifest's, or a transcription (only the text judges against the
+    // back-translation compare with the source text).
+    let needs_text =
+        args.judge_against == JudgeAgainst::BackTranslation && args.judge != Judge::Mcd;
+    let untranscribed: Vec<&Source> = sources
+        .iter()
+        .filter(|s| s.entry.text.trim().is_empty())
+        .collect();
+    let mut transcripts: HashMap<usize, String> = HashMap::new();
+    if needs_text && !untranscribed.is_empty() {
+        let first = &untranscribed[0].entry;
+        if !args.transcribe {
+            bail!(
+                "entry {} has no text: give the source text in the manifest, or pass \
+                 --transcribe to recognize it (English)",
+                first.id
+            );
+        }
+        if let Some(s) = untranscribed.iter().find(|s| s.entry.language != "en") {
+            bail!(
+                "entry {} has no text and is in `{}`: --transcribe recognizes English only \
+                 (PocketSphinx en-us)",
+                s.entry.id,
+                s.entry.language
+            );
+        }
+        let work = args.out.join(".asr");
+        std::fs::create_dir_all(work.join("source"))?;
+        let mut wavs = Vec::new();
+        for s in &untranscribed {
+            let a = s
+                .entry
+                .audio
+                .as_deref()
+                .with_context(|| format!("entry {}: no audio to transcribe", s.entry.id))?;
+            let p = manifest_path.parent().unwrap_or(Path::new("")).join(a);
+            let pcm = read_16k(&p).with_context(|| format!("entry {}", s.entry.id))?;
+            let w = work
+                .join("source")
+                .join(format!("{}.wav", file_stem(&s.entry.id)));
+            write_wav(&w, &pcm, 16_000, 1, WavFormat::Pcm16)?;
+            wavs.push(w);
+        }
+        let mut rec = asr::PocketSphinx::new(asr::find_python(args.python.as_deref())?)?;
+        let texts = rec.transcribe(&wavs, &work)?;
+        for (s, t) in untranscribed.iter().zip(texts) {
+            transcripts.insert(s.index, t);
+        }
+    }
+
+    let ctx = Ctx {
+        tr: &tr,
+        settings: &settings,
+        direction,
+        manifest_dir: manifest_path
+            .parent()
+            .unwrap_or(Path::new(""))
+            .to_path_buf(),
+        table: &table,
+        units_path,
+        stages: Default::default(),
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let pb = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(sources.len() as u64)
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "pairs {bar:30} {pos}/{len} {elapsed}<{eta} {per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut utterances = Vec::with_capacity(sources.len());
+    let mut pairs_text = String::new();
+    let mut kept = 0;
+    for src in &sources {
+        let (text, transcribed) = match transcripts.get(&src.index) {
+            Some(t) => (t.clone(), true),
+            None => (src.entry.text.clone(), false),
+        };
+        let (rec, pair) = process(&ctx, src, &text, transcribed)?;
+        if let Some(p) = pair {
+            pairs_text.push_str(&serde_json::to_string(&p)?);
+            pairs_text.push('\n');
+            kept += 1;
+        }
+        utterances.push(rec);
+        pb.set_message(format!("{kept} pairs"));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let summary = summarize(
+        &settings,
+        args.shard.map(|s| s.to_string()).into_iter().collect(),
+        &utterances,
+        skipped,
+        t0.elapsed().as_secs_f64(),
+    );
+    write_outputs(&args.out, &utterances, &pairs_text, &summary)?;
+    Ok(summary)
+}

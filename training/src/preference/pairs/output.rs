@@ -1,0 +1,60 @@
+//! The four outputs of a run or a merge: `pairs.jsonl`, `utterances.jsonl`, `summary.json` and
+//! `margins.png`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::judging::Judge;
+use super::plot::write_margin_plot;
+use super::records::{PairsSummary, UtteranceRecord};
+
+/// Writes `text` to `path` through a synced temporary file (never half-written).
+pub(super) fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    Ok(crate::run_dir::write_atomic(path, text.as_bytes())?)
+}
+
+fn jsonl<T: Serialize>(rows: &[T]) -> Result<String> {
+    let mut s = String::new();
+    for r in rows {
+        s.push_str(&serde_json::to_string(r)?);
+        s.push('\n');
+    }
+    Ok(s)
+}
+
+/// Writes the four outputs of a run (or a merge) into `out`.
+pub(super) fn write_outputs(
+    out: &Path,
+    utterances: &[UtteranceRecord],
+    pairs_text: &str,
+    summary: &PairsSummary,
+) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    write_atomic(&out.join("pairs.jsonl"), pairs_text)?;
+    write_atomic(&out.join("utterances.jsonl"), &jsonl(utterances)?)?;
+    write_atomic(
+        &out.join("summary.json"),
+        &(serde_json::to_string_pretty(summary)? + "\n"),
+    )?;
+    let margins: Vec<f64> = utterances.iter().filter_map(|u| u.margin).collect();
+    let unit = if summary.settings.judge == Judge::Mcd {
+        "dB"
+    } else {
+        "0-1 scale"
+    };
+    write_margin_plot(
+        &out.join("margins.png"),
+        &margins,
+        summary.settings.delta,
+        &format!(
+            "best-vs-worst margins, {} judge ({unit}), {} of {} kept",
+            summary.settings.judge.as_str(),
+            summary.pairs_kept,
+            utterances.len()
+        ),
+    )
+    .map_err(|e| anyhow::anyhow!("writing margins.png: {e}"))?;
+    Ok(())
+}
