@@ -41,10 +41,11 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 use tolk_models::device::{available_device, dtype_name, parse_dtype};
+use tolk_models::generate::{decode_rows, mask_ranges, Choice, RowRules};
 use tolk_models::llama::quant::{save_quantized, DEFAULT_INT4_GROUP};
 use tolk_models::llama::{Llama, LoadOptions, QuantConfig, QuantRuntime, QuantScheme};
 use tolk_models::prompt::{PromptFormat, SpecialToken, Task};
-use tolk_models::sampling::TokenMask;
+use tolk_models::sampling::{Sampler, SamplingConfig};
 use tolk_models::translator::{Direction, Mode, ModelManifest, Translator, MANIFEST_FILE};
 
 use crate::corpus::manifest::{read_manifest, ReadOptions};
@@ -85,7 +86,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub units: Option<PathBuf>,
     /// en-fr or fr-en (the report's direction).
-    #[arg(long, value_parser = parse_direction)]
+    #[arg(long)]
     pub direction: Option<Direction>,
     /// Report on the first N entries of the direction.
     #[arg(long, default_value_t = 50)]
@@ -103,10 +104,6 @@ pub struct QuantizeArgs {
     /// Intra-op threads for the report (default: libtorch's default).
     #[arg(long)]
     pub threads: Option<i32>,
-}
-
-fn parse_direction(s: &str) -> Result<Direction, String> {
-    Direction::parse(s).map_err(|e| e.to_string())
 }
 
 impl QuantizeArgs {
@@ -359,24 +356,18 @@ fn max_abs(a: &Tensor, b: &Tensor) -> Result<f64> {
 // ---------------------------------------------------------------------------------------------
 // Greedy decoding on a bare decoder (the engine's constrained phases), for the comparisons.
 
-/// The vocabulary ranges of a phase mask.
-fn ranges(mask: &TokenMask, vocab: u32) -> Vec<Range<u32>> {
-    match mask {
-        TokenMask::All => std::iter::once(0..vocab).collect(),
-        TokenMask::Ranges(v) => v
-            .iter()
-            .map(|r| r.start.min(vocab)..r.end.min(vocab))
-            .filter(|r| !r.is_empty())
-            .collect(),
-    }
-}
+/// Index of the text phase's slices in [`Phases::ranges`].
+const TEXT_RANGES: usize = 0;
+/// Index of the unit phase's slices in [`Phases::ranges`].
+const UNIT_RANGES: usize = 1;
 
 /// The decoding limits and phases of one translator.
 #[derive(Debug, Clone)]
 pub struct Phases {
     task: Task,
-    text: Vec<Range<u32>>,
-    units: Vec<Range<u32>>,
+    /// The text phase's vocabulary slices ([`TEXT_RANGES`]) and the unit phase's
+    /// ([`UNIT_RANGES`]), as [`decode_rows`] takes them.
+    ranges: Vec<Vec<Range<u32>>>,
     units_tok: u32,
     end_tok: u32,
     max_text: usize,
@@ -393,8 +384,10 @@ impl Phases {
     ) -> Self {
         Self {
             task,
-            text: ranges(&f.text_phase(task), vocab),
-            units: ranges(&f.unit_phase(), vocab),
+            ranges: vec![
+                mask_ranges(&f.text_phase(task), vocab),
+                mask_ranges(&f.unit_phase(), vocab),
+            ],
             units_tok: f.id(SpecialToken::Units),
             end_tok: f.id(SpecialToken::End),
             max_text,
@@ -402,12 +395,17 @@ impl Phases {
         }
     }
 
+    /// Whether the output prefix `out` is in the unit phase.
+    fn in_units(&self, out: &[u32]) -> bool {
+        self.task == Task::S2st || out.contains(&self.units_tok)
+    }
+
     /// The ranges allowed after the output prefix `out`.
     fn allowed(&self, out: &[u32]) -> &[Range<u32>] {
-        if self.task == Task::S2st || out.contains(&self.units_tok) {
-            &self.units
+        if self.in_units(out) {
+            &self.ranges[UNIT_RANGES]
         } else {
-            &self.text
+            &self.ranges[TEXT_RANGES]
         }
     }
 }
@@ -442,8 +440,65 @@ pub struct Greedy {
     pub steps_s: f64,
 }
 
+/// The rules of the report's greedy row for [`decode_rows`]: the text phase until `<|units|>`
+/// (forced when the text budget runs out), then the unit phase until `<|end|>` or the unit
+/// budget; it counts the tokens fed back and notes when the first one came.
+struct GreedyRow<'a> {
+    phases: &'a Phases,
+    sampler: Sampler,
+    output: Vec<u32>,
+    text: usize,
+    units: usize,
+    /// Tokens fed back to the model after being chosen.
+    fed: usize,
+    first_token: Option<Instant>,
+}
+
+impl RowRules for GreedyRow<'_> {
+    fn next(&mut self) -> tolk_models::Result<Choice> {
+        let p = self.phases;
+        let in_units = p.in_units(&self.output);
+        Ok(if !in_units && self.text >= p.max_text {
+            Choice::Force(p.units_tok)
+        } else if in_units && self.units >= p.max_units {
+            Choice::Done
+        } else if in_units {
+            Choice::Sample(UNIT_RANGES)
+        } else {
+            Choice::Sample(TEXT_RANGES)
+        })
+    }
+
+    fn sampler(&mut self) -> &mut Sampler {
+        &mut self.sampler
+    }
+
+    fn accept(&mut self, token: u32, _logprob: Option<f64>) -> tolk_models::Result<bool> {
+        let p = self.phases;
+        let in_units = p.in_units(&self.output);
+        self.first_token.get_or_insert_with(Instant::now);
+        self.output.push(token);
+        if token == p.end_tok {
+            return Ok(true);
+        }
+        if in_units {
+            self.units += 1;
+        } else if token != p.units_tok {
+            self.text += 1;
+        }
+        self.fed += 1;
+        Ok(false)
+    }
+
+    fn cache_full(&mut self) {
+        // The last token was chosen but not fed.
+        self.fed -= 1;
+    }
+}
+
 /// Greedy constrained decoding of `prompt` as the engine does it (text phase, `<|units|>`, unit
-/// phase, `<|end|>`; text budget forces `<|units|>`), on a bare decoder.
+/// phase, `<|end|>`; text budget forces `<|units|>`), on a bare decoder, through the engine's
+/// decode loop ([`decode_rows`]).
 pub fn greedy_decode(llm: &Llama, phases: &Phases, prompt: &[u32]) -> Result<Greedy> {
     let _g = tch::no_grad_guard();
     let capacity =
@@ -457,48 +512,36 @@ pub fn greedy_decode(llm: &Llama, phases: &Phases, prompt: &[u32]) -> Result<Gre
     let mut cache = llm.new_cache(1, capacity)?;
     let t0 = Instant::now();
     let h = llm.forward_hidden_ids(prompt, &mut cache)?;
-    let mut last = h.f_select(1, h.size()[1] - 1)?;
-    let mut output: Vec<u32> = Vec::new();
-    let (mut text, mut units) = (0usize, 0usize);
-    let mut prefill_s = 0.0;
-    let mut t1 = Instant::now();
-    let mut steps = 0;
-    loop {
-        let in_units = phases.task == Task::S2st || output.contains(&phases.units_tok);
-        let next = if !in_units && text >= phases.max_text {
-            phases.units_tok
-        } else if in_units && units >= phases.max_units {
-            break;
-        } else {
-            let allowed = phases.allowed(&output);
-            let logits = llm.logits(&last)?;
-            constrained_argmax(&logits, allowed)?
-        };
-        if output.is_empty() {
-            prefill_s = t0.elapsed().as_secs_f64();
-            t1 = Instant::now();
-        }
-        output.push(next);
-        if next == phases.end_tok {
-            break;
-        }
-        if in_units {
-            units += 1;
-        } else if next != phases.units_tok {
-            text += 1;
-        }
-        if cache.len() >= cache.capacity() {
-            break;
-        }
-        let h = llm.forward_hidden_ids(&[next], &mut cache)?;
-        last = h.f_select(1, 0)?;
-        steps += 1;
-    }
+    let last = h.f_select(1, h.size()[1] - 1)?;
+    let mut rows = [GreedyRow {
+        phases,
+        sampler: Sampler::new(SamplingConfig::greedy())?,
+        output: Vec::new(),
+        text: 0,
+        units: 0,
+        fed: 0,
+        first_token: None,
+    }];
+    decode_rows(
+        llm,
+        &mut cache,
+        last,
+        &phases.ranges,
+        &mut rows,
+        phases.end_tok,
+    )?;
+    let end = Instant::now();
+    let [row] = rows;
+    // Without any output token the prefill is not timed and the steps are timed from its end.
+    let (prefill_s, steps_from) = match row.first_token {
+        Some(first) => ((first - t0).as_secs_f64(), first),
+        None => (0.0, t0),
+    };
     Ok(Greedy {
-        output,
+        output: row.output,
         prefill_s,
-        steps,
-        steps_s: t1.elapsed().as_secs_f64(),
+        steps: row.fed,
+        steps_s: (end - steps_from).as_secs_f64(),
     })
 }
 
@@ -883,7 +926,7 @@ mod tests {
             assert!(s.check_max_logit_diff.is_finite());
             // Every file but the decoder's weights and config is copied unchanged.
             for rel in [
-                "tolk-model.json",
+                MANIFEST_FILE,
                 "llm/tokenizer.json",
                 "units/kmeans.safetensors",
                 "vocoder-fr/model.safetensors",

@@ -60,7 +60,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub units: PathBuf,
     /// en-fr or fr-en.
-    #[arg(long, value_parser = parse_direction)]
+    #[arg(long)]
     pub direction: Direction,
     /// Evaluate the first N entries of the direction only.
     #[arg(long)]
@@ -137,10 +137,6 @@ impl Recognizer {
             }
         }
     }
-}
-
-fn parse_direction(s: &str) -> Result<Direction, String> {
-    Direction::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {

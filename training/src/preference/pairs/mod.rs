@@ -82,10 +82,6 @@ pub use records::{
 pub use seeding::{candidate_seed, utterance_seed};
 pub use shards::Shard;
 
-fn parse_direction(s: &str) -> std::result::Result<Direction, String> {
-    Direction::parse(s).map_err(|e| e.to_string())
-}
-
 /// Arguments of `tolk-train pairs`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PairsArgs {
@@ -100,7 +96,7 @@ pub struct PairsArgs {
     #[arg(long, required_unless_present = "merge")]
     pub units: Option<PathBuf>,
     /// en-fr or fr-en (source -> target of the candidates).
-    #[arg(long, value_parser = parse_direction, required_unless_present = "merge")]
+    #[arg(long, required_unless_present = "merge")]
     pub direction: Option<Direction>,
     /// Output folder (pairs.jsonl, utterances.jsonl, summary.json, margins.png).
     #[arg(long)]
