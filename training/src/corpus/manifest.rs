@@ -452,6 +452,43 @@ mod tests {
     }
 
     #[test]
+    fn unlabelled_manifests_allow_empty_or_missing_text_only() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "u.jsonl",
+            "{\"id\":\"a\",\"language\":\"en\",\"text\":\"\"}\n{\"id\":\"b\",\"language\":\"en\"}\n{\"id\":\"c\",\"language\":\"en\",\"text\":null}\n",
+        );
+        let m = read_unlabelled_manifest(&p, ReadOptions { check_audio: false }).unwrap();
+        assert_eq!(m.entries.len(), 3);
+        assert!(m.entries.iter().all(|e| e.text.is_empty()));
+        assert!(read_manifest(&p, ReadOptions { check_audio: false }).is_err());
+        // The other checks still hold: an empty language, a duplicate id.
+        let p = write(d.path(), "l.jsonl", "{\"id\":\"a\",\"language\":\" \"}\n");
+        let err = read_unlabelled_manifest(&p, ReadOptions { check_audio: false }).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ManifestError::EmptyField {
+                    field: "language",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let p = write(
+            d.path(),
+            "d.jsonl",
+            "{\"id\":\"a\",\"language\":\"en\"}\n{\"id\":\"a\",\"language\":\"en\"}\n",
+        );
+        let err = read_unlabelled_manifest(&p, ReadOptions { check_audio: false }).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::DuplicateId { line: 2, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn empty_transcripts_are_errors() {
         let d = tempfile::tempdir().unwrap();
         let p = write(

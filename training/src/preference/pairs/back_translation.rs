@@ -1,10 +1,9 @@
 //! Back-translation of a candidate: its units (or their vocoded speech) translated back to the
 //! source language by the same model.
 
-use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tolk_models::translator::{Direction, Mode, TranslationOutput};
-use tolk_models::ModelError;
+use tolk_models::{ModelError, Result};
 
 use super::judging::Judge;
 use super::sampling::Ctx;
@@ -59,7 +58,7 @@ pub(super) fn back_translate(ctx: &Ctx<'_>, out: &TranslationOutput) -> Result<B
     }) {
         Ok(b) => b,
         Err(ModelError::CacheFull { .. }) => return Ok(Back::TooLong),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     let speech = if mcd && !back.units.is_empty() {
         ctx.timed("vocode", || tr.synthesize(&back.units, ctx.direction.src()))?

@@ -3,8 +3,8 @@
 
 use tolk_models::audio::features::MfccConfig;
 use tolk_models::translator::{Stop, TranslationOutput};
+use tolk_models::Result;
 
-use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::back_translation::{back_translate, Back};

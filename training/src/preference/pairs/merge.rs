@@ -3,23 +3,28 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use super::error::{PairsError, Result};
 use super::output::write_outputs;
 use super::records::{
     summarize, Decision, PairRecord, PairsSettings, PairsSummary, UtteranceRecord,
 };
 use super::shards::Shard;
 
-fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+/// The records of a JSONL file, each with its line as written (blank lines skipped).
+fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<(T, String)>> {
+    let text = std::fs::read_to_string(path).map_err(PairsError::io(path))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| format!("{}:{}", path.display(), i + 1))
+            let record = serde_json::from_str(l).map_err(|source| PairsError::Json {
+                path: path.to_path_buf(),
+                line: i + 1,
+                source,
+            })?;
+            Ok((record, l.to_string()))
         })
         .collect()
 }
@@ -34,60 +39,64 @@ pub fn merge_shards(dirs: &[PathBuf], out: &Path) -> Result<PairsSummary> {
     let (mut seconds, mut skipped) = (0.0, None);
     for d in dirs {
         let spath = d.join("summary.json");
-        let s: PairsSummary = serde_json::from_str(
-            &std::fs::read_to_string(&spath)
-                .with_context(|| format!("reading {} (not a pairs folder?)", spath.display()))?,
-        )
-        .with_context(|| format!("parsing {}", spath.display()))?;
+        let text =
+            std::fs::read_to_string(&spath).map_err(|source| PairsError::NotAPairsFolder {
+                path: spath.clone(),
+                source,
+            })?;
+        let s: PairsSummary = serde_json::from_str(&text).map_err(|source| PairsError::Parse {
+            path: spath.clone(),
+            source,
+        })?;
         match &settings {
             None => settings = Some((s.settings.clone(), d.clone())),
-            Some((first, from)) if *first != s.settings => bail!(
-                "{} was made with other settings than {}: {:?} vs {:?}",
-                d.display(),
-                from.display(),
-                s.settings,
-                first
-            ),
+            Some((first, from)) if *first != s.settings => {
+                return Err(PairsError::OtherSettings {
+                    dir: d.clone(),
+                    first_dir: from.clone(),
+                    settings: Box::new(s.settings),
+                    first: Box::new(first.clone()),
+                })
+            }
             Some(_) => {}
         }
         if s.shards.is_empty() {
-            bail!(
-                "{} is an unsharded run: nothing to merge it with",
-                d.display()
-            );
+            return Err(PairsError::Unsharded(d.clone()));
         }
         for sh in &s.shards {
             if shards.contains(sh) {
-                bail!("shard {sh} appears twice (again in {})", d.display());
+                return Err(PairsError::DuplicateShard {
+                    shard: sh.clone(),
+                    dir: d.clone(),
+                });
             }
             shards.push(sh.clone());
         }
         seconds += s.seconds;
         skipped = Some(s.entries_skipped);
-        utterances.extend(read_jsonl::<UtteranceRecord>(&d.join("utterances.jsonl"))?);
+        utterances.extend(
+            read_jsonl::<UtteranceRecord>(&d.join("utterances.jsonl"))?
+                .into_iter()
+                .map(|(u, _)| u),
+        );
         let ppath = d.join("pairs.jsonl");
-        let text = std::fs::read_to_string(&ppath)
-            .with_context(|| format!("reading {}", ppath.display()))?;
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let p: PairRecord = serde_json::from_str(line)
-                .with_context(|| format!("{}:{}", ppath.display(), i + 1))?;
-            if pair_lines.insert(p.id.clone(), line.to_string()).is_some() {
-                bail!("pair {} appears twice (again in {})", p.id, ppath.display());
+        for (p, line) in read_jsonl::<PairRecord>(&ppath)? {
+            if pair_lines.insert(p.id.clone(), line).is_some() {
+                return Err(PairsError::DuplicatePair {
+                    id: p.id,
+                    path: ppath,
+                });
             }
         }
     }
-    let (settings, _) = settings.context("no shard folders to merge")?;
+    let (settings, _) = settings.ok_or(PairsError::NothingToMerge)?;
     let counts: Vec<usize> = shards
         .iter()
         .filter_map(|s| s.parse::<Shard>().ok().map(|s| s.count))
         .collect();
     if let Some(&n) = counts.first() {
         if counts.iter().any(|&c| c != n) {
-            bail!("shards of different splits cannot be merged: {shards:?}");
+            return Err(PairsError::MixedSplits(shards));
         }
         if shards.len() != n {
             tracing::warn!("merging {} of {n} shards: {shards:?}", shards.len());
@@ -95,7 +104,10 @@ pub fn merge_shards(dirs: &[PathBuf], out: &Path) -> Result<PairsSummary> {
     }
     utterances.sort_by_key(|u| u.index);
     if let Some(w) = utterances.windows(2).find(|w| w[0].index == w[1].index) {
-        bail!("entry {} ({}) is in two shards", w[0].index, w[0].id);
+        return Err(PairsError::EntryInTwoShards {
+            index: w[0].index,
+            id: w[0].id.clone(),
+        });
     }
     let mut pairs_text = String::new();
     for u in &utterances {
@@ -104,13 +116,13 @@ pub fn merge_shards(dirs: &[PathBuf], out: &Path) -> Result<PairsSummary> {
                 pairs_text.push_str(&line);
                 pairs_text.push('\n');
             }
-            (true, None) => bail!("utterance {} was kept but has no pair line", u.id),
-            (false, Some(_)) => bail!("utterance {} was dropped but has a pair line", u.id),
+            (true, None) => return Err(PairsError::KeptWithoutPair(u.id.clone())),
+            (false, Some(_)) => return Err(PairsError::DroppedWithPair(u.id.clone())),
             (false, None) => {}
         }
     }
     if let Some(id) = pair_lines.keys().next() {
-        bail!("pair {id} has no utterance record");
+        return Err(PairsError::PairWithoutUtterance(id.clone()));
     }
     shards.sort_by_key(|s| s.parse::<Shard>().map(|s| s.index).unwrap_or(usize::MAX));
     let summary = summarize(

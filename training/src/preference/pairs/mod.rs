@@ -44,6 +44,7 @@
 //! TRL's DPO dataset processing).
 
 mod back_translation;
+mod error;
 mod judging;
 mod merge;
 mod output;
@@ -59,28 +60,28 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
-use tolk_models::audio::wav::{write_wav, WavFormat};
 use tolk_models::device::{available_device, parse_dtype};
 use tolk_models::sampling::SamplingConfig;
 use tolk_models::translator::{Direction, Mode, Translator};
 
-use crate::eval::{asr, file_stem, read_16k};
 use crate::units::read_units;
 use back_translation::reverse;
-use output::write_outputs;
+use output::{to_json, write_outputs};
 use sampling::{process, Ctx};
-use sources::{read_sources_manifest, select, Source};
+use sources::{read_sources_manifest, select, transcribe_sources, Source};
 
 pub use back_translation::BackFrom;
+pub use error::PairsError;
+use error::Result;
 pub use judging::{Judge, JudgeAgainst};
 pub use merge::merge_shards;
+pub use plot::PlotError;
 pub use records::{
     summarize, CandidateRecord, Decision, Invalid, PairRecord, PairsSettings, PairsSummary,
     StopReason, UtteranceRecord,
 };
 pub use seeding::{candidate_seed, utterance_seed};
-pub use shards::Shard;
+pub use shards::{Shard, ShardError};
 
 /// Arguments of `tolk-train pairs`.
 #[derive(Debug, Clone, clap::Args)]
@@ -163,23 +164,17 @@ fn settings_of(args: &PairsArgs) -> Result<PairsSettings> {
     let (Some(model), Some(manifest), Some(units), Some(direction)) =
         (&args.model, &args.manifest, &args.units, args.direction)
     else {
-        bail!("--model, --manifest, --units and --direction are required (unless --merge)");
+        return Err(PairsError::MissingArguments);
     };
-    ensure!(
-        args.candidates >= 2,
-        "--candidates {} must be at least 2",
-        args.candidates
-    );
-    ensure!(
-        args.delta.is_finite() && args.delta >= 0.0,
-        "--delta {} must be a non-negative number",
-        args.delta
-    );
-    ensure!(
-        args.mcd_worst.is_finite() && args.mcd_worst > 0.0,
-        "--mcd-worst {} must be a positive number of dB",
-        args.mcd_worst
-    );
+    if args.candidates < 2 {
+        return Err(PairsError::TooFewCandidates(args.candidates));
+    }
+    if !(args.delta.is_finite() && args.delta >= 0.0) {
+        return Err(PairsError::BadDelta(args.delta));
+    }
+    if !(args.mcd_worst.is_finite() && args.mcd_worst > 0.0) {
+        return Err(PairsError::BadMcdWorst(args.mcd_worst));
+    }
     SamplingConfig {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -213,61 +208,63 @@ pub fn run_pairs(args: &PairsArgs) -> Result<PairsSummary> {
         return merge_shards(&args.merge, &args.out);
     }
     let settings = settings_of(args)?;
-    let direction = args.direction.context("--direction is required")?;
-    let (model, manifest_path, units_path) = (
-        args.model.as_deref().context("--model is required")?,
-        args.manifest.as_deref().context("--manifest is required")?,
-        args.units.as_deref().context("--units is required")?,
-    );
+    let (Some(model), Some(manifest_path), Some(units_path), Some(direction)) = (
+        args.model.as_deref(),
+        args.manifest.as_deref(),
+        args.units.as_deref(),
+        args.direction,
+    ) else {
+        return Err(PairsError::MissingArguments);
+    };
     if let Some(n) = args.threads {
-        ensure!(n > 0, "--threads {n} must be positive");
+        if n <= 0 {
+            return Err(PairsError::BadThreads(n));
+        }
         tch::set_num_threads(n);
     }
     let t0 = Instant::now();
     let device = available_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
-    let tr = Translator::load(model, device, dtype)
-        .with_context(|| format!("loading the translator {}", model.display()))?;
+    let tr =
+        Translator::load(model, device, dtype).map_err(|source| PairsError::LoadTranslator {
+            path: model.to_path_buf(),
+            source,
+        })?;
     Mode::ChainOfModality
         .task_for(tr.manifest().strategy)
-        .with_context(|| {
-            format!(
-                "{}: preference pairs need a chain-of-modality model",
-                model.display()
-            )
+        .map_err(|source| PairsError::NotChainOfModality {
+            model: model.to_path_buf(),
+            source,
         })?;
     for d in [direction, reverse(direction)] {
         if !tr.manifest().supports_direction(d) {
-            bail!(
-                "{} does not translate {d} (pairs need {direction} and its back-translation)",
-                model.display()
-            );
+            return Err(PairsError::UnsupportedDirection {
+                model: model.to_path_buf(),
+                missing: d,
+                direction,
+            });
         }
     }
     let table = read_units(units_path)?;
     let k = tr.format().num_units;
-    ensure!(
-        table.num_units == k,
-        "{}: units file has num_units {} but the model has {k} units",
-        units_path.display(),
-        table.num_units
-    );
+    if table.num_units != k {
+        return Err(PairsError::UnitCount {
+            path: units_path.to_path_buf(),
+            file: table.num_units,
+            model: k,
+        });
+    }
     let entries = read_sources_manifest(manifest_path)?;
     let (mut selected, skipped) = select(&entries, direction, args.judge_against);
     if let Some(n) = args.limit {
         selected.truncate(n);
     }
     if selected.is_empty() {
-        bail!(
-            "{} has no {} entries{}",
-            manifest_path.display(),
+        return Err(PairsError::NoEntries {
+            manifest: manifest_path.to_path_buf(),
             direction,
-            if args.judge_against == JudgeAgainst::Reference {
-                " with a target side (--judge-against reference needs paired entries)"
-            } else {
-                ""
-            }
-        );
+            against_reference: args.judge_against == JudgeAgainst::Reference,
+        });
     }
     let sources: Vec<Source> = selected
         .into_iter()
@@ -280,51 +277,17 @@ pub fn run_pairs(args: &PairsArgs) -> Result<PairsSummary> {
     // back-translation compare with the source text).
     let needs_text =
         args.judge_against == JudgeAgainst::BackTranslation && args.judge != Judge::Mcd;
-    let untranscribed: Vec<&Source> = sources
-        .iter()
-        .filter(|s| s.entry.text.trim().is_empty())
-        .collect();
-    let mut transcripts: HashMap<usize, String> = HashMap::new();
-    if needs_text && !untranscribed.is_empty() {
-        let first = &untranscribed[0].entry;
-        if !args.transcribe {
-            bail!(
-                "entry {} has no text: give the source text in the manifest, or pass \
-                 --transcribe to recognize it (English)",
-                first.id
-            );
-        }
-        if let Some(s) = untranscribed.iter().find(|s| s.entry.language != "en") {
-            bail!(
-                "entry {} has no text and is in `{}`: --transcribe recognizes English only \
-                 (PocketSphinx en-us)",
-                s.entry.id,
-                s.entry.language
-            );
-        }
-        let work = args.out.join(".asr");
-        std::fs::create_dir_all(work.join("source"))?;
-        let mut wavs = Vec::new();
-        for s in &untranscribed {
-            let a = s
-                .entry
-                .audio
-                .as_deref()
-                .with_context(|| format!("entry {}: no audio to transcribe", s.entry.id))?;
-            let p = manifest_path.parent().unwrap_or(Path::new("")).join(a);
-            let pcm = read_16k(&p).with_context(|| format!("entry {}", s.entry.id))?;
-            let w = work
-                .join("source")
-                .join(format!("{}.wav", file_stem(&s.entry.id)));
-            write_wav(&w, &pcm, 16_000, 1, WavFormat::Pcm16)?;
-            wavs.push(w);
-        }
-        let mut rec = asr::PocketSphinx::new(asr::find_python(args.python.as_deref())?)?;
-        let texts = rec.transcribe(&wavs, &work)?;
-        for (s, t) in untranscribed.iter().zip(texts) {
-            transcripts.insert(s.index, t);
-        }
-    }
+    let transcripts = if needs_text {
+        transcribe_sources(
+            &sources,
+            manifest_path,
+            args.transcribe,
+            args.python.as_deref(),
+            &args.out.join(".asr"),
+        )?
+    } else {
+        HashMap::new()
+    };
 
     let ctx = Ctx {
         tr: &tr,
@@ -338,8 +301,7 @@ pub fn run_pairs(args: &PairsArgs) -> Result<PairsSummary> {
         units_path,
         stages: Default::default(),
     };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).map_err(PairsError::io(&args.out))?;
     let pb = if args.quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -361,7 +323,7 @@ pub fn run_pairs(args: &PairsArgs) -> Result<PairsSummary> {
         };
         let (rec, pair) = process(&ctx, src, &text, transcribed)?;
         if let Some(p) = pair {
-            pairs_text.push_str(&serde_json::to_string(&p)?);
+            pairs_text.push_str(&to_json(&p, "a pair record")?);
             pairs_text.push('\n');
             kept += 1;
         }

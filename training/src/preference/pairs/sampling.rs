@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
 use tolk_models::prompt::{PromptFormat, SpecialToken, Task};
 use tolk_models::sampling::{Sampler, SamplingConfig};
 use tolk_models::translator::{Direction, Mode, Stop, TranslationOutput, Translator};
 
+use super::error::{PairsError, Result};
 use super::judging::{decide, score_candidate, Judge, JudgeAgainst};
 use super::records::{Decision, PairRecord, PairsSettings, UtteranceRecord};
 use super::seeding::{candidate_seed, utterance_seed};
@@ -44,7 +44,10 @@ impl Ctx<'_> {
 }
 
 /// The completion ids of a candidate (canonical text ids) and whether the text was re-split.
-pub(super) fn completion_ids(tr: &Translator, out: &TranslationOutput) -> Result<(Vec<u32>, bool)> {
+pub(super) fn completion_ids(
+    tr: &Translator,
+    out: &TranslationOutput,
+) -> tolk_models::Result<(Vec<u32>, bool)> {
     let f: &PromptFormat = tr.format();
     let tok = tr.tokenizer();
     let mut text_ids = tok.encode(&tok.decode(&out.text_ids, false)?, false)?;
@@ -85,13 +88,11 @@ pub(super) fn process(
     let audio = e
         .audio
         .as_deref()
-        .with_context(|| format!("entry {}: no audio", e.id))?;
-    let units = ctx.table.get(audio).with_context(|| {
-        format!(
-            "entry {}: {audio} has no units in {}",
-            e.id,
-            ctx.units_path.display()
-        )
+        .ok_or_else(|| PairsError::NoAudio(e.id.clone()))?;
+    let units = ctx.table.get(audio).ok_or_else(|| PairsError::NoUnits {
+        id: e.id.clone(),
+        audio: audio.to_string(),
+        units: ctx.units_path.to_path_buf(),
     })?;
     let seed = utterance_seed(s.seed, &e.id);
     let mut samplers = (0..s.candidates)
@@ -109,7 +110,10 @@ pub(super) fn process(
         .timed("sample", || {
             tr.translate_units_batch(units, ctx.direction, Mode::ChainOfModality, &mut samplers)
         })
-        .with_context(|| format!("sampling candidates of entry {}", e.id))?;
+        .map_err(|source| PairsError::Sampling {
+            id: e.id.clone(),
+            source,
+        })?;
 
     // The audio the MCD judge compares with: the source speech, or the reference target speech.
     let reference_audio = if s.judge == Judge::Mcd {
@@ -118,14 +122,17 @@ pub(super) fn process(
             JudgeAgainst::Reference => e
                 .target_audio
                 .as_deref()
-                .with_context(|| format!("entry {}: the MCD judge needs target_audio", e.id))?,
+                .ok_or_else(|| PairsError::NoTargetAudio(e.id.clone()))?,
         };
         let p = if Path::new(a).is_absolute() {
             PathBuf::from(a)
         } else {
             ctx.manifest_dir.join(a)
         };
-        Some(read_16k(&p).with_context(|| format!("entry {}", e.id))?)
+        Some(read_16k(&p).map_err(|source| PairsError::Audio {
+            id: e.id.clone(),
+            source,
+        })?)
     } else {
         None
     };
@@ -139,7 +146,10 @@ pub(super) fn process(
             reference_audio.as_deref(),
             e,
         )
-        .with_context(|| format!("judging a candidate of entry {}", e.id))?;
+        .map_err(|source| PairsError::Judging {
+            id: e.id.clone(),
+            source,
+        })?;
         cands.push(c);
     }
     let (decision, best, worst, margin) = decide(s.judge, s.delta, &cands);

@@ -13,22 +13,34 @@ impl std::fmt::Display for Shard {
     }
 }
 
+/// Why a `--shard` value is not `i/n`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard `{0}` is not i/n (for example 0/4)")]
+    NotIOverN(String),
+    #[error("shard `{shard}`: `{part}` is not a number")]
+    NotANumber { shard: String, part: String },
+    #[error("shard `{0}`: need 0 <= i < n")]
+    OutOfRange(String),
+}
+
 impl std::str::FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = ShardError;
+    fn from_str(s: &str) -> Result<Self, ShardError> {
         let (i, n) = s
             .split_once('/')
-            .ok_or_else(|| format!("shard `{s}` is not i/n (for example 0/4)"))?;
-        let index: usize = i
-            .trim()
-            .parse()
-            .map_err(|_| format!("shard `{s}`: `{i}` is not a number"))?;
-        let count: usize = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("shard `{s}`: `{n}` is not a number"))?;
+            .ok_or_else(|| ShardError::NotIOverN(s.to_string()))?;
+        let number = |part: &str| {
+            part.trim()
+                .parse::<usize>()
+                .map_err(|_| ShardError::NotANumber {
+                    shard: s.to_string(),
+                    part: part.to_string(),
+                })
+        };
+        let (index, count) = (number(i)?, number(n)?);
         if count == 0 || index >= count {
-            return Err(format!("shard `{s}`: need 0 <= i < n"));
+            return Err(ShardError::OutOfRange(s.to_string()));
         }
         Ok(Self { index, count })
     }

@@ -2,15 +2,16 @@
 //! and the entries usable in a direction.
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use tolk_models::translator::Direction;
 
+use super::error::{PairsError, Result};
 use super::judging::JudgeAgainst;
-use crate::corpus::manifest::{ManifestEntry, ManifestError};
-use crate::eval::entries_for;
+use crate::corpus::manifest::{
+    read_unlabelled_manifest, refuse_test_only, ManifestEntry, ManifestError, ReadOptions,
+};
+use crate::eval::{asr, entries_for, file_stem, read_16k, write_16k};
 
 /// One selected source utterance.
 #[derive(Debug, Clone)]
@@ -19,64 +20,12 @@ pub(super) struct Source {
     pub(super) entry: ManifestEntry,
 }
 
-/// Reads a manifest allowing an empty or missing `text` (unlabelled speech); other fields as
-/// `corpus::manifest` requires (non-empty `id` and `language`, unique ids).
-pub(super) fn read_sources_manifest(path: &Path) -> Result<Vec<ManifestEntry>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut entries = Vec::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line_no = i + 1;
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |message: String| ManifestError::Json {
-            path: path.to_path_buf(),
-            line: line_no,
-            message,
-        };
-        let mut v: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
-        let obj = v
-            .as_object_mut()
-            .ok_or_else(|| bad("not a JSON object".into()))?;
-        if obj.get("text").is_none_or(|t| t.is_null()) {
-            obj.insert("text".into(), serde_json::Value::String(String::new()));
-        }
-        let e: ManifestEntry = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
-        for (field, value) in [("id", &e.id), ("language", &e.language)] {
-            if value.trim().is_empty() {
-                return Err(ManifestError::EmptyField {
-                    path: path.to_path_buf(),
-                    line: line_no,
-                    id: e.id.clone(),
-                    field,
-                }
-                .into());
-            }
-        }
-        if let Some(first) = seen.insert(e.id.clone(), line_no) {
-            return Err(ManifestError::DuplicateId {
-                path: path.to_path_buf(),
-                id: e.id,
-                first,
-                line: line_no,
-            }
-            .into());
-        }
-        if e.test_only {
-            return Err(ManifestError::Invalid {
-                path: path.to_path_buf(),
-                line: line_no,
-                id: e.id,
-                message: "test-only audio cannot be a source of preference pairs".into(),
-            }
-            .into());
-        }
-        entries.push(e);
-    }
-    Ok(entries)
+/// Reads the manifest of source utterances: `text` may be empty or missing (unlabelled speech),
+/// and test-only audio is refused.
+pub(super) fn read_sources_manifest(path: &Path) -> Result<Vec<ManifestEntry>, ManifestError> {
+    let manifest = read_unlabelled_manifest(path, ReadOptions { check_audio: false })?;
+    refuse_test_only(&manifest, "preference pairs")?;
+    Ok(manifest.entries)
 }
 
 /// The entries usable as sources in `direction`: against the back-translation, every entry in
@@ -106,6 +55,62 @@ pub(super) fn select(
         }
     }
     (out, skipped)
+}
+
+/// The transcripts (by selection index) of the `sources` without text, recognized by
+/// PocketSphinx in `work` when `transcribe` allows it; English speech only.
+pub(super) fn transcribe_sources(
+    sources: &[Source],
+    manifest_path: &Path,
+    transcribe: bool,
+    python: Option<&Path>,
+    work: &Path,
+) -> Result<HashMap<usize, String>> {
+    let untranscribed: Vec<&Source> = sources
+        .iter()
+        .filter(|s| s.entry.text.trim().is_empty())
+        .collect();
+    let mut transcripts = HashMap::new();
+    let Some(first) = untranscribed.first() else {
+        return Ok(transcripts);
+    };
+    if !transcribe {
+        return Err(PairsError::NoText(first.entry.id.clone()));
+    }
+    if let Some(s) = untranscribed.iter().find(|s| s.entry.language != "en") {
+        return Err(PairsError::NotEnglish {
+            id: s.entry.id.clone(),
+            language: s.entry.language.clone(),
+        });
+    }
+    let wav_dir = work.join("source");
+    std::fs::create_dir_all(&wav_dir).map_err(PairsError::io(&wav_dir))?;
+    let mut wavs = Vec::new();
+    for s in &untranscribed {
+        let id = &s.entry.id;
+        let a = s
+            .entry
+            .audio
+            .as_deref()
+            .ok_or_else(|| PairsError::NoAudioToTranscribe(id.clone()))?;
+        let p = manifest_path.parent().unwrap_or(Path::new("")).join(a);
+        let pcm = read_16k(&p).map_err(|source| PairsError::Audio {
+            id: id.clone(),
+            source,
+        })?;
+        let w = wav_dir.join(format!("{}.wav", file_stem(id)));
+        write_16k(&w, &pcm).map_err(PairsError::Transcribe)?;
+        wavs.push(w);
+    }
+    let python = asr::find_python(python).map_err(PairsError::Transcribe)?;
+    let mut rec = asr::PocketSphinx::new(python).map_err(PairsError::Transcribe)?;
+    let texts = rec
+        .transcribe(&wavs, work)
+        .map_err(PairsError::Transcribe)?;
+    for (s, t) in untranscribed.iter().zip(texts) {
+        transcripts.insert(s.index, t);
+    }
+    Ok(transcripts)
 }
 
 #[cfg(test)]
