@@ -37,7 +37,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 use tolk_models::device::{available_device, dtype_name, parse_dtype};
@@ -47,10 +46,136 @@ use tolk_models::llama::{Llama, LoadOptions, QuantConfig, QuantRuntime, QuantSch
 use tolk_models::prompt::{PromptFormat, SpecialToken, Task};
 use tolk_models::sampling::{Sampler, SamplingConfig};
 use tolk_models::translator::{Direction, Mode, ModelManifest, Translator, MANIFEST_FILE};
+use tolk_models::ModelError;
 
+use crate::corpus::manifest::ManifestError;
 use crate::corpus::manifest::{read_manifest, ReadOptions};
 use crate::eval::entries_for;
-use crate::units::read_units;
+use crate::units::{read_units, UnitsFileError};
+
+/// Errors of `tolk-train quantize` and of its report; each names the folder, file, entry or
+/// argument concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantizeError {
+    #[error("--group-size applies to int4 only (int8 has one scale per output channel)")]
+    GroupSizeForInt8,
+    #[error("--group-size {0} must be even and > 0")]
+    BadGroupSize(i64),
+    #[error("--threads {0} must be > 0")]
+    BadThreads(i32),
+    #[error("{0} does not exist")]
+    MissingInput(PathBuf),
+    #[error("{0} already exists: remove it or choose another --out")]
+    OutExists(PathBuf),
+    #[error("{0} has no folder name")]
+    NoFolderName(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("renaming {from} to {to}: {source}")]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("serializing the report: {0}")]
+    Serialize(#[source] serde_json::Error),
+    #[error("{model} is not a translator folder: {source}")]
+    NotATranslatorFolder {
+        model: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error(
+        "{0}: the decoder is already quantized (quantization_config); quantize the float \
+         (merged) model"
+    )]
+    AlreadyQuantized(PathBuf),
+    #[error("{0} is not quantized")]
+    NotQuantized(PathBuf),
+    #[error("loading {path}: {source}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error(
+        "{scheme} does not fit the decoder of {model} (int4: choose a --group-size that divides \
+         every projection's input size): {source}"
+    )]
+    SchemeDoesNotFit {
+        scheme: String,
+        model: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error("quantizing {path}: {source}")]
+    Quantizing {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error("loading the quantized folder {path}: {source}")]
+    LoadQuantized {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error("the quantized decoder's logits are not finite")]
+    NonFiniteLogits,
+    #[error("argmax outside the allowed ranges")]
+    ArgmaxOutsideRanges,
+    #[error("a prompt of {0} tokens leaves no room to decode")]
+    PromptTooLong(usize),
+    #[error("{model} does not translate {direction}")]
+    UnsupportedDirection {
+        model: PathBuf,
+        direction: Direction,
+    },
+    #[error("{path}: units file has num_units {file} but the model has {model}")]
+    UnitCount {
+        path: PathBuf,
+        file: u32,
+        model: u32,
+    },
+    #[error("{manifest} has no paired {direction} entries")]
+    NoEntries {
+        manifest: PathBuf,
+        direction: Direction,
+    },
+    #[error("entry {0}: no audio")]
+    NoAudio(String),
+    #[error("entry {id}: {audio} has no units")]
+    NoUnits { id: String, audio: String },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Units(#[from] UnitsFileError),
+}
+
+impl QuantizeError {
+    /// The error of an I/O operation on `path`.
+    fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}
+
+pub type Result<T, E = QuantizeError> = std::result::Result<T, E>;
 
 /// Integer format of `tolk-train quantize`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -110,13 +235,11 @@ impl QuantizeArgs {
     pub fn scheme(&self) -> Result<QuantScheme> {
         Ok(match (self.format, self.group_size) {
             (QuantFormat::Int8, None) => QuantScheme::Int8,
-            (QuantFormat::Int8, Some(_)) => {
-                bail!("--group-size applies to int4 only (int8 has one scale per output channel)")
-            }
+            (QuantFormat::Int8, Some(_)) => return Err(QuantizeError::GroupSizeForInt8),
             (QuantFormat::Int4, g) => {
                 let g = g.unwrap_or(DEFAULT_INT4_GROUP);
                 if g <= 0 || g % 2 != 0 {
-                    bail!("--group-size {g} must be even and > 0");
+                    return Err(QuantizeError::BadGroupSize(g));
                 }
                 QuantScheme::Int4 { group_size: g }
             }
@@ -157,10 +280,10 @@ impl Drop for TempDir {
 
 fn safetensors_bytes(dir: &Path) -> Result<u64> {
     let mut total = 0;
-    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let e = e?;
+    for e in std::fs::read_dir(dir).map_err(QuantizeError::io(dir))? {
+        let e = e.map_err(QuantizeError::io(dir))?;
         if e.file_name().to_string_lossy().ends_with(".safetensors") {
-            total += e.metadata()?.len();
+            total += e.metadata().map_err(QuantizeError::io(e.path()))?.len();
         }
     }
     Ok(total)
@@ -171,19 +294,18 @@ fn safetensors_bytes(dir: &Path) -> Result<u64> {
 fn copy_tree(src: &Path, dst: &Path, rel: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<()> {
     let from = src.join(rel);
     let to = dst.join(rel);
-    std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
-    for e in std::fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))? {
-        let e = e?;
+    std::fs::create_dir_all(&to).map_err(QuantizeError::io(&to))?;
+    for e in std::fs::read_dir(&from).map_err(QuantizeError::io(&from))? {
+        let e = e.map_err(QuantizeError::io(&from))?;
         let r = rel.join(e.file_name());
         if skip(&r) {
             continue;
         }
-        let meta = std::fs::metadata(e.path())?;
+        let meta = std::fs::metadata(e.path()).map_err(QuantizeError::io(e.path()))?;
         if meta.is_dir() {
             copy_tree(src, dst, &r, skip)?;
         } else {
-            std::fs::copy(e.path(), dst.join(&r))
-                .with_context(|| format!("copying {}", e.path().display()))?;
+            std::fs::copy(e.path(), dst.join(&r)).map_err(QuantizeError::io(e.path()))?;
         }
     }
     Ok(())
@@ -192,19 +314,15 @@ fn copy_tree(src: &Path, dst: &Path, rel: &Path, skip: &dyn Fn(&Path) -> bool) -
 /// The float decoder of a translator folder, in f32 on `device`, with its folder.
 fn load_float_llm(model: &Path, device: Device) -> Result<(ModelManifest, PathBuf, Llama)> {
     let mpath = model.join(MANIFEST_FILE);
-    let manifest = ModelManifest::from_file(&mpath)
-        .with_context(|| format!("{} is not a translator folder", model.display()))?;
+    let manifest =
+        ModelManifest::from_file(&mpath).map_err(|source| QuantizeError::NotATranslatorFolder {
+            model: model.to_path_buf(),
+            source,
+        })?;
     let llm_dir = model.join(&manifest.llm);
-    let cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(llm_dir.join("config.json"))
-            .with_context(|| format!("reading {}/config.json", llm_dir.display()))?,
-    )?;
+    let cfg = read_config(&llm_dir)?;
     if cfg.get("quantization_config").is_some_and(|v| !v.is_null()) {
-        bail!(
-            "{}: the decoder is already quantized (quantization_config); quantize the float \
-             (merged) model",
-            llm_dir.display()
-        );
+        return Err(QuantizeError::AlreadyQuantized(llm_dir));
     }
     let llm = Llama::load(
         &llm_dir,
@@ -214,8 +332,18 @@ fn load_float_llm(model: &Path, device: Device) -> Result<(ModelManifest, PathBu
             ..LoadOptions::default()
         },
     )
-    .with_context(|| format!("loading {}", llm_dir.display()))?;
+    .map_err(|source| QuantizeError::Load {
+        path: llm_dir.clone(),
+        source,
+    })?;
     Ok((manifest, llm_dir, llm))
+}
+
+/// The decoder's `config.json` in `llm_dir`, as JSON.
+fn read_config(llm_dir: &Path) -> Result<serde_json::Value> {
+    let path = llm_dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(QuantizeError::io(&path))?;
+    serde_json::from_str(&text).map_err(|source| QuantizeError::Json { path, source })
 }
 
 fn f32_bytes(llm: &Llama) -> u64 {
@@ -236,36 +364,30 @@ pub fn quantize_translator(
     let _span =
         tracing::info_span!("quantize", src = %src.display(), out = %out.display()).entered();
     if out.exists() {
-        bail!(
-            "{} already exists: remove it or choose another --out",
-            out.display()
-        );
+        return Err(QuantizeError::OutExists(out.to_path_buf()));
     }
     let (manifest, llm_dir, llm) = load_float_llm(src, Device::Cpu)?;
     let qc = QuantConfig::all_linear(scheme);
     qc.check(llm.config(), &llm_dir.join("config.json"))
-        .with_context(|| {
-            format!(
-                "{} does not fit the decoder of {} (int4: choose a --group-size that divides \
-                 every projection's input size)",
-                scheme.label(),
-                src.display()
-            )
+        .map_err(|source| QuantizeError::SchemeDoesNotFit {
+            scheme: scheme.label(),
+            model: src.to_path_buf(),
+            source,
         })?;
 
     let name = out
         .file_name()
-        .with_context(|| format!("{} has no folder name", out.display()))?
+        .ok_or_else(|| QuantizeError::NoFolderName(out.to_path_buf()))?
         .to_string_lossy()
         .to_string();
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    std::fs::create_dir_all(&parent).map_err(QuantizeError::io(&parent))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+        std::fs::remove_dir_all(&tmp).map_err(QuantizeError::io(&tmp))?;
     }
     let mut guard = TempDir(Some(tmp.clone()));
 
@@ -278,18 +400,25 @@ pub fn quantize_translator(
             f == "config.json" || f.ends_with(".safetensors") || f == "model.safetensors.index.json"
         }
     })?;
-    let mut cfg_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(llm_dir.join("config.json"))?)?;
+    let mut cfg_json = read_config(&llm_dir)?;
     if cfg_json.get("torch_dtype").is_some() {
         cfg_json["torch_dtype"] = torch_dtype_name(float_kind).into();
     }
     let tmp_llm = tmp.join(&manifest.llm);
-    save_quantized(&llm, &qc, float_kind, Some(cfg_json), &tmp_llm)
-        .with_context(|| format!("quantizing {}", llm_dir.display()))?;
+    save_quantized(&llm, &qc, float_kind, Some(cfg_json), &tmp_llm).map_err(|source| {
+        QuantizeError::Quantizing {
+            path: llm_dir.clone(),
+            source,
+        }
+    })?;
 
     // Load the new folder back the way every consumer does, and run it.
-    let check = Translator::load(&tmp, Device::Cpu, Kind::Float)
-        .with_context(|| format!("loading the quantized folder {}", tmp.display()))?;
+    let check = Translator::load(&tmp, Device::Cpu, Kind::Float).map_err(|source| {
+        QuantizeError::LoadQuantized {
+            path: tmp.clone(),
+            source,
+        }
+    })?;
     let check_diff = {
         let f = check.format();
         let units: Vec<u32> = (0..f.num_units.min(12)).collect();
@@ -306,7 +435,7 @@ pub fn quantize_translator(
         })?;
         let d = max_abs(&a, &b)?;
         if !d.is_finite() {
-            bail!("the quantized decoder's logits are not finite");
+            return Err(QuantizeError::NonFiniteLogits);
         }
         d
     };
@@ -315,8 +444,11 @@ pub fn quantize_translator(
     let source_llm_bytes = safetensors_bytes(&llm_dir)?;
     let quantized_llm_bytes = safetensors_bytes(&tmp_llm)?;
     let f32_llm_bytes = f32_bytes(&llm);
-    std::fs::rename(&tmp, out)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    std::fs::rename(&tmp, out).map_err(|source| QuantizeError::Rename {
+        from: tmp.clone(),
+        to: out.to_path_buf(),
+        source,
+    })?;
     guard.0 = None;
     Ok(QuantizeSummary {
         out: out.to_path_buf(),
@@ -427,7 +559,7 @@ fn constrained_argmax(logits: &Tensor, allowed: &[Range<u32>]) -> Result<u32> {
         }
         i -= n;
     }
-    bail!("argmax outside the allowed ranges")
+    Err(QuantizeError::ArgmaxOutsideRanges)
 }
 
 /// One greedy decode: the output ids and the time of the steps after the prefill.
@@ -504,10 +636,7 @@ pub fn greedy_decode(llm: &Llama, phases: &Phases, prompt: &[u32]) -> Result<Gre
     let capacity =
         ((prompt.len() + phases.max_text + phases.max_units + 2) as i64).min(llm.max_positions());
     if prompt.len() as i64 >= capacity {
-        bail!(
-            "a prompt of {} tokens leaves no room to decode",
-            prompt.len()
-        );
+        return Err(QuantizeError::PromptTooLong(prompt.len()));
     }
     let mut cache = llm.new_cache(1, capacity)?;
     let t0 = Instant::now();
@@ -644,10 +773,13 @@ pub fn compare(
     } else {
         Some(Llama::load(&src_llm_dir, opts)?)
     };
-    let deq = Llama::load(&q_dir, opts).with_context(|| format!("loading {}", q_dir.display()))?;
+    let deq = Llama::load(&q_dir, opts).map_err(|source| QuantizeError::Load {
+        path: q_dir.clone(),
+        source,
+    })?;
     let qc = deq
         .quantization()
-        .with_context(|| format!("{} is not quantized", q_dir.display()))?
+        .ok_or_else(|| QuantizeError::NotQuantized(q_dir.clone()))?
         .clone();
     let (packed, packed_note) = if device == Device::Cpu {
         match Llama::load_with(&q_dir, opts, QuantRuntime::Packed) {
@@ -669,36 +801,40 @@ pub fn compare(
     let mode = Mode::default_for(manifest.strategy);
     let task = mode.task_for(manifest.strategy)?;
     if !manifest.supports_direction(direction) {
-        bail!("{} does not translate {direction}", source.display());
+        return Err(QuantizeError::UnsupportedDirection {
+            model: source.to_path_buf(),
+            direction,
+        });
     }
-    let entries = read_manifest(manifest_path, ReadOptions { check_audio: false })
-        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    let entries = read_manifest(manifest_path, ReadOptions { check_audio: false })?;
     let table = read_units(units_path)?;
     if table.num_units != manifest.num_units {
-        bail!(
-            "{}: units file has num_units {} but the model has {}",
-            units_path.display(),
-            table.num_units,
-            manifest.num_units
-        );
+        return Err(QuantizeError::UnitCount {
+            path: units_path.to_path_buf(),
+            file: table.num_units,
+            model: manifest.num_units,
+        });
     }
     let (mut entries, _) = entries_for(&entries.entries, direction);
     entries.truncate(limit);
     if entries.is_empty() {
-        bail!(
-            "{} has no paired {direction} entries",
-            manifest_path.display()
-        );
+        return Err(QuantizeError::NoEntries {
+            manifest: manifest_path.to_path_buf(),
+            direction,
+        });
     }
     let mut prompts = Vec::new();
     for e in &entries {
         let audio = e
             .audio
             .as_deref()
-            .with_context(|| format!("entry {}: no audio", e.id))?;
+            .ok_or_else(|| QuantizeError::NoAudio(e.id.clone()))?;
         let mut src = table
             .get(audio)
-            .with_context(|| format!("entry {}: {audio} has no units", e.id))?
+            .ok_or_else(|| QuantizeError::NoUnits {
+                id: e.id.clone(),
+                audio: audio.to_string(),
+            })?
             .to_vec();
         if manifest.dedup_source_units {
             src.dedup();
@@ -855,7 +991,7 @@ pub fn run_quantize(args: &QuantizeArgs) -> Result<(QuantizeSummary, Option<Quan
     let device = available_device(&args.device)?;
     if let Some(n) = args.threads {
         if n <= 0 {
-            bail!("--threads {n} must be > 0");
+            return Err(QuantizeError::BadThreads(n));
         }
         tch::set_num_threads(n);
     }
@@ -863,7 +999,7 @@ pub fn run_quantize(args: &QuantizeArgs) -> Result<(QuantizeSummary, Option<Quan
     if let Some(m) = &args.report_manifest {
         for p in [Some(m), args.units.as_ref()].into_iter().flatten() {
             if !p.exists() {
-                bail!("{} does not exist", p.display());
+                return Err(QuantizeError::MissingInput(p.clone()));
             }
         }
     }
@@ -876,8 +1012,8 @@ pub fn run_quantize(args: &QuantizeArgs) -> Result<(QuantizeSummary, Option<Quan
                 .report_out
                 .clone()
                 .unwrap_or_else(|| args.out.join("quantization-report.json"));
-            std::fs::write(&path, serde_json::to_string_pretty(&r)?)
-                .with_context(|| format!("writing {}", path.display()))?;
+            let text = serde_json::to_string_pretty(&r).map_err(QuantizeError::Serialize)?;
+            std::fs::write(&path, text).map_err(QuantizeError::io(&path))?;
             Some(r)
         }
         _ => None,
