@@ -15,6 +15,8 @@ use tolk_models::translator::{
 };
 use tolk_models::ModelError;
 
+use crate::run_dir::{io, RunDirError};
+
 /// Errors of `tolk-train package`; each names the argument, folder or file concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
@@ -53,12 +55,8 @@ pub enum PackageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] RunDirError),
     #[error("serializing the manifest: {0}")]
     Serialize(#[source] serde_json::Error),
     #[error("the packaged folder {folder} does not load: {source}")]
@@ -67,14 +65,6 @@ pub enum PackageError {
         #[source]
         source: ModelError,
     },
-}
-
-impl PackageError {
-    /// The error of an I/O operation on `path`.
-    fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
-        let path = path.into();
-        move |source| Self::Io { path, source }
-    }
 }
 
 type Result<T, E = PackageError> = std::result::Result<T, E>;
@@ -170,10 +160,10 @@ pub fn package(a: &PackageArgs) -> Result<PackageSummary> {
     }
     let tmp = a.out.with_extension("tmp");
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(PackageError::io(&tmp))?;
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     for d in [tmp.join("llm"), tmp.join("units")] {
-        std::fs::create_dir_all(&d).map_err(PackageError::io(&d))?;
+        std::fs::create_dir_all(&d).map_err(io(&d))?;
     }
     convert(
         &a.llm.join("model.safetensors"),
@@ -192,7 +182,7 @@ pub fn package(a: &PackageArgs) -> Result<PackageSummary> {
     for (lang, dir) in &vocoders {
         let name = format!("vocoder-{lang}");
         let d = tmp.join(&name);
-        std::fs::create_dir_all(&d).map_err(PackageError::io(&d))?;
+        std::fs::create_dir_all(&d).map_err(io(&d))?;
         copy(&dir.join("config.json"), &d.join("config.json"))?;
         convert(
             &dir.join("model.safetensors"),
@@ -218,7 +208,7 @@ pub fn package(a: &PackageArgs) -> Result<PackageSummary> {
     };
     let manifest_path = tmp.join(MANIFEST_FILE);
     let manifest_text = serde_json::to_string_pretty(&manifest).map_err(PackageError::Serialize)?;
-    std::fs::write(&manifest_path, manifest_text).map_err(PackageError::io(&manifest_path))?;
+    std::fs::write(&manifest_path, manifest_text).map_err(io(&manifest_path))?;
     Translator::load(&tmp, Device::Cpu, Kind::Float).map_err(|source| {
         PackageError::DoesNotLoad {
             folder: tmp.clone(),
@@ -227,21 +217,21 @@ pub fn package(a: &PackageArgs) -> Result<PackageSummary> {
     })?;
     // Replace the translator's own entries only: other files in the folder (samples, notes)
     // stay. The manifest goes last, so a reader never sees it before the files it names.
-    std::fs::create_dir_all(&a.out).map_err(PackageError::io(&a.out))?;
+    std::fs::create_dir_all(&a.out).map_err(io(&a.out))?;
     let mut entries: Vec<_> = std::fs::read_dir(&tmp)
         .and_then(|d| d.map(|e| e.map(|e| e.file_name())).collect())
-        .map_err(PackageError::io(&tmp))?;
+        .map_err(io(&tmp))?;
     entries.sort_by_key(|n| n == MANIFEST_FILE);
     for name in entries {
         let dst = a.out.join(&name);
         if dst.is_dir() {
-            std::fs::remove_dir_all(&dst).map_err(PackageError::io(&dst))?;
+            std::fs::remove_dir_all(&dst).map_err(io(&dst))?;
         } else if dst.exists() {
-            std::fs::remove_file(&dst).map_err(PackageError::io(&dst))?;
+            std::fs::remove_file(&dst).map_err(io(&dst))?;
         }
-        std::fs::rename(tmp.join(&name), &dst).map_err(PackageError::io(&dst))?;
+        std::fs::rename(tmp.join(&name), &dst).map_err(io(&dst))?;
     }
-    std::fs::remove_dir(&tmp).map_err(PackageError::io(&tmp))?;
+    std::fs::remove_dir(&tmp).map_err(io(&tmp))?;
     let mut files = BTreeMap::new();
     let mut stack: Vec<PathBuf> = names
         .values()
@@ -252,14 +242,14 @@ pub fn package(a: &PackageArgs) -> Result<PackageSummary> {
     files.insert(
         MANIFEST_FILE.to_string(),
         std::fs::metadata(&out_manifest)
-            .map_err(PackageError::io(&out_manifest))?
+            .map_err(io(&out_manifest))?
             .len(),
     );
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).map_err(PackageError::io(&d))? {
-            let e = e.map_err(PackageError::io(&d))?;
+        for e in std::fs::read_dir(&d).map_err(io(&d))? {
+            let e = e.map_err(io(&d))?;
             let path = e.path();
-            let meta = e.metadata().map_err(PackageError::io(&path))?;
+            let meta = e.metadata().map_err(io(&path))?;
             if meta.is_dir() {
                 stack.push(path);
             } else {

@@ -50,7 +50,8 @@ use tolk_models::ModelError;
 
 use crate::corpus::manifest::ManifestError;
 use crate::corpus::manifest::{read_manifest, ReadOptions};
-use crate::eval::entries_for;
+use crate::eval::{check_num_units, entries_for, EvalError};
+use crate::run_dir::{io, RunDirError};
 use crate::units::{read_units, UnitsFileError};
 
 /// Errors of `tolk-train quantize` and of its report; each names the folder, file, entry or
@@ -69,12 +70,6 @@ pub enum QuantizeError {
     OutExists(PathBuf),
     #[error("{0} has no folder name")]
     NoFolderName(PathBuf),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("renaming {from} to {to}: {source}")]
     Rename {
         from: PathBuf,
@@ -142,12 +137,6 @@ pub enum QuantizeError {
         model: PathBuf,
         direction: Direction,
     },
-    #[error("{path}: units file has num_units {file} but the model has {model}")]
-    UnitCount {
-        path: PathBuf,
-        file: u32,
-        model: u32,
-    },
     #[error("{manifest} has no paired {direction} entries")]
     NoEntries {
         manifest: PathBuf,
@@ -158,6 +147,10 @@ pub enum QuantizeError {
     #[error("entry {id}: {audio} has no units")]
     NoUnits { id: String, audio: String },
     #[error(transparent)]
+    Eval(#[from] EvalError),
+    #[error(transparent)]
+    Io(#[from] RunDirError),
+    #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
@@ -165,14 +158,6 @@ pub enum QuantizeError {
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     Units(#[from] UnitsFileError),
-}
-
-impl QuantizeError {
-    /// The error of an I/O operation on `path`.
-    fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
-        let path = path.into();
-        move |source| Self::Io { path, source }
-    }
 }
 
 pub type Result<T, E = QuantizeError> = std::result::Result<T, E>;
@@ -280,10 +265,10 @@ impl Drop for TempDir {
 
 fn safetensors_bytes(dir: &Path) -> Result<u64> {
     let mut total = 0;
-    for e in std::fs::read_dir(dir).map_err(QuantizeError::io(dir))? {
-        let e = e.map_err(QuantizeError::io(dir))?;
+    for e in std::fs::read_dir(dir).map_err(io(dir))? {
+        let e = e.map_err(io(dir))?;
         if e.file_name().to_string_lossy().ends_with(".safetensors") {
-            total += e.metadata().map_err(QuantizeError::io(e.path()))?.len();
+            total += e.metadata().map_err(io(&e.path()))?.len();
         }
     }
     Ok(total)
@@ -294,18 +279,18 @@ fn safetensors_bytes(dir: &Path) -> Result<u64> {
 fn copy_tree(src: &Path, dst: &Path, rel: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<()> {
     let from = src.join(rel);
     let to = dst.join(rel);
-    std::fs::create_dir_all(&to).map_err(QuantizeError::io(&to))?;
-    for e in std::fs::read_dir(&from).map_err(QuantizeError::io(&from))? {
-        let e = e.map_err(QuantizeError::io(&from))?;
+    std::fs::create_dir_all(&to).map_err(io(&to))?;
+    for e in std::fs::read_dir(&from).map_err(io(&from))? {
+        let e = e.map_err(io(&from))?;
         let r = rel.join(e.file_name());
         if skip(&r) {
             continue;
         }
-        let meta = std::fs::metadata(e.path()).map_err(QuantizeError::io(e.path()))?;
+        let meta = std::fs::metadata(e.path()).map_err(io(&e.path()))?;
         if meta.is_dir() {
             copy_tree(src, dst, &r, skip)?;
         } else {
-            std::fs::copy(e.path(), dst.join(&r)).map_err(QuantizeError::io(e.path()))?;
+            std::fs::copy(e.path(), dst.join(&r)).map_err(io(&e.path()))?;
         }
     }
     Ok(())
@@ -342,7 +327,7 @@ fn load_float_llm(model: &Path, device: Device) -> Result<(ModelManifest, PathBu
 /// The decoder's `config.json` in `llm_dir`, as JSON.
 fn read_config(llm_dir: &Path) -> Result<serde_json::Value> {
     let path = llm_dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(QuantizeError::io(&path))?;
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
     serde_json::from_str(&text).map_err(|source| QuantizeError::Json { path, source })
 }
 
@@ -384,10 +369,10 @@ pub fn quantize_translator(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(QuantizeError::io(&parent))?;
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(QuantizeError::io(&tmp))?;
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     let mut guard = TempDir(Some(tmp.clone()));
 
@@ -808,13 +793,7 @@ pub fn compare(
     }
     let entries = read_manifest(manifest_path, ReadOptions { check_audio: false })?;
     let table = read_units(units_path)?;
-    if table.num_units != manifest.num_units {
-        return Err(QuantizeError::UnitCount {
-            path: units_path.to_path_buf(),
-            file: table.num_units,
-            model: manifest.num_units,
-        });
-    }
+    check_num_units(&table, units_path, manifest.num_units)?;
     let (mut entries, _) = entries_for(&entries.entries, direction);
     entries.truncate(limit);
     if entries.is_empty() {
@@ -1013,7 +992,7 @@ pub fn run_quantize(args: &QuantizeArgs) -> Result<(QuantizeSummary, Option<Quan
                 .clone()
                 .unwrap_or_else(|| args.out.join("quantization-report.json"));
             let text = serde_json::to_string_pretty(&r).map_err(QuantizeError::Serialize)?;
-            std::fs::write(&path, text).map_err(QuantizeError::io(&path))?;
+            std::fs::write(&path, text).map_err(io(&path))?;
             Some(r)
         }
         _ => None,

@@ -12,6 +12,7 @@ use std::process::Command;
 use super::manifest::{read_manifest, Manifest, ManifestError, ReadOptions};
 use crate::eval::asr::find_python;
 use crate::eval::EvalError;
+use crate::run_dir::{io, RunDirError};
 
 /// The renderer script (`training/scripts/voices.py`).
 pub const SCRIPT: &str = include_str!("../../scripts/voices.py");
@@ -64,18 +65,8 @@ pub enum VoicesError {
     ZeroLimit,
     #[error(transparent)]
     Python(#[from] EvalError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("running {program}: {source}")]
-    Run {
-        program: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] RunDirError),
     #[error("rendering the test sets failed ({0}); the lines above say why")]
     RenderFailed(std::process::ExitStatus),
     #[error("reading back {path}: {source}")]
@@ -103,15 +94,9 @@ pub fn run_voices(args: &VoicesArgs) -> Result<Vec<(String, Manifest)>, VoicesEr
         return Err(VoicesError::ZeroLimit);
     }
     let python = find_python(args.python.as_deref())?;
-    std::fs::create_dir_all(&args.out).map_err(|source| VoicesError::Io {
-        path: args.out.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&args.out).map_err(io(&args.out))?;
     let script = args.out.join(".voices.py");
-    std::fs::write(&script, SCRIPT).map_err(|source| VoicesError::Io {
-        path: script.clone(),
-        source,
-    })?;
+    std::fs::write(&script, SCRIPT).map_err(io(&script))?;
     let mut cmd = Command::new(&python);
     cmd.arg(&script)
         .arg("--sentences")
@@ -125,10 +110,7 @@ pub fn run_voices(args: &VoicesArgs) -> Result<Vec<(String, Manifest)>, VoicesEr
     for s in &sets {
         cmd.arg("--set").arg(s);
     }
-    let status = cmd.status().map_err(|source| VoicesError::Run {
-        program: python.clone(),
-        source,
-    })?;
+    let status = cmd.status().map_err(EvalError::run(&python))?;
     if !status.success() {
         return Err(VoicesError::RenderFailed(status));
     }

@@ -12,6 +12,7 @@ use std::process::Command;
 use serde::Deserialize;
 
 use super::error::{EvalError, Result};
+use crate::run_dir::io;
 
 /// The recognizer script (`training/scripts/asr_pocketsphinx.py`).
 pub const SCRIPT: &str = include_str!("../../scripts/asr_pocketsphinx.py");
@@ -39,7 +40,7 @@ pub(crate) fn write_list(paths: &[PathBuf], list: &Path) -> Result<()> {
         text.push_str(s);
         text.push('\n');
     }
-    std::fs::write(list, text).map_err(EvalError::io(list))
+    Ok(std::fs::write(list, text).map_err(io(list))?)
 }
 
 /// Checks that `python` imports `modules`, or says which package and set-up step is missing.
@@ -75,9 +76,9 @@ pub(crate) fn run_script(
     out_name: &str,
     what: &'static str,
 ) -> Result<Vec<u8>> {
-    std::fs::create_dir_all(work).map_err(EvalError::io(work))?;
+    std::fs::create_dir_all(work).map_err(io(work))?;
     let script = work.join(name);
-    std::fs::write(&script, source).map_err(EvalError::io(&script))?;
+    std::fs::write(&script, source).map_err(io(&script))?;
     let out_json = work.join(out_name);
     let out = Command::new(python)
         .arg(&script)
@@ -93,7 +94,7 @@ pub(crate) fn run_script(
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    std::fs::read(&out_json).map_err(EvalError::io(&out_json))
+    Ok(std::fs::read(&out_json).map_err(io(&out_json))?)
 }
 
 /// The name the PocketSphinx and Whisper recognizers go by in errors.
@@ -127,13 +128,15 @@ pub(crate) fn check_count(
     })
 }
 
-/// Checks that `tool` answered for `wavs`, in order.
-pub(crate) fn check_files<'a>(
+/// Checks that `tool` answered once for each of `wavs`, in order (`items` names its answers).
+pub(crate) fn check_answers<'a>(
     tool: &'static str,
-    answered: impl IntoIterator<Item = &'a str>,
+    items: &'static str,
+    answered: impl ExactSizeIterator<Item = &'a str>,
     wavs: &[PathBuf],
 ) -> Result<()> {
-    for (a, w) in answered.into_iter().zip(wavs) {
+    check_count(tool, answered.len(), items, wavs.len(), "files")?;
+    for (a, w) in answered.zip(wavs) {
         if Path::new(a) != w.as_path() {
             return Err(EvalError::WrongFile {
                 tool,
@@ -162,7 +165,7 @@ pub fn find_python(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("TOLK_PYTHON") {
         return Ok(PathBuf::from(p));
     }
-    let cwd = std::env::current_dir().map_err(EvalError::io("."))?;
+    let cwd = std::env::current_dir().map_err(io(Path::new(".")))?;
     let mut starts = vec![cwd];
     if let Ok(exe) = std::env::current_exe() {
         starts.push(exe);
@@ -196,7 +199,7 @@ impl PocketSphinx {
 
     /// Transcribes 16-bit mono 16 kHz WAV files (in order); `work` holds the script and lists.
     pub fn transcribe(&mut self, wavs: &[PathBuf], work: &Path) -> Result<Vec<String>> {
-        std::fs::create_dir_all(work).map_err(EvalError::io(work))?;
+        std::fs::create_dir_all(work).map_err(io(work))?;
         let list = work.join("wavs.txt");
         write_list(wavs, &list)?;
         let json = run_script(
@@ -208,15 +211,9 @@ impl PocketSphinx {
             "PocketSphinx recognizer",
         )?;
         let parsed: Output = parse_output(&json, &work.join("transcripts.json"))?;
-        check_count(
+        check_answers(
             TOOL,
-            parsed.transcripts.len(),
             "transcripts",
-            wavs.len(),
-            "files",
-        )?;
-        check_files(
-            TOOL,
             parsed.transcripts.iter().map(|t| t.wav.as_str()),
             wavs,
         )?;

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::asr::{check_count, check_files, check_imports, parse_output, run_script, write_list};
-use super::error::{EvalError, Result};
+use super::asr::{check_answers, check_imports, parse_output, run_script, write_list};
+use super::error::Result;
+use crate::run_dir::io;
 
 /// The scorer script (`training/scripts/dnsmos.py`).
 pub const SCRIPT: &str = include_str!("../../scripts/dnsmos.py");
@@ -49,7 +50,7 @@ impl Dnsmos {
 
     /// Scores WAV files in order; `None` for a clip with no speech to score (under 0.1 s).
     pub fn score(&self, wavs: &[PathBuf], work: &Path) -> Result<Vec<Option<DnsmosScore>>> {
-        std::fs::create_dir_all(work).map_err(EvalError::io(work))?;
+        std::fs::create_dir_all(work).map_err(io(work))?;
         let list = work.join("wavs.txt");
         write_list(wavs, &list)?;
         let json = run_script(
@@ -61,8 +62,12 @@ impl Dnsmos {
             "DNSMOS",
         )?;
         let parsed: Output = parse_output(&json, &work.join("dnsmos.json"))?;
-        check_count("DNSMOS", parsed.scores.len(), "scores", wavs.len(), "files")?;
-        check_files("DNSMOS", parsed.scores.iter().map(|r| r.wav.as_str()), wavs)?;
+        check_answers(
+            "DNSMOS",
+            "scores",
+            parsed.scores.iter().map(|r| r.wav.as_str()),
+            wavs,
+        )?;
         Ok(parsed
             .scores
             .into_iter()

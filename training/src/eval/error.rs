@@ -10,16 +10,11 @@ use tolk_models::ModelError;
 
 use crate::corpus::manifest::ManifestError;
 use crate::metrics::MetricError;
+use crate::run_dir::RunDirError;
 use crate::units::UnitsFileError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("running {program}: {source}")]
     Run {
         program: PathBuf,
@@ -147,6 +142,8 @@ pub enum EvalError {
     #[error("serializing the report: {0}")]
     Serialize(#[source] serde_json::Error),
     #[error(transparent)]
+    Io(#[from] RunDirError),
+    #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
@@ -157,12 +154,6 @@ pub enum EvalError {
 }
 
 impl EvalError {
-    /// The error of an I/O operation on `path`.
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
-        let path = path.into();
-        move |source| Self::Io { path, source }
-    }
-
     /// The error of starting `program`.
     pub(crate) fn run(program: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let program = program.into();

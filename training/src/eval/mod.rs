@@ -44,7 +44,8 @@ use tolk_models::translator::{Confidence, DecodeSession, Direction, Mode, Stop, 
 
 use crate::corpus::manifest::{read_manifest, ManifestEntry, ReadOptions};
 use crate::metrics::{bleu, chrf, mcd, meteor, wer};
-use crate::units::read_units;
+use crate::run_dir::io;
+use crate::units::{read_units, UnitsTable};
 use dnsmos::DnsmosScore;
 pub use error::EvalError;
 use error::Result;
@@ -251,6 +252,18 @@ pub(crate) fn read_16k(path: &Path) -> Result<Vec<f32>> {
     Ok(s)
 }
 
+/// Checks that the units file `path` (read as `table`) has the model's `num_units`.
+pub(crate) fn check_num_units(table: &UnitsTable, path: &Path, num_units: u32) -> Result<()> {
+    if table.num_units == num_units {
+        return Ok(());
+    }
+    Err(EvalError::UnitCount {
+        path: path.to_path_buf(),
+        file: table.num_units,
+        model: num_units,
+    })
+}
+
 /// Writes 16 kHz mono `pcm` to `path` as 16-bit PCM.
 pub(crate) fn write_16k(path: &Path, pcm: &[f32]) -> Result<()> {
     write_wav(path, pcm, 16_000, 1, WavFormat::Pcm16).map_err(|source| EvalError::WriteAudio {
@@ -298,14 +311,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
     }
     let manifest = read_manifest(&args.manifest, ReadOptions { check_audio: true })?;
     let table = read_units(&args.units)?;
-    let k = translator.format().num_units;
-    if table.num_units != k {
-        return Err(EvalError::UnitCount {
-            path: args.units.clone(),
-            file: table.num_units,
-            model: k,
-        });
-    }
+    check_num_units(&table, &args.units, translator.format().num_units)?;
     let (mut entries, skipped) = entries_for(&manifest.entries, args.direction);
     if let Some(n) = args.limit {
         entries.truncate(n);
@@ -344,7 +350,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
     let keep_reference = recognizer.is_some() || dnsmos.is_some();
 
     let wavs = args.out.join("wavs");
-    std::fs::create_dir_all(&wavs).map_err(EvalError::io(&wavs))?;
+    std::fs::create_dir_all(&wavs).map_err(io(&wavs))?;
     let translator = Arc::new(translator);
     let mut session = DecodeSession::new(Arc::clone(&translator))?;
     let mut results = Vec::new();
@@ -435,7 +441,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
                     .join(".asr/reference")
                     .join(format!("{}.wav", file_stem(&e.id)));
                 let dir = p.parent().unwrap_or(Path::new("."));
-                std::fs::create_dir_all(dir).map_err(EvalError::io(dir))?;
+                std::fs::create_dir_all(dir).map_err(io(dir))?;
                 write_16k(&p, &ref_pcm)?;
                 ref_paths.push(p);
             }
@@ -539,9 +545,9 @@ pub fn write_report(out: &Path, r: &EvalReport) -> Result<()> {
             .collect::<String>()
     };
     let clean = |s: &str| s.replace(['\n', '\r'], " ");
-    let write = |name: &str, text: String| {
+    let write = |name: &str, text: String| -> Result<()> {
         let path = out.join(name);
-        std::fs::write(&path, text).map_err(EvalError::io(path))
+        Ok(std::fs::write(&path, text).map_err(io(&path))?)
     };
     write("hyps.txt", lines(&|u| clean(&u.hypothesis)))?;
     write("refs.txt", lines(&|u| clean(&u.reference)))?;

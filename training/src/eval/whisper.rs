@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::asr::{
-    check_count, check_files, check_imports, parse_output, run_script, write_list, TOOL,
+    check_answers, check_count, check_imports, parse_output, run_script, write_list, TOOL,
 };
-use super::error::{EvalError, Result};
+use super::error::Result;
+use crate::run_dir::io;
 use tolk_models::prompt::Lang;
 
 /// The recognizer script (`training/scripts/asr_whisper.py`).
@@ -74,7 +75,7 @@ impl Whisper {
         references: &[String],
         work: &Path,
     ) -> Result<Transcription> {
-        std::fs::create_dir_all(work).map_err(EvalError::io(work))?;
+        std::fs::create_dir_all(work).map_err(io(work))?;
         let list = work.join("wavs.txt");
         write_list(wavs, &list)?;
         let refs = work.join("references.txt");
@@ -83,7 +84,7 @@ impl Whisper {
             text.push_str(&r.replace(['\n', '\r'], " "));
             text.push('\n');
         }
-        std::fs::write(&refs, text).map_err(EvalError::io(&refs))?;
+        std::fs::write(&refs, text).map_err(io(&refs))?;
         let json = run_script(
             &self.python,
             work,
@@ -100,12 +101,11 @@ impl Whisper {
             "the Whisper recognizer",
         )?;
         let parsed: Output = parse_output(&json, &work.join("transcripts.json"))?;
-        check_count(
+        check_answers(
             TOOL,
-            parsed.transcripts.len(),
             "transcripts",
-            wavs.len(),
-            "files",
+            parsed.transcripts.iter().map(|t| t.wav.as_str()),
+            wavs,
         )?;
         check_count(
             TOOL,
@@ -113,11 +113,6 @@ impl Whisper {
             "normalized references",
             references.len(),
             "references",
-        )?;
-        check_files(
-            TOOL,
-            parsed.transcripts.iter().map(|t| t.wav.as_str()),
-            wavs,
         )?;
         self.name = Some(parsed.recognizer);
         self.normalization = Some(parsed.normalization);

@@ -45,12 +45,6 @@ pub enum PairsError {
         missing: Direction,
         direction: Direction,
     },
-    #[error("{path}: units file has num_units {file} but the model has {model} units")]
-    UnitCount {
-        path: PathBuf,
-        file: u32,
-        model: u32,
-    },
     #[error(
         "{manifest} has no {direction} entries{}",
         if *against_reference {
@@ -106,12 +100,6 @@ pub enum PairsError {
         #[source]
         source: ModelError,
     },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("serializing {what}: {source}")]
     Serialize {
         what: &'static str,
@@ -165,21 +153,15 @@ pub enum PairsError {
     #[error(transparent)]
     Plot(#[from] PlotError),
     #[error(transparent)]
-    Write(#[from] RunDirError),
+    Eval(#[from] EvalError),
+    #[error(transparent)]
+    Io(#[from] RunDirError),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     Units(#[from] UnitsFileError),
-}
-
-impl PairsError {
-    /// The error of an I/O operation on `path`.
-    pub(super) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
-        let path = path.into();
-        move |source| Self::Io { path, source }
-    }
 }
 
 pub type Result<T, E = PairsError> = std::result::Result<T, E>;

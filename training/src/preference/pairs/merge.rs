@@ -11,10 +11,11 @@ use super::records::{
     summarize, Decision, PairRecord, PairsSettings, PairsSummary, UtteranceRecord,
 };
 use super::shards::Shard;
+use crate::run_dir::io;
 
 /// The records of a JSONL file, each with its line as written (blank lines skipped).
 fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<(T, String)>> {
-    let text = std::fs::read_to_string(path).map_err(PairsError::io(path))?;
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

@@ -64,6 +64,8 @@ use tolk_models::device::{available_device, parse_dtype};
 use tolk_models::sampling::SamplingConfig;
 use tolk_models::translator::{Direction, Mode, Translator};
 
+use crate::eval::check_num_units;
+use crate::run_dir::io;
 use crate::units::read_units;
 use back_translation::reverse;
 use output::{to_json, write_outputs};
@@ -246,14 +248,7 @@ pub fn run_pairs(args: &PairsArgs) -> Result<PairsSummary> {
         }
     }
     let table = read_units(units_path)?;
-    let k = tr.format().num_units;
-    if table.num_units != k {
-        return Err(PairsError::UnitCount {
-            path: units_path.to_path_buf(),
-            file: table.num_units,
-            model: k,
-        });
-    }
+    check_num_units(&table, units_path, tr.format().num_units)?;
     let entries = read_sources_manifest(manifest_path)?;
     let (mut selected, skipped) = select(&entries, direction, args.judge_against);
     if let Some(n) = args.limit {
@@ -301,7 +296,7 @@ pub fn run_pairs(args: &PairsArgs) -> Result<PairsSummary> {
         units_path,
         stages: Default::default(),
     };
-    std::fs::create_dir_all(&args.out).map_err(PairsError::io(&args.out))?;
+    std::fs::create_dir_all(&args.out).map_err(io(&args.out))?;
     let pb = if args.quiet {
         indicatif::ProgressBar::hidden()
     } else {

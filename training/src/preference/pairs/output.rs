@@ -9,6 +9,7 @@ use super::error::{PairsError, Result};
 use super::judging::Judge;
 use super::plot::write_margin_plot;
 use super::records::{PairsSummary, UtteranceRecord};
+use crate::run_dir::io;
 
 /// Writes `text` to `path` through a synced temporary file (never half-written).
 pub(super) fn write_atomic(path: &Path, text: &str) -> Result<()> {
@@ -36,7 +37,7 @@ pub(super) fn write_outputs(
     pairs_text: &str,
     summary: &PairsSummary,
 ) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(PairsError::io(out))?;
+    std::fs::create_dir_all(out).map_err(io(out))?;
     write_atomic(&out.join("pairs.jsonl"), pairs_text)?;
     write_atomic(
         &out.join("utterances.jsonl"),

@@ -12,6 +12,7 @@ use crate::corpus::manifest::{
     read_unlabelled_manifest, refuse_test_only, ManifestEntry, ManifestError, ReadOptions,
 };
 use crate::eval::{asr, entries_for, file_stem, read_16k, write_16k};
+use crate::run_dir::io;
 
 /// One selected source utterance.
 #[derive(Debug, Clone)]
@@ -84,7 +85,7 @@ pub(super) fn transcribe_sources(
         });
     }
     let wav_dir = work.join("source");
-    std::fs::create_dir_all(&wav_dir).map_err(PairsError::io(&wav_dir))?;
+    std::fs::create_dir_all(&wav_dir).map_err(io(&wav_dir))?;
     let mut wavs = Vec::new();
     for s in &untranscribed {
         let id = &s.entry.id;
