@@ -1,6 +1,6 @@
 //! `tolk-train quantize`: a translator folder with its decoder quantized weight-only (int8 per
 //! output channel or int4 group-wise; the format is `tolk_models::llama::quant`), and a report
-//! of what quantization costs against the f32 model (issue 7 item 5).
+//! of what quantization costs against the f32 model.
 //!
 //! The input is a float translator folder whose LoRA adapters are already merged
 //! (`tolk_training::preference::Lora::merge_into` + `Llama::save`). Its decoder is loaded in f32

@@ -1,5 +1,4 @@
-//! `tolk-train eval`: held-out figures of a translator folder (issue 6 item 4, method.md
-//! section 4).
+//! `tolk-train eval`: held-out figures of a translator folder.
 //!
 //! Every paired entry of the manifest in the asked direction (an entry the other way round is
 //! used through [`ManifestEntry::reversed`]) is decoded from its source units (the units file),

@@ -84,10 +84,10 @@ pub enum PairsError {
     Audio {
         id: String,
         #[source]
-        source: EvalError,
+        source: Box<EvalError>,
     },
     #[error("transcribing the sources: {0}")]
-    Transcribe(#[source] EvalError),
+    Transcribe(#[source] Box<EvalError>),
     #[error("sampling candidates of entry {id}: {source}")]
     Sampling {
         id: String,
@@ -153,7 +153,7 @@ pub enum PairsError {
     #[error(transparent)]
     Plot(#[from] PlotError),
     #[error(transparent)]
-    Eval(#[from] EvalError),
+    Eval(Box<EvalError>),
     #[error(transparent)]
     Io(#[from] RunDirError),
     #[error(transparent)]
@@ -162,6 +162,20 @@ pub enum PairsError {
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     Units(#[from] UnitsFileError),
+}
+
+// The evaluation's errors are boxed: they would make every result of the command large.
+impl From<EvalError> for PairsError {
+    fn from(e: EvalError) -> Self {
+        Self::Eval(Box::new(e))
+    }
+}
+
+impl PairsError {
+    /// The error of transcribing the sources.
+    pub(super) fn transcribe(e: EvalError) -> Self {
+        Self::Transcribe(Box::new(e))
+    }
 }
 
 pub type Result<T, E = PairsError> = std::result::Result<T, E>;

@@ -1,5 +1,5 @@
 //! `tolk-train pairs`: preference pairs without humans, by self-sampling and back-translation
-//! (PROST-LLM arXiv 2601.16618 section 2.2; `../shared/reference/method.md` section 1 item 2).
+//! (PROST-LLM arXiv 2601.16618 section 2.2).
 //!
 //! For every source utterance of a manifest (its units from a units file):
 //!
@@ -29,7 +29,7 @@
 //!    pair when they are not identical, the best is valid and the margin (>= 0, in the judge's
 //!    units) exceeds `--delta`. Every drop is counted by reason.
 //!
-//! Output (`--out`): `pairs.jsonl` (the shared format of `/work/notes/issue7-plan.md`: TRL's
+//! Output (`--out`): `pairs.jsonl` (the format `tolk-train preference` reads: TRL's
 //! `prompt` / `chosen` / `rejected` strings, the token ids the trainer uses, scores and
 //! metadata), `utterances.jsonl` (every utterance with all its candidates, for merging and
 //! inspection), `summary.json` and `margins.png`. `--shard i/n` processes entries `i, i+n, ...`
@@ -42,6 +42,12 @@
 //! translator's `tokenizer.json` (no added special tokens) gives exactly `prompt_ids`,
 //! `chosen_ids` and `rejected_ids` (`tests/reference/pairs_trl.py` checks it, also through
 //! TRL's DPO dataset processing).
+//!
+//! The parts: `sources` (the manifest's source utterances, their transcription), `seeding`
+//! (sampler seeds), `shards` (`--shard i/n`), `sampling` (one utterance from its candidates to
+//! its pair), `back_translation`, `judging` (the judge's scale, scores and the decision),
+//! `records` (the output records and the summary), `output` and `plot` (the files written),
+//! `merge` (`--merge`), `error`; this file holds the command's arguments and its run.
 
 mod back_translation;
 mod error;
@@ -56,8 +62,7 @@ mod shards;
 mod sources;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tolk_models::device::{available_device, parse_dtype};

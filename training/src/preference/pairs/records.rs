@@ -125,7 +125,8 @@ pub struct PairsSettings {
     pub transcribe: bool,
 }
 
-/// One line of `pairs.jsonl` (format of `/work/notes/issue7-plan.md`).
+/// One line of `pairs.jsonl`: TRL's `prompt` / `chosen` / `rejected` strings, their token ids
+/// and the scores and metadata of the pair.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PairRecord {
     pub prompt: String,

@@ -131,7 +131,7 @@ pub(super) fn process(
         };
         Some(read_16k(&p).map_err(|source| PairsError::Audio {
             id: e.id.clone(),
-            source,
+            source: Box::new(source),
         })?)
     } else {
         None

@@ -97,17 +97,17 @@ pub(super) fn transcribe_sources(
         let p = manifest_path.parent().unwrap_or(Path::new("")).join(a);
         let pcm = read_16k(&p).map_err(|source| PairsError::Audio {
             id: id.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let w = wav_dir.join(format!("{}.wav", file_stem(id)));
-        write_16k(&w, &pcm).map_err(PairsError::Transcribe)?;
+        write_16k(&w, &pcm).map_err(PairsError::transcribe)?;
         wavs.push(w);
     }
-    let python = asr::find_python(python).map_err(PairsError::Transcribe)?;
-    let mut rec = asr::PocketSphinx::new(python).map_err(PairsError::Transcribe)?;
+    let python = asr::find_python(python).map_err(PairsError::transcribe)?;
+    let mut rec = asr::PocketSphinx::new(python).map_err(PairsError::transcribe)?;
     let texts = rec
         .transcribe(&wavs, work)
-        .map_err(PairsError::Transcribe)?;
+        .map_err(PairsError::transcribe)?;
     for (s, t) in untranscribed.iter().zip(texts) {
         transcripts.insert(s.index, t);
     }
