@@ -66,16 +66,16 @@ pub(crate) fn check_imports(python: &Path, modules: &str, what: &'static str) ->
 }
 
 /// Runs an embedded measurement script: writes `source` to `work/name`, runs it with `python`
-/// and `args`, and returns the bytes of the JSON file it wrote at `work/out_name`. `what` names
-/// the tool in errors.
-pub(crate) fn run_script(
+/// and `args`, and returns the JSON file it wrote at `work/out_name`, parsed. `what` names the
+/// tool in errors.
+pub(crate) fn run_script<T: for<'de> Deserialize<'de>>(
     python: &Path,
     work: &Path,
     (name, source): (&str, &str),
     args: &[&std::ffi::OsStr],
     out_name: &str,
     what: &'static str,
-) -> Result<Vec<u8>> {
+) -> Result<T> {
     std::fs::create_dir_all(work).map_err(io(work))?;
     let script = work.join(name);
     std::fs::write(&script, source).map_err(io(&script))?;
@@ -94,19 +94,15 @@ pub(crate) fn run_script(
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    Ok(std::fs::read(&out_json).map_err(io(&out_json))?)
+    let json = std::fs::read(&out_json).map_err(io(&out_json))?;
+    serde_json::from_slice(&json).map_err(|source| EvalError::Parse {
+        path: out_json,
+        source,
+    })
 }
 
 /// The name the PocketSphinx and Whisper recognizers go by in errors.
 pub(crate) const TOOL: &str = "the recognizer";
-
-/// The JSON a measurement script wrote at `path` (its bytes `json`).
-pub(crate) fn parse_output<T: for<'de> Deserialize<'de>>(json: &[u8], path: &Path) -> Result<T> {
-    serde_json::from_slice(json).map_err(|source| EvalError::Parse {
-        path: path.to_path_buf(),
-        source,
-    })
-}
 
 /// Checks that `tool` returned one of `items` per input.
 pub(crate) fn check_count(
@@ -202,7 +198,7 @@ impl PocketSphinx {
         std::fs::create_dir_all(work).map_err(io(work))?;
         let list = work.join("wavs.txt");
         write_list(wavs, &list)?;
-        let json = run_script(
+        let parsed: Output = run_script(
             &self.python,
             work,
             ("asr_pocketsphinx.py", SCRIPT),
@@ -210,7 +206,6 @@ impl PocketSphinx {
             "transcripts.json",
             "PocketSphinx recognizer",
         )?;
-        let parsed: Output = parse_output(&json, &work.join("transcripts.json"))?;
         check_answers(
             TOOL,
             "transcripts",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::asr::{check_answers, check_imports, parse_output, run_script, write_list};
+use super::asr::{check_answers, check_imports, run_script, write_list};
 use super::error::Result;
 use crate::run_dir::io;
 
@@ -53,7 +53,7 @@ impl Dnsmos {
         std::fs::create_dir_all(work).map_err(io(work))?;
         let list = work.join("wavs.txt");
         write_list(wavs, &list)?;
-        let json = run_script(
+        let parsed: Output = run_script(
             &self.python,
             work,
             ("dnsmos.py", SCRIPT),
@@ -61,7 +61,6 @@ impl Dnsmos {
             "dnsmos.json",
             "DNSMOS",
         )?;
-        let parsed: Output = parse_output(&json, &work.join("dnsmos.json"))?;
         check_answers(
             "DNSMOS",
             "scores",

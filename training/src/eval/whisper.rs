@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::asr::{
-    check_answers, check_count, check_imports, parse_output, run_script, write_list, TOOL,
-};
+use super::asr::{check_answers, check_count, check_imports, run_script, write_list, TOOL};
 use super::error::Result;
 use crate::run_dir::io;
 use tolk_models::prompt::Lang;
@@ -85,7 +83,7 @@ impl Whisper {
             text.push('\n');
         }
         std::fs::write(&refs, text).map_err(io(&refs))?;
-        let json = run_script(
+        let parsed: Output = run_script(
             &self.python,
             work,
             ("asr_whisper.py", SCRIPT),
@@ -100,7 +98,6 @@ impl Whisper {
             "transcripts.json",
             "the Whisper recognizer",
         )?;
-        let parsed: Output = parse_output(&json, &work.join("transcripts.json"))?;
         check_answers(
             TOOL,
             "transcripts",
