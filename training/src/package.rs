@@ -6,13 +6,68 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tch::{Device, Kind};
 use tolk_models::checkpoint::{read_safetensors, save_safetensors};
+use tolk_models::device::parse_dtype;
 use tolk_models::translator::{
     Direction, ModelManifest, Strategy, Translator, UnitsSpec, MANIFEST_FILE, MODEL_FORMAT,
 };
+use tolk_models::ModelError;
+
+use crate::run_dir::{io, RunDirError};
+
+/// Errors of `tolk-train package`; each names the argument, folder or file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("--dtype: {0}")]
+    Dtype(#[source] ModelError),
+    #[error("--vocoder takes LANG=DIR, got {0}")]
+    BadVocoder(String),
+    #[error("{folder}: not an SFT output folder: {source}")]
+    NotAnSftFolder {
+        folder: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    SftInfo {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error("copying {from} to {to}: {source}")]
+    Copy {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Io(#[from] RunDirError),
+    #[error("serializing the manifest: {0}")]
+    Serialize(#[source] serde_json::Error),
+    #[error("the packaged folder {folder} does not load: {source}")]
+    DoesNotLoad {
+        folder: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+}
+
+type Result<T, E = PackageError> = std::result::Result<T, E>;
 
 /// `tolk-train package` arguments. The output folder keeps files that are not part of the
 /// translator (for example `models/demo/samples/`).
@@ -57,48 +112,59 @@ struct SftInfo {
 }
 
 fn convert(src: &Path, dst: &Path, kind: Kind) -> Result<()> {
-    let (tensors, _) = read_safetensors(src, Kind::Float, Device::Cpu, |_| true)
-        .with_context(|| format!("reading {}", src.display()))?;
+    let (tensors, _) =
+        read_safetensors(src, Kind::Float, Device::Cpu, |_| true).map_err(|source| {
+            PackageError::Read {
+                path: src.to_path_buf(),
+                source,
+            }
+        })?;
     let out: Vec<_> = tensors
         .into_iter()
         .map(|(n, t)| (n, t.to_kind(kind)))
         .collect();
-    save_safetensors(dst, &out).with_context(|| format!("writing {}", dst.display()))?;
-    Ok(())
+    save_safetensors(dst, &out).map_err(|source| PackageError::Write {
+        path: dst.to_path_buf(),
+        source,
+    })
 }
 
 fn copy(src: &Path, dst: &Path) -> Result<()> {
-    std::fs::copy(src, dst)
-        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    std::fs::copy(src, dst).map_err(|source| PackageError::Copy {
+        from: src.to_path_buf(),
+        to: dst.to_path_buf(),
+        source,
+    })?;
     Ok(())
 }
 
 /// Builds the folder and checks that it loads.
 pub fn package(a: &PackageArgs) -> Result<PackageSummary> {
-    let kind = match a.dtype.as_str() {
-        "f16" => Kind::Half,
-        "bf16" => Kind::BFloat16,
-        "f32" => Kind::Float,
-        other => bail!("--dtype must be f16, bf16 or f32, got {other}"),
-    };
-    let info: SftInfo = serde_json::from_slice(
-        &std::fs::read(a.llm.join("sft.json"))
-            .with_context(|| format!("{}: not an SFT output folder", a.llm.display()))?,
-    )
-    .with_context(|| format!("{}", a.llm.join("sft.json").display()))?;
+    let kind = parse_dtype(&a.dtype).map_err(PackageError::Dtype)?;
+    let info_path = a.llm.join("sft.json");
+    let info_bytes = std::fs::read(&info_path).map_err(|source| PackageError::NotAnSftFolder {
+        folder: a.llm.clone(),
+        source,
+    })?;
+    let info: SftInfo =
+        serde_json::from_slice(&info_bytes).map_err(|source| PackageError::SftInfo {
+            path: info_path,
+            source,
+        })?;
     let mut vocoders = BTreeMap::new();
     for v in &a.vocoders {
         let Some((lang, dir)) = v.split_once('=') else {
-            bail!("--vocoder takes LANG=DIR, got {v}");
+            return Err(PackageError::BadVocoder(v.clone()));
         };
         vocoders.insert(lang.to_string(), PathBuf::from(dir));
     }
     let tmp = a.out.with_extension("tmp");
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
-    std::fs::create_dir_all(tmp.join("llm"))?;
-    std::fs::create_dir_all(tmp.join("units"))?;
+    for d in [tmp.join("llm"), tmp.join("units")] {
+        std::fs::create_dir_all(&d).map_err(io(&d))?;
+    }
     convert(
         &a.llm.join("model.safetensors"),
         &tmp.join("llm/model.safetensors"),
@@ -116,7 +182,7 @@ pub fn package(a: &PackageArgs) -> Result<PackageSummary> {
     for (lang, dir) in &vocoders {
         let name = format!("vocoder-{lang}");
         let d = tmp.join(&name);
-        std::fs::create_dir_all(&d)?;
+        std::fs::create_dir_all(&d).map_err(io(&d))?;
         copy(&dir.join("config.json"), &d.join("config.json"))?;
         convert(
             &dir.join("model.safetensors"),
@@ -140,47 +206,56 @@ pub fn package(a: &PackageArgs) -> Result<PackageSummary> {
         max_text_tokens: a.max_text_tokens,
         max_target_units: a.max_target_units,
     };
-    std::fs::write(
-        tmp.join(MANIFEST_FILE),
-        serde_json::to_string_pretty(&manifest)?,
-    )?;
-    Translator::load(&tmp, Device::Cpu, Kind::Float)
-        .with_context(|| format!("the packaged folder {} does not load", tmp.display()))?;
+    let manifest_path = tmp.join(MANIFEST_FILE);
+    let manifest_text = serde_json::to_string_pretty(&manifest).map_err(PackageError::Serialize)?;
+    std::fs::write(&manifest_path, manifest_text).map_err(io(&manifest_path))?;
+    Translator::load(&tmp, Device::Cpu, Kind::Float).map_err(|source| {
+        PackageError::DoesNotLoad {
+            folder: tmp.clone(),
+            source,
+        }
+    })?;
     // Replace the translator's own entries only: other files in the folder (samples, notes)
     // stay. The manifest goes last, so a reader never sees it before the files it names.
-    std::fs::create_dir_all(&a.out)?;
-    let mut entries: Vec<_> = std::fs::read_dir(&tmp)?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<std::io::Result<_>>()?;
+    std::fs::create_dir_all(&a.out).map_err(io(&a.out))?;
+    let mut entries: Vec<_> = std::fs::read_dir(&tmp)
+        .and_then(|d| d.map(|e| e.map(|e| e.file_name())).collect())
+        .map_err(io(&tmp))?;
     entries.sort_by_key(|n| n == MANIFEST_FILE);
     for name in entries {
         let dst = a.out.join(&name);
         if dst.is_dir() {
-            std::fs::remove_dir_all(&dst)?;
+            std::fs::remove_dir_all(&dst).map_err(io(&dst))?;
         } else if dst.exists() {
-            std::fs::remove_file(&dst)?;
+            std::fs::remove_file(&dst).map_err(io(&dst))?;
         }
-        std::fs::rename(tmp.join(&name), &dst)?;
+        std::fs::rename(tmp.join(&name), &dst).map_err(io(&dst))?;
     }
-    std::fs::remove_dir(&tmp)?;
+    std::fs::remove_dir(&tmp).map_err(io(&tmp))?;
     let mut files = BTreeMap::new();
     let mut stack: Vec<PathBuf> = names
         .values()
         .chain(["llm".to_string(), "units".to_string()].iter())
         .map(|n| a.out.join(n))
         .collect();
+    let out_manifest = a.out.join(MANIFEST_FILE);
     files.insert(
         MANIFEST_FILE.to_string(),
-        std::fs::metadata(a.out.join(MANIFEST_FILE))?.len(),
+        std::fs::metadata(&out_manifest)
+            .map_err(io(&out_manifest))?
+            .len(),
     );
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            if e.file_type()?.is_dir() {
-                stack.push(e.path());
+        for e in std::fs::read_dir(&d).map_err(io(&d))? {
+            let e = e.map_err(io(&d))?;
+            let path = e.path();
+            let meta = e.metadata().map_err(io(&path))?;
+            if meta.is_dir() {
+                stack.push(path);
             } else {
-                let rel = e.path().strip_prefix(&a.out)?.display().to_string();
-                files.insert(rel, e.metadata()?.len());
+                // Every path walked is under `a.out`.
+                let rel = path.strip_prefix(&a.out).unwrap_or(&path);
+                files.insert(rel.display().to_string(), meta.len());
             }
         }
     }

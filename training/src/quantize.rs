@@ -1,6 +1,6 @@
 //! `tolk-train quantize`: a translator folder with its decoder quantized weight-only (int8 per
 //! output channel or int4 group-wise; the format is `tolk_models::llama::quant`), and a report
-//! of what quantization costs against the f32 model (issue 7 item 5).
+//! of what quantization costs against the f32 model.
 //!
 //! The input is a float translator folder whose LoRA adapters are already merged
 //! (`tolk_training::preference::Lora::merge_into` + `Llama::save`). Its decoder is loaded in f32
@@ -37,19 +37,130 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 use tolk_models::device::{available_device, dtype_name, parse_dtype};
+use tolk_models::generate::{decode_rows, mask_ranges, Choice, RowRules};
 use tolk_models::llama::quant::{save_quantized, DEFAULT_INT4_GROUP};
 use tolk_models::llama::{Llama, LoadOptions, QuantConfig, QuantRuntime, QuantScheme};
 use tolk_models::prompt::{PromptFormat, SpecialToken, Task};
-use tolk_models::sampling::TokenMask;
+use tolk_models::sampling::{Sampler, SamplingConfig};
 use tolk_models::translator::{Direction, Mode, ModelManifest, Translator, MANIFEST_FILE};
+use tolk_models::ModelError;
 
+use crate::corpus::manifest::ManifestError;
 use crate::corpus::manifest::{read_manifest, ReadOptions};
-use crate::eval::entries_for;
-use crate::units::read_units;
+use crate::eval::{check_num_units, entries_for, EvalError};
+use crate::run_dir::{io, RunDirError};
+use crate::units::{read_units, UnitsFileError};
+
+/// Errors of `tolk-train quantize` and of its report; each names the folder, file, entry or
+/// argument concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantizeError {
+    #[error("--group-size applies to int4 only (int8 has one scale per output channel)")]
+    GroupSizeForInt8,
+    #[error("--group-size {0} must be even and > 0")]
+    BadGroupSize(i64),
+    #[error("--threads {0} must be > 0")]
+    BadThreads(i32),
+    #[error("{0} does not exist")]
+    MissingInput(PathBuf),
+    #[error("{0} already exists: remove it or choose another --out")]
+    OutExists(PathBuf),
+    #[error("{0} has no folder name")]
+    NoFolderName(PathBuf),
+    #[error("renaming {from} to {to}: {source}")]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("serializing the report: {0}")]
+    Serialize(#[source] serde_json::Error),
+    #[error("{model} is not a translator folder: {source}")]
+    NotATranslatorFolder {
+        model: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error(
+        "{0}: the decoder is already quantized (quantization_config); quantize the float \
+         (merged) model"
+    )]
+    AlreadyQuantized(PathBuf),
+    #[error("{0} is not quantized")]
+    NotQuantized(PathBuf),
+    #[error("loading {path}: {source}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error(
+        "{scheme} does not fit the decoder of {model} (int4: choose a --group-size that divides \
+         every projection's input size): {source}"
+    )]
+    SchemeDoesNotFit {
+        scheme: String,
+        model: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error("quantizing {path}: {source}")]
+    Quantizing {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error("loading the quantized folder {path}: {source}")]
+    LoadQuantized {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error("the quantized decoder's logits are not finite")]
+    NonFiniteLogits,
+    #[error("argmax outside the allowed ranges")]
+    ArgmaxOutsideRanges,
+    #[error("a prompt of {0} tokens leaves no room to decode")]
+    PromptTooLong(usize),
+    #[error("{model} does not translate {direction}")]
+    UnsupportedDirection {
+        model: PathBuf,
+        direction: Direction,
+    },
+    #[error("{manifest} has no paired {direction} entries")]
+    NoEntries {
+        manifest: PathBuf,
+        direction: Direction,
+    },
+    #[error("entry {0}: no audio")]
+    NoAudio(String),
+    #[error("entry {id}: {audio} has no units")]
+    NoUnits { id: String, audio: String },
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    #[error(transparent)]
+    Io(#[from] RunDirError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Units(#[from] UnitsFileError),
+}
+
+pub type Result<T, E = QuantizeError> = std::result::Result<T, E>;
 
 /// Integer format of `tolk-train quantize`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -85,7 +196,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub units: Option<PathBuf>,
     /// en-fr or fr-en (the report's direction).
-    #[arg(long, value_parser = parse_direction)]
+    #[arg(long)]
     pub direction: Option<Direction>,
     /// Report on the first N entries of the direction.
     #[arg(long, default_value_t = 50)]
@@ -105,21 +216,15 @@ pub struct QuantizeArgs {
     pub threads: Option<i32>,
 }
 
-fn parse_direction(s: &str) -> Result<Direction, String> {
-    Direction::parse(s).map_err(|e| e.to_string())
-}
-
 impl QuantizeArgs {
     pub fn scheme(&self) -> Result<QuantScheme> {
         Ok(match (self.format, self.group_size) {
             (QuantFormat::Int8, None) => QuantScheme::Int8,
-            (QuantFormat::Int8, Some(_)) => {
-                bail!("--group-size applies to int4 only (int8 has one scale per output channel)")
-            }
+            (QuantFormat::Int8, Some(_)) => return Err(QuantizeError::GroupSizeForInt8),
             (QuantFormat::Int4, g) => {
                 let g = g.unwrap_or(DEFAULT_INT4_GROUP);
                 if g <= 0 || g % 2 != 0 {
-                    bail!("--group-size {g} must be even and > 0");
+                    return Err(QuantizeError::BadGroupSize(g));
                 }
                 QuantScheme::Int4 { group_size: g }
             }
@@ -160,10 +265,10 @@ impl Drop for TempDir {
 
 fn safetensors_bytes(dir: &Path) -> Result<u64> {
     let mut total = 0;
-    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let e = e?;
+    for e in std::fs::read_dir(dir).map_err(io(dir))? {
+        let e = e.map_err(io(dir))?;
         if e.file_name().to_string_lossy().ends_with(".safetensors") {
-            total += e.metadata()?.len();
+            total += e.metadata().map_err(io(&e.path()))?.len();
         }
     }
     Ok(total)
@@ -174,19 +279,18 @@ fn safetensors_bytes(dir: &Path) -> Result<u64> {
 fn copy_tree(src: &Path, dst: &Path, rel: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<()> {
     let from = src.join(rel);
     let to = dst.join(rel);
-    std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
-    for e in std::fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))? {
-        let e = e?;
+    std::fs::create_dir_all(&to).map_err(io(&to))?;
+    for e in std::fs::read_dir(&from).map_err(io(&from))? {
+        let e = e.map_err(io(&from))?;
         let r = rel.join(e.file_name());
         if skip(&r) {
             continue;
         }
-        let meta = std::fs::metadata(e.path())?;
+        let meta = std::fs::metadata(e.path()).map_err(io(&e.path()))?;
         if meta.is_dir() {
             copy_tree(src, dst, &r, skip)?;
         } else {
-            std::fs::copy(e.path(), dst.join(&r))
-                .with_context(|| format!("copying {}", e.path().display()))?;
+            std::fs::copy(e.path(), dst.join(&r)).map_err(io(&e.path()))?;
         }
     }
     Ok(())
@@ -195,19 +299,15 @@ fn copy_tree(src: &Path, dst: &Path, rel: &Path, skip: &dyn Fn(&Path) -> bool) -
 /// The float decoder of a translator folder, in f32 on `device`, with its folder.
 fn load_float_llm(model: &Path, device: Device) -> Result<(ModelManifest, PathBuf, Llama)> {
     let mpath = model.join(MANIFEST_FILE);
-    let manifest = ModelManifest::from_file(&mpath)
-        .with_context(|| format!("{} is not a translator folder", model.display()))?;
+    let manifest =
+        ModelManifest::from_file(&mpath).map_err(|source| QuantizeError::NotATranslatorFolder {
+            model: model.to_path_buf(),
+            source,
+        })?;
     let llm_dir = model.join(&manifest.llm);
-    let cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(llm_dir.join("config.json"))
-            .with_context(|| format!("reading {}/config.json", llm_dir.display()))?,
-    )?;
+    let cfg = read_config(&llm_dir)?;
     if cfg.get("quantization_config").is_some_and(|v| !v.is_null()) {
-        bail!(
-            "{}: the decoder is already quantized (quantization_config); quantize the float \
-             (merged) model",
-            llm_dir.display()
-        );
+        return Err(QuantizeError::AlreadyQuantized(llm_dir));
     }
     let llm = Llama::load(
         &llm_dir,
@@ -217,8 +317,18 @@ fn load_float_llm(model: &Path, device: Device) -> Result<(ModelManifest, PathBu
             ..LoadOptions::default()
         },
     )
-    .with_context(|| format!("loading {}", llm_dir.display()))?;
+    .map_err(|source| QuantizeError::Load {
+        path: llm_dir.clone(),
+        source,
+    })?;
     Ok((manifest, llm_dir, llm))
+}
+
+/// The decoder's `config.json` in `llm_dir`, as JSON.
+fn read_config(llm_dir: &Path) -> Result<serde_json::Value> {
+    let path = llm_dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    serde_json::from_str(&text).map_err(|source| QuantizeError::Json { path, source })
 }
 
 fn f32_bytes(llm: &Llama) -> u64 {
@@ -239,36 +349,30 @@ pub fn quantize_translator(
     let _span =
         tracing::info_span!("quantize", src = %src.display(), out = %out.display()).entered();
     if out.exists() {
-        bail!(
-            "{} already exists: remove it or choose another --out",
-            out.display()
-        );
+        return Err(QuantizeError::OutExists(out.to_path_buf()));
     }
     let (manifest, llm_dir, llm) = load_float_llm(src, Device::Cpu)?;
     let qc = QuantConfig::all_linear(scheme);
     qc.check(llm.config(), &llm_dir.join("config.json"))
-        .with_context(|| {
-            format!(
-                "{} does not fit the decoder of {} (int4: choose a --group-size that divides \
-                 every projection's input size)",
-                scheme.label(),
-                src.display()
-            )
+        .map_err(|source| QuantizeError::SchemeDoesNotFit {
+            scheme: scheme.label(),
+            model: src.to_path_buf(),
+            source,
         })?;
 
     let name = out
         .file_name()
-        .with_context(|| format!("{} has no folder name", out.display()))?
+        .ok_or_else(|| QuantizeError::NoFolderName(out.to_path_buf()))?
         .to_string_lossy()
         .to_string();
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     let mut guard = TempDir(Some(tmp.clone()));
 
@@ -281,18 +385,25 @@ pub fn quantize_translator(
             f == "config.json" || f.ends_with(".safetensors") || f == "model.safetensors.index.json"
         }
     })?;
-    let mut cfg_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(llm_dir.join("config.json"))?)?;
+    let mut cfg_json = read_config(&llm_dir)?;
     if cfg_json.get("torch_dtype").is_some() {
         cfg_json["torch_dtype"] = torch_dtype_name(float_kind).into();
     }
     let tmp_llm = tmp.join(&manifest.llm);
-    save_quantized(&llm, &qc, float_kind, Some(cfg_json), &tmp_llm)
-        .with_context(|| format!("quantizing {}", llm_dir.display()))?;
+    save_quantized(&llm, &qc, float_kind, Some(cfg_json), &tmp_llm).map_err(|source| {
+        QuantizeError::Quantizing {
+            path: llm_dir.clone(),
+            source,
+        }
+    })?;
 
     // Load the new folder back the way every consumer does, and run it.
-    let check = Translator::load(&tmp, Device::Cpu, Kind::Float)
-        .with_context(|| format!("loading the quantized folder {}", tmp.display()))?;
+    let check = Translator::load(&tmp, Device::Cpu, Kind::Float).map_err(|source| {
+        QuantizeError::LoadQuantized {
+            path: tmp.clone(),
+            source,
+        }
+    })?;
     let check_diff = {
         let f = check.format();
         let units: Vec<u32> = (0..f.num_units.min(12)).collect();
@@ -309,7 +420,7 @@ pub fn quantize_translator(
         })?;
         let d = max_abs(&a, &b)?;
         if !d.is_finite() {
-            bail!("the quantized decoder's logits are not finite");
+            return Err(QuantizeError::NonFiniteLogits);
         }
         d
     };
@@ -318,8 +429,11 @@ pub fn quantize_translator(
     let source_llm_bytes = safetensors_bytes(&llm_dir)?;
     let quantized_llm_bytes = safetensors_bytes(&tmp_llm)?;
     let f32_llm_bytes = f32_bytes(&llm);
-    std::fs::rename(&tmp, out)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    std::fs::rename(&tmp, out).map_err(|source| QuantizeError::Rename {
+        from: tmp.clone(),
+        to: out.to_path_buf(),
+        source,
+    })?;
     guard.0 = None;
     Ok(QuantizeSummary {
         out: out.to_path_buf(),
@@ -359,24 +473,18 @@ fn max_abs(a: &Tensor, b: &Tensor) -> Result<f64> {
 // ---------------------------------------------------------------------------------------------
 // Greedy decoding on a bare decoder (the engine's constrained phases), for the comparisons.
 
-/// The vocabulary ranges of a phase mask.
-fn ranges(mask: &TokenMask, vocab: u32) -> Vec<Range<u32>> {
-    match mask {
-        TokenMask::All => std::iter::once(0..vocab).collect(),
-        TokenMask::Ranges(v) => v
-            .iter()
-            .map(|r| r.start.min(vocab)..r.end.min(vocab))
-            .filter(|r| !r.is_empty())
-            .collect(),
-    }
-}
+/// Index of the text phase's slices in [`Phases::ranges`].
+const TEXT_RANGES: usize = 0;
+/// Index of the unit phase's slices in [`Phases::ranges`].
+const UNIT_RANGES: usize = 1;
 
 /// The decoding limits and phases of one translator.
 #[derive(Debug, Clone)]
 pub struct Phases {
     task: Task,
-    text: Vec<Range<u32>>,
-    units: Vec<Range<u32>>,
+    /// The text phase's vocabulary slices ([`TEXT_RANGES`]) and the unit phase's
+    /// ([`UNIT_RANGES`]), as [`decode_rows`] takes them.
+    ranges: Vec<Vec<Range<u32>>>,
     units_tok: u32,
     end_tok: u32,
     max_text: usize,
@@ -393,8 +501,10 @@ impl Phases {
     ) -> Self {
         Self {
             task,
-            text: ranges(&f.text_phase(task), vocab),
-            units: ranges(&f.unit_phase(), vocab),
+            ranges: vec![
+                mask_ranges(&f.text_phase(task), vocab),
+                mask_ranges(&f.unit_phase(), vocab),
+            ],
             units_tok: f.id(SpecialToken::Units),
             end_tok: f.id(SpecialToken::End),
             max_text,
@@ -402,12 +512,17 @@ impl Phases {
         }
     }
 
+    /// Whether the output prefix `out` is in the unit phase.
+    fn in_units(&self, out: &[u32]) -> bool {
+        self.task == Task::S2st || out.contains(&self.units_tok)
+    }
+
     /// The ranges allowed after the output prefix `out`.
     fn allowed(&self, out: &[u32]) -> &[Range<u32>] {
-        if self.task == Task::S2st || out.contains(&self.units_tok) {
-            &self.units
+        if self.in_units(out) {
+            &self.ranges[UNIT_RANGES]
         } else {
-            &self.text
+            &self.ranges[TEXT_RANGES]
         }
     }
 }
@@ -429,7 +544,7 @@ fn constrained_argmax(logits: &Tensor, allowed: &[Range<u32>]) -> Result<u32> {
         }
         i -= n;
     }
-    bail!("argmax outside the allowed ranges")
+    Err(QuantizeError::ArgmaxOutsideRanges)
 }
 
 /// One greedy decode: the output ids and the time of the steps after the prefill.
@@ -442,63 +557,105 @@ pub struct Greedy {
     pub steps_s: f64,
 }
 
+/// The rules of the report's greedy row for [`decode_rows`]: the text phase until `<|units|>`
+/// (forced when the text budget runs out), then the unit phase until `<|end|>` or the unit
+/// budget; it counts the tokens fed back and notes when the first one came.
+struct GreedyRow<'a> {
+    phases: &'a Phases,
+    sampler: Sampler,
+    output: Vec<u32>,
+    text: usize,
+    units: usize,
+    /// Tokens fed back to the model after being chosen.
+    fed: usize,
+    first_token: Option<Instant>,
+}
+
+impl RowRules for GreedyRow<'_> {
+    fn next(&mut self) -> tolk_models::Result<Choice> {
+        let p = self.phases;
+        let in_units = p.in_units(&self.output);
+        Ok(if !in_units && self.text >= p.max_text {
+            Choice::Force(p.units_tok)
+        } else if in_units && self.units >= p.max_units {
+            Choice::Done
+        } else if in_units {
+            Choice::Sample(UNIT_RANGES)
+        } else {
+            Choice::Sample(TEXT_RANGES)
+        })
+    }
+
+    fn sampler(&mut self) -> &mut Sampler {
+        &mut self.sampler
+    }
+
+    fn accept(&mut self, token: u32, _logprob: Option<f64>) -> tolk_models::Result<bool> {
+        let p = self.phases;
+        let in_units = p.in_units(&self.output);
+        self.first_token.get_or_insert_with(Instant::now);
+        self.output.push(token);
+        if token == p.end_tok {
+            return Ok(true);
+        }
+        if in_units {
+            self.units += 1;
+        } else if token != p.units_tok {
+            self.text += 1;
+        }
+        self.fed += 1;
+        Ok(false)
+    }
+
+    fn cache_full(&mut self) {
+        // The last token was chosen but not fed.
+        self.fed -= 1;
+    }
+}
+
 /// Greedy constrained decoding of `prompt` as the engine does it (text phase, `<|units|>`, unit
-/// phase, `<|end|>`; text budget forces `<|units|>`), on a bare decoder.
+/// phase, `<|end|>`; text budget forces `<|units|>`), on a bare decoder, through the engine's
+/// decode loop ([`decode_rows`]).
 pub fn greedy_decode(llm: &Llama, phases: &Phases, prompt: &[u32]) -> Result<Greedy> {
     let _g = tch::no_grad_guard();
     let capacity =
         ((prompt.len() + phases.max_text + phases.max_units + 2) as i64).min(llm.max_positions());
     if prompt.len() as i64 >= capacity {
-        bail!(
-            "a prompt of {} tokens leaves no room to decode",
-            prompt.len()
-        );
+        return Err(QuantizeError::PromptTooLong(prompt.len()));
     }
     let mut cache = llm.new_cache(1, capacity)?;
     let t0 = Instant::now();
     let h = llm.forward_hidden_ids(prompt, &mut cache)?;
-    let mut last = h.f_select(1, h.size()[1] - 1)?;
-    let mut output: Vec<u32> = Vec::new();
-    let (mut text, mut units) = (0usize, 0usize);
-    let mut prefill_s = 0.0;
-    let mut t1 = Instant::now();
-    let mut steps = 0;
-    loop {
-        let in_units = phases.task == Task::S2st || output.contains(&phases.units_tok);
-        let next = if !in_units && text >= phases.max_text {
-            phases.units_tok
-        } else if in_units && units >= phases.max_units {
-            break;
-        } else {
-            let allowed = phases.allowed(&output);
-            let logits = llm.logits(&last)?;
-            constrained_argmax(&logits, allowed)?
-        };
-        if output.is_empty() {
-            prefill_s = t0.elapsed().as_secs_f64();
-            t1 = Instant::now();
-        }
-        output.push(next);
-        if next == phases.end_tok {
-            break;
-        }
-        if in_units {
-            units += 1;
-        } else if next != phases.units_tok {
-            text += 1;
-        }
-        if cache.len() >= cache.capacity() {
-            break;
-        }
-        let h = llm.forward_hidden_ids(&[next], &mut cache)?;
-        last = h.f_select(1, 0)?;
-        steps += 1;
-    }
+    let last = h.f_select(1, h.size()[1] - 1)?;
+    let mut rows = [GreedyRow {
+        phases,
+        sampler: Sampler::new(SamplingConfig::greedy())?,
+        output: Vec::new(),
+        text: 0,
+        units: 0,
+        fed: 0,
+        first_token: None,
+    }];
+    decode_rows(
+        llm,
+        &mut cache,
+        last,
+        &phases.ranges,
+        &mut rows,
+        phases.end_tok,
+    )?;
+    let end = Instant::now();
+    let [row] = rows;
+    // Without any output token the prefill is not timed and the steps are timed from its end.
+    let (prefill_s, steps_from) = match row.first_token {
+        Some(first) => ((first - t0).as_secs_f64(), first),
+        None => (0.0, t0),
+    };
     Ok(Greedy {
-        output,
+        output: row.output,
         prefill_s,
-        steps,
-        steps_s: t1.elapsed().as_secs_f64(),
+        steps: row.fed,
+        steps_s: (end - steps_from).as_secs_f64(),
     })
 }
 
@@ -601,10 +758,13 @@ pub fn compare(
     } else {
         Some(Llama::load(&src_llm_dir, opts)?)
     };
-    let deq = Llama::load(&q_dir, opts).with_context(|| format!("loading {}", q_dir.display()))?;
+    let deq = Llama::load(&q_dir, opts).map_err(|source| QuantizeError::Load {
+        path: q_dir.clone(),
+        source,
+    })?;
     let qc = deq
         .quantization()
-        .with_context(|| format!("{} is not quantized", q_dir.display()))?
+        .ok_or_else(|| QuantizeError::NotQuantized(q_dir.clone()))?
         .clone();
     let (packed, packed_note) = if device == Device::Cpu {
         match Llama::load_with(&q_dir, opts, QuantRuntime::Packed) {
@@ -626,36 +786,34 @@ pub fn compare(
     let mode = Mode::default_for(manifest.strategy);
     let task = mode.task_for(manifest.strategy)?;
     if !manifest.supports_direction(direction) {
-        bail!("{} does not translate {direction}", source.display());
+        return Err(QuantizeError::UnsupportedDirection {
+            model: source.to_path_buf(),
+            direction,
+        });
     }
-    let entries = read_manifest(manifest_path, ReadOptions { check_audio: false })
-        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    let entries = read_manifest(manifest_path, ReadOptions { check_audio: false })?;
     let table = read_units(units_path)?;
-    if table.num_units != manifest.num_units {
-        bail!(
-            "{}: units file has num_units {} but the model has {}",
-            units_path.display(),
-            table.num_units,
-            manifest.num_units
-        );
-    }
+    check_num_units(&table, units_path, manifest.num_units)?;
     let (mut entries, _) = entries_for(&entries.entries, direction);
     entries.truncate(limit);
     if entries.is_empty() {
-        bail!(
-            "{} has no paired {direction} entries",
-            manifest_path.display()
-        );
+        return Err(QuantizeError::NoEntries {
+            manifest: manifest_path.to_path_buf(),
+            direction,
+        });
     }
     let mut prompts = Vec::new();
     for e in &entries {
         let audio = e
             .audio
             .as_deref()
-            .with_context(|| format!("entry {}: no audio", e.id))?;
+            .ok_or_else(|| QuantizeError::NoAudio(e.id.clone()))?;
         let mut src = table
             .get(audio)
-            .with_context(|| format!("entry {}: {audio} has no units", e.id))?
+            .ok_or_else(|| QuantizeError::NoUnits {
+                id: e.id.clone(),
+                audio: audio.to_string(),
+            })?
             .to_vec();
         if manifest.dedup_source_units {
             src.dedup();
@@ -812,7 +970,7 @@ pub fn run_quantize(args: &QuantizeArgs) -> Result<(QuantizeSummary, Option<Quan
     let device = available_device(&args.device)?;
     if let Some(n) = args.threads {
         if n <= 0 {
-            bail!("--threads {n} must be > 0");
+            return Err(QuantizeError::BadThreads(n));
         }
         tch::set_num_threads(n);
     }
@@ -820,7 +978,7 @@ pub fn run_quantize(args: &QuantizeArgs) -> Result<(QuantizeSummary, Option<Quan
     if let Some(m) = &args.report_manifest {
         for p in [Some(m), args.units.as_ref()].into_iter().flatten() {
             if !p.exists() {
-                bail!("{} does not exist", p.display());
+                return Err(QuantizeError::MissingInput(p.clone()));
             }
         }
     }
@@ -833,8 +991,8 @@ pub fn run_quantize(args: &QuantizeArgs) -> Result<(QuantizeSummary, Option<Quan
                 .report_out
                 .clone()
                 .unwrap_or_else(|| args.out.join("quantization-report.json"));
-            std::fs::write(&path, serde_json::to_string_pretty(&r)?)
-                .with_context(|| format!("writing {}", path.display()))?;
+            let text = serde_json::to_string_pretty(&r).map_err(QuantizeError::Serialize)?;
+            std::fs::write(&path, text).map_err(io(&path))?;
             Some(r)
         }
         _ => None,
@@ -883,7 +1041,7 @@ mod tests {
             assert!(s.check_max_logit_diff.is_finite());
             // Every file but the decoder's weights and config is copied unchanged.
             for rel in [
-                "tolk-model.json",
+                MANIFEST_FILE,
                 "llm/tokenizer.json",
                 "units/kmeans.safetensors",
                 "vocoder-fr/model.safetensors",

@@ -67,24 +67,33 @@ impl Span {
     }
 }
 
+/// Why a range argument is not `A:B` or `A`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpanError {
+    #[error("{0:?} is not a number")]
+    NotANumber(String),
+    #[error("{0:?}: the lower bound is above the upper bound")]
+    Reversed(String),
+}
+
 impl std::str::FromStr for Span {
-    type Err = String;
+    type Err = SpanError;
 
     /// `A:B` or a single value `A`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, SpanError> {
         let num = |t: &str| {
             t.trim()
                 .parse::<f64>()
                 .ok()
                 .filter(|v| v.is_finite())
-                .ok_or_else(|| format!("{t:?} is not a number"))
+                .ok_or_else(|| SpanError::NotANumber(t.to_string()))
         };
         let (lo, hi) = match s.split_once(':') {
             Some((a, b)) => (num(a)?, num(b)?),
             None => (num(s)?, num(s)?),
         };
         if lo > hi {
-            return Err(format!("{s:?}: the lower bound is above the upper bound"));
+            return Err(SpanError::Reversed(s.to_string()));
         }
         Ok(Span { lo, hi })
     }

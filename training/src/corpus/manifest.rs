@@ -206,7 +206,44 @@ pub fn read_manifest(
     path: impl AsRef<Path>,
     options: ReadOptions,
 ) -> Result<Manifest, ManifestError> {
-    let path = path.as_ref();
+    read(path.as_ref(), options, Transcripts::Required)
+}
+
+/// Reads a manifest of possibly unlabelled speech: as [`read_manifest`], except that `text` may
+/// be empty, null or missing (read as empty).
+pub fn read_unlabelled_manifest(
+    path: impl AsRef<Path>,
+    options: ReadOptions,
+) -> Result<Manifest, ManifestError> {
+    read(path.as_ref(), options, Transcripts::Optional)
+}
+
+/// Whether every entry must carry its transcript.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transcripts {
+    Required,
+    Optional,
+}
+
+/// One entry of a manifest line; with optional transcripts a null or missing `text` is empty.
+fn parse_entry(line: &str, transcripts: Transcripts) -> Result<ManifestEntry, serde_json::Error> {
+    if transcripts == Transcripts::Required {
+        return serde_json::from_str(line);
+    }
+    let mut v: serde_json::Value = serde_json::from_str(line)?;
+    if let Some(obj) = v.as_object_mut() {
+        if obj.get("text").is_none_or(|t| t.is_null()) {
+            obj.insert("text".into(), serde_json::Value::String(String::new()));
+        }
+    }
+    serde_json::from_value(v)
+}
+
+fn read(
+    path: &Path,
+    options: ReadOptions,
+    transcripts: Transcripts,
+) -> Result<Manifest, ManifestError> {
     let io = |source| ManifestError::Io {
         path: path.to_path_buf(),
         source,
@@ -221,12 +258,12 @@ pub fn read_manifest(
         if line.trim().is_empty() {
             continue;
         }
-        let e: ManifestEntry = serde_json::from_str(&line).map_err(|err| ManifestError::Json {
+        let e = parse_entry(&line, transcripts).map_err(|err| ManifestError::Json {
             path: path.to_path_buf(),
             line: line_no,
             message: err.to_string(),
         })?;
-        validate(path, &dir, line_no, &e, options)?;
+        validate(path, &dir, line_no, &e, options, transcripts)?;
         if let Some(first) = seen.insert(e.id.clone(), line_no) {
             return Err(ManifestError::DuplicateId {
                 path: path.to_path_buf(),
@@ -250,6 +287,7 @@ fn validate(
     line: usize,
     e: &ManifestEntry,
     options: ReadOptions,
+    transcripts: Transcripts,
 ) -> Result<(), ManifestError> {
     let empty = |field| ManifestError::EmptyField {
         path: path.to_path_buf(),
@@ -263,7 +301,7 @@ fn validate(
     if e.language.trim().is_empty() {
         return Err(empty("language"));
     }
-    if e.text.trim().is_empty() {
+    if transcripts == Transcripts::Required && e.text.trim().is_empty() {
         return Err(empty("text"));
     }
     if e.target_language.is_some() {
@@ -411,6 +449,43 @@ mod tests {
         let p = write(d.path(), "n.jsonl", "{\"id\":\"a\",\"language\":\"en\"}\n");
         let err = read_manifest(&p, ReadOptions::default()).unwrap_err();
         assert!(err.to_string().contains("missing field `text`"), "{err}");
+    }
+
+    #[test]
+    fn unlabelled_manifests_allow_empty_or_missing_text_only() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "u.jsonl",
+            "{\"id\":\"a\",\"language\":\"en\",\"text\":\"\"}\n{\"id\":\"b\",\"language\":\"en\"}\n{\"id\":\"c\",\"language\":\"en\",\"text\":null}\n",
+        );
+        let m = read_unlabelled_manifest(&p, ReadOptions { check_audio: false }).unwrap();
+        assert_eq!(m.entries.len(), 3);
+        assert!(m.entries.iter().all(|e| e.text.is_empty()));
+        assert!(read_manifest(&p, ReadOptions { check_audio: false }).is_err());
+        // The other checks still hold: an empty language, a duplicate id.
+        let p = write(d.path(), "l.jsonl", "{\"id\":\"a\",\"language\":\" \"}\n");
+        let err = read_unlabelled_manifest(&p, ReadOptions { check_audio: false }).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ManifestError::EmptyField {
+                    field: "language",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let p = write(
+            d.path(),
+            "d.jsonl",
+            "{\"id\":\"a\",\"language\":\"en\"}\n{\"id\":\"a\",\"language\":\"en\"}\n",
+        );
+        let err = read_unlabelled_manifest(&p, ReadOptions { check_audio: false }).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::DuplicateId { line: 2, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]

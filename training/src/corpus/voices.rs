@@ -9,10 +9,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
-
-use super::manifest::{read_manifest, Manifest, ReadOptions};
+use super::manifest::{read_manifest, Manifest, ManifestError, ReadOptions};
 use crate::eval::asr::find_python;
+use crate::eval::EvalError;
+use crate::run_dir::{io, RunDirError};
 
 /// The renderer script (`training/scripts/voices.py`).
 pub const SCRIPT: &str = include_str!("../../scripts/voices.py");
@@ -56,27 +56,47 @@ pub struct VoicesArgs {
     pub python: Option<PathBuf>,
 }
 
+/// Errors of `tolk-train voices`; each names the set, file or program concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum VoicesError {
+    #[error("unknown test set {set:?} (known: {known}, or all)")]
+    UnknownSet { set: String, known: String },
+    #[error("--limit must be at least 1")]
+    ZeroLimit,
+    #[error(transparent)]
+    Python(#[from] EvalError),
+    #[error(transparent)]
+    Io(#[from] RunDirError),
+    #[error("rendering the test sets failed ({0}); the lines above say why")]
+    RenderFailed(std::process::ExitStatus),
+    #[error("reading back {path}: {source}")]
+    ReadBack {
+        path: PathBuf,
+        #[source]
+        source: ManifestError,
+    },
+}
+
 /// Renders the sets; returns each set's manifest, read back and checked.
-pub fn run_voices(args: &VoicesArgs) -> Result<Vec<(String, Manifest)>> {
+pub fn run_voices(args: &VoicesArgs) -> Result<Vec<(String, Manifest)>, VoicesError> {
     let sets: Vec<&str> = if args.sets.iter().any(|s| s == "all") {
         SETS.to_vec()
     } else {
         args.sets.iter().map(|s| s.as_str()).collect()
     };
     if let Some(bad) = sets.iter().find(|s| !SETS.contains(s)) {
-        bail!(
-            "unknown test set {bad:?} (known: {}, or all)",
-            SETS.join(", ")
-        );
+        return Err(VoicesError::UnknownSet {
+            set: bad.to_string(),
+            known: SETS.join(", "),
+        });
     }
     if args.limit == 0 {
-        bail!("--limit must be at least 1");
+        return Err(VoicesError::ZeroLimit);
     }
     let python = find_python(args.python.as_deref())?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).map_err(io(&args.out))?;
     let script = args.out.join(".voices.py");
-    std::fs::write(&script, SCRIPT)?;
+    std::fs::write(&script, SCRIPT).map_err(io(&script))?;
     let mut cmd = Command::new(&python);
     cmd.arg(&script)
         .arg("--sentences")
@@ -90,17 +110,15 @@ pub fn run_voices(args: &VoicesArgs) -> Result<Vec<(String, Manifest)>> {
     for s in &sets {
         cmd.arg("--set").arg(s);
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {}", python.display()))?;
+    let status = cmd.status().map_err(EvalError::run(&python))?;
     if !status.success() {
-        bail!("rendering the test sets failed ({status}); the lines above say why");
+        return Err(VoicesError::RenderFailed(status));
     }
     sets.iter()
         .map(|s| {
             let path = args.out.join(format!("{s}.jsonl"));
             let m = read_manifest(&path, ReadOptions { check_audio: true })
-                .with_context(|| format!("reading back {}", path.display()))?;
+                .map_err(|source| VoicesError::ReadBack { path, source })?;
             Ok((s.to_string(), m))
         })
         .collect()

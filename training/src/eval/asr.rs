@@ -9,8 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
 use serde::Deserialize;
+
+use super::error::{EvalError, Result};
+use crate::run_dir::io;
 
 /// The recognizer script (`training/scripts/asr_pocketsphinx.py`).
 pub const SCRIPT: &str = include_str!("../../scripts/asr_pocketsphinx.py");
@@ -31,53 +33,52 @@ struct Transcript {
 pub(crate) fn write_list(paths: &[PathBuf], list: &Path) -> Result<()> {
     let mut text = String::new();
     for w in paths {
-        let s = w
-            .to_str()
-            .with_context(|| format!("{} is not UTF-8", w.display()))?;
+        let s = w.to_str().ok_or_else(|| EvalError::NotUtf8(w.clone()))?;
         if s.contains('\n') {
-            bail!("{s:?}: a path with a newline cannot be listed");
+            return Err(EvalError::NewlineInPath(s.to_string()));
         }
         text.push_str(s);
         text.push('\n');
     }
-    std::fs::write(list, text).with_context(|| format!("writing {}", list.display()))
+    Ok(std::fs::write(list, text).map_err(io(list))?)
 }
 
 /// Checks that `python` imports `modules`, or says which package and set-up step is missing.
-pub(crate) fn check_imports(python: &Path, modules: &str, what: &str) -> Result<()> {
+pub(crate) fn check_imports(python: &Path, modules: &str, what: &'static str) -> Result<()> {
     let out = Command::new(python)
         .args(["-c", &format!("import {modules}")])
         .output()
-        .with_context(|| format!("running {}", python.display()))?;
+        .map_err(EvalError::run(python))?;
     if !out.status.success() {
-        bail!(
-            "{what} needs the Python packages {modules}, but {} cannot import them ({}); run \
-             deploy/host/setup.sh (it installs tests/reference/requirements*.txt into .venv)",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr)
+        return Err(EvalError::MissingPackages {
+            what,
+            modules: modules.to_string(),
+            python: python.to_path_buf(),
+            stderr: String::from_utf8_lossy(&out.stderr)
                 .lines()
                 .last()
                 .unwrap_or("")
-                .trim(),
-        );
+                .trim()
+                .to_string(),
+        });
     }
     Ok(())
 }
 
 /// Runs an embedded measurement script: writes `source` to `work/name`, runs it with `python`
-/// and `args`, and returns the bytes of the JSON file it wrote at `work/out_name`. `what` names
-/// the tool in errors.
-pub(crate) fn run_script(
+/// and `args`, and returns the JSON file it wrote at `work/out_name`, parsed. `what` names the
+/// tool in errors.
+pub(crate) fn run_script<T: for<'de> Deserialize<'de>>(
     python: &Path,
     work: &Path,
     (name, source): (&str, &str),
     args: &[&std::ffi::OsStr],
     out_name: &str,
-    what: &str,
-) -> Result<Vec<u8>> {
-    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    what: &'static str,
+) -> Result<T> {
+    std::fs::create_dir_all(work).map_err(io(work))?;
     let script = work.join(name);
-    std::fs::write(&script, source)?;
+    std::fs::write(&script, source).map_err(io(&script))?;
     let out_json = work.join(out_name);
     let out = Command::new(python)
         .arg(&script)
@@ -85,15 +86,62 @@ pub(crate) fn run_script(
         .arg("--out")
         .arg(&out_json)
         .output()
-        .with_context(|| format!("running {}", python.display()))?;
+        .map_err(EvalError::run(python))?;
     if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(EvalError::ScriptFailed {
+            what,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
-    std::fs::read(&out_json).with_context(|| format!("reading {}", out_json.display()))
+    let json = std::fs::read(&out_json).map_err(io(&out_json))?;
+    serde_json::from_slice(&json).map_err(|source| EvalError::Parse {
+        path: out_json,
+        source,
+    })
+}
+
+/// The name the PocketSphinx and Whisper recognizers go by in errors.
+pub(crate) const TOOL: &str = "the recognizer";
+
+/// Checks that `tool` returned one of `items` per input.
+pub(crate) fn check_count(
+    tool: &'static str,
+    got: usize,
+    items: &'static str,
+    expected: usize,
+    inputs: &'static str,
+) -> Result<()> {
+    if got == expected {
+        return Ok(());
+    }
+    Err(EvalError::WrongCount {
+        tool,
+        got,
+        items,
+        expected,
+        inputs,
+    })
+}
+
+/// Checks that `tool` answered once for each of `wavs`, in order (`items` names its answers).
+pub(crate) fn check_answers<'a>(
+    tool: &'static str,
+    items: &'static str,
+    answered: impl ExactSizeIterator<Item = &'a str>,
+    wavs: &[PathBuf],
+) -> Result<()> {
+    check_count(tool, answered.len(), items, wavs.len(), "files")?;
+    for (a, w) in answered.zip(wavs) {
+        if Path::new(a) != w.as_path() {
+            return Err(EvalError::WrongFile {
+                tool,
+                answered: a.to_string(),
+                expected: w.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A Python that can run PocketSphinx.
@@ -113,7 +161,8 @@ pub fn find_python(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("TOLK_PYTHON") {
         return Ok(PathBuf::from(p));
     }
-    let mut starts = vec![std::env::current_dir()?];
+    let cwd = std::env::current_dir().map_err(io(Path::new(".")))?;
+    let mut starts = vec![cwd];
     if let Ok(exe) = std::env::current_exe() {
         starts.push(exe);
     }
@@ -125,10 +174,7 @@ pub fn find_python(explicit: Option<&Path>) -> Result<PathBuf> {
             }
         }
     }
-    bail!(
-        "no Python for the PocketSphinx recognizer: pass --python, set TOLK_PYTHON, or create \
-         the project venv (deploy/host/setup.sh); --no-asr skips ASR-BLEU"
-    )
+    Err(EvalError::NoPython)
 }
 
 impl PocketSphinx {
@@ -137,25 +183,22 @@ impl PocketSphinx {
         let out = Command::new(&python)
             .args(["-c", "import pocketsphinx"])
             .output()
-            .with_context(|| format!("running {}", python.display()))?;
+            .map_err(EvalError::run(&python))?;
         if !out.status.success() {
-            bail!(
-                "ASR-BLEU needs PocketSphinx, but {} cannot import pocketsphinx ({}); install it \
-                 with `{} -m pip install -r tests/reference/requirements.txt`, or pass --no-asr",
-                python.display(),
-                String::from_utf8_lossy(&out.stderr).trim(),
-                python.display()
-            );
+            return Err(EvalError::NoPocketSphinx {
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                python,
+            });
         }
         Ok(Self { python, name: None })
     }
 
     /// Transcribes 16-bit mono 16 kHz WAV files (in order); `work` holds the script and lists.
     pub fn transcribe(&mut self, wavs: &[PathBuf], work: &Path) -> Result<Vec<String>> {
-        std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+        std::fs::create_dir_all(work).map_err(io(work))?;
         let list = work.join("wavs.txt");
         write_list(wavs, &list)?;
-        let json = run_script(
+        let parsed: Output = run_script(
             &self.python,
             work,
             ("asr_pocketsphinx.py", SCRIPT),
@@ -163,24 +206,12 @@ impl PocketSphinx {
             "transcripts.json",
             "PocketSphinx recognizer",
         )?;
-        let parsed: Output = serde_json::from_slice(&json)
-            .with_context(|| format!("parsing {}", work.join("transcripts.json").display()))?;
-        if parsed.transcripts.len() != wavs.len() {
-            bail!(
-                "the recognizer returned {} transcripts for {} files",
-                parsed.transcripts.len(),
-                wavs.len()
-            );
-        }
-        for (t, w) in parsed.transcripts.iter().zip(wavs) {
-            if Path::new(&t.wav) != w.as_path() {
-                bail!(
-                    "the recognizer answered for {} instead of {}",
-                    t.wav,
-                    w.display()
-                );
-            }
-        }
+        check_answers(
+            TOOL,
+            "transcripts",
+            parsed.transcripts.iter().map(|t| t.wav.as_str()),
+            wavs,
+        )?;
         self.name = Some(parsed.recognizer);
         Ok(parsed.transcripts.into_iter().map(|t| t.text).collect())
     }

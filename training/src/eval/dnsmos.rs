@@ -4,10 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::asr::{check_imports, run_script, write_list};
+use super::asr::{check_answers, check_imports, run_script, write_list};
+use super::error::Result;
+use crate::run_dir::io;
 
 /// The scorer script (`training/scripts/dnsmos.py`).
 pub const SCRIPT: &str = include_str!("../../scripts/dnsmos.py");
@@ -49,10 +50,10 @@ impl Dnsmos {
 
     /// Scores WAV files in order; `None` for a clip with no speech to score (under 0.1 s).
     pub fn score(&self, wavs: &[PathBuf], work: &Path) -> Result<Vec<Option<DnsmosScore>>> {
-        std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+        std::fs::create_dir_all(work).map_err(io(work))?;
         let list = work.join("wavs.txt");
         write_list(wavs, &list)?;
-        let json = run_script(
+        let parsed: Output = run_script(
             &self.python,
             work,
             ("dnsmos.py", SCRIPT),
@@ -60,34 +61,25 @@ impl Dnsmos {
             "dnsmos.json",
             "DNSMOS",
         )?;
-        let parsed: Output = serde_json::from_slice(&json)
-            .with_context(|| format!("parsing {}", work.join("dnsmos.json").display()))?;
-        if parsed.scores.len() != wavs.len() {
-            bail!(
-                "DNSMOS returned {} scores for {} files",
-                parsed.scores.len(),
-                wavs.len()
-            );
-        }
-        parsed
+        check_answers(
+            "DNSMOS",
+            "scores",
+            parsed.scores.iter().map(|r| r.wav.as_str()),
+            wavs,
+        )?;
+        Ok(parsed
             .scores
             .into_iter()
-            .zip(wavs)
-            .map(|(r, w)| {
-                if Path::new(&r.wav) != w.as_path() {
-                    bail!("DNSMOS answered for {} instead of {}", r.wav, w.display());
-                }
-                Ok(match (r.ovrl, r.sig, r.bak, r.p808) {
-                    (Some(ovrl), Some(sig), Some(bak), Some(p808)) => Some(DnsmosScore {
-                        ovrl,
-                        sig,
-                        bak,
-                        p808,
-                    }),
-                    _ => None,
-                })
+            .map(|r| match (r.ovrl, r.sig, r.bak, r.p808) {
+                (Some(ovrl), Some(sig), Some(bak), Some(p808)) => Some(DnsmosScore {
+                    ovrl,
+                    sig,
+                    bak,
+                    p808,
+                }),
+                _ => None,
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -1,5 +1,4 @@
-//! `tolk-train eval`: held-out figures of a translator folder (issue 6 item 4, method.md
-//! section 4).
+//! `tolk-train eval`: held-out figures of a translator folder.
 //!
 //! Every paired entry of the manifest in the asked direction (an entry the other way round is
 //! used through [`ManifestEntry::reversed`]) is decoded from its source units (the units file),
@@ -27,13 +26,13 @@
 
 pub mod asr;
 pub mod dnsmos;
+pub mod error;
 pub mod tiny;
 pub mod whisper;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tolk_models::audio::condition::to_mono_16k;
 use tolk_models::audio::features::MfccConfig;
@@ -44,8 +43,11 @@ use tolk_models::translator::{Confidence, DecodeSession, Direction, Mode, Stop, 
 
 use crate::corpus::manifest::{read_manifest, ManifestEntry, ReadOptions};
 use crate::metrics::{bleu, chrf, mcd, meteor, wer};
-use crate::units::read_units;
+use crate::run_dir::io;
+use crate::units::{read_units, UnitsTable};
 use dnsmos::DnsmosScore;
+pub use error::EvalError;
+use error::Result;
 
 /// Arguments of `tolk-train eval`.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,7 +62,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub units: PathBuf,
     /// en-fr or fr-en.
-    #[arg(long, value_parser = parse_direction)]
+    #[arg(long)]
     pub direction: Direction,
     /// Evaluate the first N entries of the direction only.
     #[arg(long)]
@@ -139,13 +141,10 @@ impl Recognizer {
     }
 }
 
-fn parse_direction(s: &str) -> Result<Direction, String> {
-    Direction::parse(s).map_err(|e| e.to_string())
-}
-
-fn parse_mode(s: &str) -> Result<Mode, String> {
-    match Mode::parse(s).map_err(|e| e.to_string())? {
-        Mode::Asr => Err("asr is not a translation mode (expected com, s2st or s2tt)".into()),
+/// A translation mode (`com`, `s2st` or `s2tt`): [`Mode`]'s spelling, ASR refused.
+fn parse_mode(s: &str) -> Result<Mode> {
+    match s.parse::<Mode>()? {
+        Mode::Asr => Err(EvalError::NotATranslationMode),
         m => Ok(m),
     }
 }
@@ -239,10 +238,37 @@ fn dedup(units: &[u32]) -> Vec<u32> {
 
 /// A WAV file as 16 kHz mono samples.
 pub(crate) fn read_16k(path: &Path) -> Result<Vec<f32>> {
-    let w = read_wav(path).with_context(|| format!("reading {}", path.display()))?;
-    let (s, _) = to_mono_16k(&w.samples, w.sample_rate, w.channels)
-        .with_context(|| format!("converting {} to 16 kHz mono", path.display()))?;
+    let w = read_wav(path).map_err(|source| EvalError::ReadAudio {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (s, _) = to_mono_16k(&w.samples, w.sample_rate, w.channels).map_err(|source| {
+        EvalError::ConvertAudio {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
     Ok(s)
+}
+
+/// Checks that the units file `path` (read as `table`) has the model's `num_units`.
+pub(crate) fn check_num_units(table: &UnitsTable, path: &Path, num_units: u32) -> Result<()> {
+    if table.num_units == num_units {
+        return Ok(());
+    }
+    Err(EvalError::UnitCount {
+        path: path.to_path_buf(),
+        file: table.num_units,
+        model: num_units,
+    })
+}
+
+/// Writes 16 kHz mono `pcm` to `path` as 16-bit PCM.
+pub(crate) fn write_16k(path: &Path, pcm: &[f32]) -> Result<()> {
+    write_wav(path, pcm, 16_000, 1, WavFormat::Pcm16).map_err(|source| EvalError::WriteAudio {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// A file name for an utterance id.
@@ -262,44 +288,38 @@ pub(crate) fn file_stem(id: &str) -> String {
 pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
     let device = available_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
-    let translator = Translator::load(&args.model, device, dtype)
-        .with_context(|| format!("loading the translator {}", args.model.display()))?;
+    let translator = Translator::load(&args.model, device, dtype).map_err(|source| {
+        EvalError::LoadTranslator {
+            path: args.model.clone(),
+            source,
+        }
+    })?;
     let mode = args.mode.unwrap_or_else(|| translator.default_mode());
     mode.task_for(translator.manifest().strategy)?;
     if !translator.manifest().supports_direction(args.direction) {
-        bail!(
-            "{} does not translate {} (its directions: {:?})",
-            args.model.display(),
-            args.direction,
-            translator
+        return Err(EvalError::UnsupportedDirection {
+            model: args.model.clone(),
+            direction: args.direction,
+            directions: translator
                 .manifest()
                 .directions
                 .iter()
                 .map(|d| d.as_str())
-                .collect::<Vec<_>>()
-        );
+                .collect(),
+        });
     }
-    let manifest = read_manifest(&args.manifest, ReadOptions { check_audio: true })
-        .with_context(|| format!("reading {}", args.manifest.display()))?;
+    let manifest = read_manifest(&args.manifest, ReadOptions { check_audio: true })?;
     let table = read_units(&args.units)?;
-    let k = translator.format().num_units;
-    if table.num_units != k {
-        bail!(
-            "{}: units file has num_units {} but the model has {k} units",
-            args.units.display(),
-            table.num_units
-        );
-    }
+    check_num_units(&table, &args.units, translator.format().num_units)?;
     let (mut entries, skipped) = entries_for(&manifest.entries, args.direction);
     if let Some(n) = args.limit {
         entries.truncate(n);
     }
     if entries.is_empty() {
-        bail!(
-            "{} has no paired {} entries",
-            args.manifest.display(),
-            args.direction
-        );
+        return Err(EvalError::NoEntries {
+            manifest: args.manifest.clone(),
+            direction: args.direction,
+        });
     }
     let tgt = args.direction.tgt();
     let with_asr = mode.has_units() && !args.no_asr;
@@ -309,11 +329,12 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
         (true, AsrKind::Whisper) => Some(Recognizer::Whisper(whisper::Whisper::new(
             asr::find_python(args.python.as_deref())?,
         )?)),
-        (true, AsrKind::Pocketsphinx) if tgt != Lang::En => bail!(
-            "PocketSphinx recognizes English only, and {} speaks {}: use --asr whisper",
-            args.direction,
-            tgt.code()
-        ),
+        (true, AsrKind::Pocketsphinx) if tgt != Lang::En => {
+            return Err(EvalError::PocketSphinxEnglishOnly {
+                direction: args.direction,
+                language: tgt.code(),
+            })
+        }
         (true, AsrKind::Pocketsphinx) => Some(Recognizer::PocketSphinx(asr::PocketSphinx::new(
             asr::find_python(args.python.as_deref())?,
         )?)),
@@ -327,8 +348,8 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
     };
     let keep_reference = recognizer.is_some() || dnsmos.is_some();
 
-    std::fs::create_dir_all(args.out.join("wavs"))
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    let wavs = args.out.join("wavs");
+    std::fs::create_dir_all(&wavs).map_err(io(&wavs))?;
     let translator = Arc::new(translator);
     let mut session = DecodeSession::new(Arc::clone(&translator))?;
     let mut results = Vec::new();
@@ -342,21 +363,21 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     for e in &entries {
-        let audio = e
-            .audio
-            .as_deref()
-            .with_context(|| format!("entry {}: no audio", e.id))?;
-        let src = table.get(audio).with_context(|| {
-            format!(
-                "entry {}: {} has no units in {}",
-                e.id,
-                audio,
-                args.units.display()
-            )
+        let audio = e.audio.as_deref().ok_or_else(|| EvalError::NoAudio {
+            id: e.id.clone(),
+            field: "audio",
+        })?;
+        let src = table.get(audio).ok_or_else(|| EvalError::NoUnits {
+            id: e.id.clone(),
+            audio: audio.to_string(),
+            units: args.units.clone(),
         })?;
         let out = session
             .decode_units(src, args.direction, mode, |_| {})
-            .with_context(|| format!("decoding entry {}", e.id))?;
+            .map_err(|source| EvalError::Decode {
+                id: e.id.clone(),
+                source,
+            })?;
         total_decode += out.timings.decode_s;
         let reference = e.target_text.clone().unwrap_or_default();
         let mut r = UtteranceResult {
@@ -382,14 +403,14 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
             let tgt_audio = e
                 .target_audio
                 .as_deref()
-                .with_context(|| format!("entry {}: no target audio", e.id))?;
-            let reference_units = table.get(tgt_audio).with_context(|| {
-                format!(
-                    "entry {}: {} has no units in {}",
-                    e.id,
-                    tgt_audio,
-                    args.units.display()
-                )
+                .ok_or_else(|| EvalError::NoAudio {
+                    id: e.id.clone(),
+                    field: "target audio",
+                })?;
+            let reference_units = table.get(tgt_audio).ok_or_else(|| EvalError::NoUnits {
+                id: e.id.clone(),
+                audio: tgt_audio.to_string(),
+                units: args.units.clone(),
             })?;
             let (pred, reference_units) = (dedup(&out.units), dedup(reference_units));
             r.unit_edits = wer::align(&reference_units, &pred).errors();
@@ -403,7 +424,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
                 .out
                 .join("wavs")
                 .join(format!("{}.wav", file_stem(&e.id)));
-            write_wav(&path, &pcm, 16_000, 1, WavFormat::Pcm16)?;
+            write_16k(&path, &pcm)?;
             synth_paths.push(path);
             let ref_pcm = read_16k(&manifest.resolve(tgt_audio))?;
             r.mcd = match mcd::mcd_from_audio(&ref_pcm, &pcm, MfccConfig::default()) {
@@ -418,8 +439,9 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
                     .out
                     .join(".asr/reference")
                     .join(format!("{}.wav", file_stem(&e.id)));
-                std::fs::create_dir_all(p.parent().unwrap_or(Path::new(".")))?;
-                write_wav(&p, &ref_pcm, 16_000, 1, WavFormat::Pcm16)?;
+                let dir = p.parent().unwrap_or(Path::new("."));
+                std::fs::create_dir_all(dir).map_err(io(dir))?;
+                write_16k(&p, &ref_pcm)?;
                 ref_paths.push(p);
             }
         }
@@ -522,19 +544,26 @@ pub fn write_report(out: &Path, r: &EvalReport) -> Result<()> {
             .collect::<String>()
     };
     let clean = |s: &str| s.replace(['\n', '\r'], " ");
-    std::fs::write(out.join("hyps.txt"), lines(&|u| clean(&u.hypothesis)))?;
-    std::fs::write(out.join("refs.txt"), lines(&|u| clean(&u.reference)))?;
+    let write = |name: &str, text: String| -> Result<()> {
+        let path = out.join(name);
+        Ok(std::fs::write(&path, text).map_err(io(&path))?)
+    };
+    write("hyps.txt", lines(&|u| clean(&u.hypothesis)))?;
+    write("refs.txt", lines(&|u| clean(&u.reference)))?;
     if r.asr_bleu.is_some() {
-        std::fs::write(
-            out.join("asr_hyps.txt"),
+        write(
+            "asr_hyps.txt",
             lines(&|u| u.asr_hypothesis.clone().unwrap_or_default()),
         )?;
-        std::fs::write(
-            out.join("asr_refs.txt"),
+        write(
+            "asr_refs.txt",
             lines(&|u| u.asr_reference.clone().unwrap_or_default()),
         )?;
     }
-    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(r)?)?;
+    write(
+        "report.json",
+        serde_json::to_string_pretty(r).map_err(EvalError::Serialize)?,
+    )?;
     let mut md = format!(
         "# Evaluation of `{}`\n\n{} utterances of `{}`, direction {}, mode {}.\n\n\
          | metric | value |\n|---|---|\n",
@@ -577,6 +606,6 @@ pub fn write_report(out: &Path, r: &EvalReport) -> Result<()> {
             "\nASR-BLEU: {name}; normalisation of hypotheses and references: {norm}.\n"
         ));
     }
-    std::fs::write(out.join("report.md"), md)?;
+    write("report.md", md)?;
     Ok(())
 }

@@ -7,10 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::asr::{check_imports, run_script, write_list};
+use super::asr::{check_answers, check_count, check_imports, run_script, write_list, TOOL};
+use super::error::Result;
+use crate::run_dir::io;
 use tolk_models::prompt::Lang;
 
 /// The recognizer script (`training/scripts/asr_whisper.py`).
@@ -72,7 +73,7 @@ impl Whisper {
         references: &[String],
         work: &Path,
     ) -> Result<Transcription> {
-        std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+        std::fs::create_dir_all(work).map_err(io(work))?;
         let list = work.join("wavs.txt");
         write_list(wavs, &list)?;
         let refs = work.join("references.txt");
@@ -81,8 +82,8 @@ impl Whisper {
             text.push_str(&r.replace(['\n', '\r'], " "));
             text.push('\n');
         }
-        std::fs::write(&refs, text)?;
-        let json = run_script(
+        std::fs::write(&refs, text).map_err(io(&refs))?;
+        let parsed: Output = run_script(
             &self.python,
             work,
             ("asr_whisper.py", SCRIPT),
@@ -97,28 +98,19 @@ impl Whisper {
             "transcripts.json",
             "the Whisper recognizer",
         )?;
-        let parsed: Output = serde_json::from_slice(&json)
-            .with_context(|| format!("parsing {}", work.join("transcripts.json").display()))?;
-        if parsed.transcripts.len() != wavs.len()
-            || parsed.references_normalized.len() != references.len()
-        {
-            bail!(
-                "the recognizer returned {} transcripts for {} files and {} references for {}",
-                parsed.transcripts.len(),
-                wavs.len(),
-                parsed.references_normalized.len(),
-                references.len()
-            );
-        }
-        for (t, w) in parsed.transcripts.iter().zip(wavs) {
-            if Path::new(&t.wav) != w.as_path() {
-                bail!(
-                    "the recognizer answered for {} instead of {}",
-                    t.wav,
-                    w.display()
-                );
-            }
-        }
+        check_answers(
+            TOOL,
+            "transcripts",
+            parsed.transcripts.iter().map(|t| t.wav.as_str()),
+            wavs,
+        )?;
+        check_count(
+            TOOL,
+            parsed.references_normalized.len(),
+            "normalized references",
+            references.len(),
+            "references",
+        )?;
         self.name = Some(parsed.recognizer);
         self.normalization = Some(parsed.normalization);
         let (raw, normalized) = parsed

@@ -4,14 +4,13 @@
 //!   conservative label smoothing) and the SimPO loss, as pure functions;
 //! - the LoRA adapters they train are [`crate::toolkit::lora`]'s;
 //! - [`pairs`]: `tolk-train pairs`, preference pairs by self-sampling and back-translation
-//!   ([`pairs_plot`]: the margin histogram);
+//!   (`pairs::plot`: the margin histogram);
 //! - [`data`]: the pairs files and their batches; [`recipe`]: the TOML recipe; [`train`]: the
 //!   DPO / SimPO loop with exact-resume checkpoints and the merged translator it ends with.
 
 pub mod data;
 pub mod losses;
 pub mod pairs;
-pub mod pairs_plot;
 pub mod recipe;
 pub mod train;
 

@@ -5,7 +5,7 @@
 //! Text needs a TrueType font: DejaVu Sans from Debian's `fonts-dejavu-core` (or the file in
 //! `TOLK_PLOT_FONT`). Without one the histogram is drawn without labels.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
@@ -36,6 +36,27 @@ pub fn histogram(margins: &[f64], delta: f64, n: usize) -> (f64, Vec<(f64, usize
     )
 }
 
+/// Why `margins.png` could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error("drawing {path}: {message}")]
+    Draw { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Rename {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The error of a drawing step on `path` (plotters' errors are generic over the backend).
+fn drawing<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> PlotError + '_ {
+    move |e| PlotError::Draw {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
 /// Draws the histogram of `margins` with the delta line into `path` (through a temporary
 /// file, renamed when complete).
 pub fn write_margin_plot(
@@ -43,7 +64,7 @@ pub fn write_margin_plot(
     margins: &[f64],
     delta: f64,
     caption: &str,
-) -> Result<(), String> {
+) -> Result<(), PlotError> {
     let labels = register_font();
     let (width, bins) = histogram(margins, delta, 24);
     let hi = width * bins.len() as f64;
@@ -51,7 +72,7 @@ pub fn write_margin_plot(
     let tmp = path.with_extension("tmp.png");
     {
         let root = BitMapBackend::new(&tmp, (900, 540)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        root.fill(&WHITE).map_err(drawing(path))?;
         let mut builder = ChartBuilder::on(&root);
         builder.margin(15);
         if labels {
@@ -62,26 +83,26 @@ pub fn write_margin_plot(
         }
         let mut chart = builder
             .build_cartesian_2d(0.0..hi, 0.0..top)
-            .map_err(|e| e.to_string())?;
+            .map_err(drawing(path))?;
         if labels {
             chart
                 .configure_mesh()
                 .x_desc("margin (best - worst score, oriented)")
                 .y_desc("utterances")
                 .draw()
-                .map_err(|e| e.to_string())?;
+                .map_err(drawing(path))?;
         }
         chart
             .draw_series(bins.iter().map(|&(lo, c)| {
                 Rectangle::new([(lo, 0.0), (lo + width, c as f64)], BLUE.mix(0.6).filled())
             }))
-            .map_err(|e| e.to_string())?;
+            .map_err(drawing(path))?;
         let line = chart
             .draw_series(LineSeries::new(
                 [(delta, 0.0), (delta, top)],
                 RED.stroke_width(2),
             ))
-            .map_err(|e| e.to_string())?;
+            .map_err(drawing(path))?;
         if labels {
             line.label(format!("delta = {delta}"))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
@@ -90,11 +111,14 @@ pub fn write_margin_plot(
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .draw()
-                .map_err(|e| e.to_string())?;
+                .map_err(drawing(path))?;
         }
-        root.present().map_err(|e| e.to_string())?;
+        root.present().map_err(drawing(path))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    std::fs::rename(&tmp, path).map_err(|source| PlotError::Rename {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
