@@ -33,6 +33,3 @@ pub mod sft;
 pub mod toolkit;
 pub mod units;
 pub mod vocoder;
-
-/// The run-folder files under the path the preference pairs' writer still uses.
-pub(crate) use toolkit::run_dir;

@@ -15,7 +15,7 @@ use tolk_models::translator::{
 };
 use tolk_models::ModelError;
 
-use crate::run_dir::{io, RunDirError};
+use crate::toolkit::run_dir::{io, RunDirError};
 
 /// Errors of `tolk-train package`; each names the argument, folder or file concerned.
 #[derive(Debug, thiserror::Error)]

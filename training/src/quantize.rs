@@ -51,7 +51,7 @@ use tolk_models::ModelError;
 use crate::corpus::manifest::ManifestError;
 use crate::corpus::manifest::{read_manifest, ReadOptions};
 use crate::eval::{check_num_units, entries_for, EvalError};
-use crate::run_dir::{io, RunDirError};
+use crate::toolkit::run_dir::{io, RunDirError};
 use crate::units::{read_units, UnitsFileError};
 
 /// Errors of `tolk-train quantize` and of its report; each names the folder, file, entry or

@@ -12,7 +12,7 @@ use std::process::Command;
 use super::manifest::{read_manifest, Manifest, ManifestError, ReadOptions};
 use crate::eval::asr::find_python;
 use crate::eval::EvalError;
-use crate::run_dir::{io, RunDirError};
+use crate::toolkit::run_dir::{io, RunDirError};
 
 /// The renderer script (`training/scripts/voices.py`).
 pub const SCRIPT: &str = include_str!("../../scripts/voices.py");

@@ -12,7 +12,7 @@ use std::process::Command;
 use serde::Deserialize;
 
 use super::error::{EvalError, Result};
-use crate::run_dir::io;
+use crate::toolkit::run_dir::io;
 
 /// The recognizer script (`training/scripts/asr_pocketsphinx.py`).
 pub const SCRIPT: &str = include_str!("../../scripts/asr_pocketsphinx.py");

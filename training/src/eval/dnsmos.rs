@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::asr::{check_answers, check_imports, run_script, write_list};
 use super::error::Result;
-use crate::run_dir::io;
+use crate::toolkit::run_dir::io;
 
 /// The scorer script (`training/scripts/dnsmos.py`).
 pub const SCRIPT: &str = include_str!("../../scripts/dnsmos.py");

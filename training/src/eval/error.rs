@@ -10,7 +10,7 @@ use tolk_models::ModelError;
 
 use crate::corpus::manifest::ManifestError;
 use crate::metrics::MetricError;
-use crate::run_dir::RunDirError;
+use crate::toolkit::run_dir::RunDirError;
 use crate::units::UnitsFileError;
 
 #[derive(Debug, thiserror::Error)]

@@ -43,7 +43,7 @@ use tolk_models::translator::{Confidence, DecodeSession, Direction, Mode, Stop, 
 
 use crate::corpus::manifest::{read_manifest, ManifestEntry, ReadOptions};
 use crate::metrics::{bleu, chrf, mcd, meteor, wer};
-use crate::run_dir::io;
+use crate::toolkit::run_dir::io;
 use crate::units::{read_units, UnitsTable};
 use dnsmos::DnsmosScore;
 pub use error::EvalError;

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::asr::{check_answers, check_count, check_imports, run_script, write_list, TOOL};
 use super::error::Result;
-use crate::run_dir::io;
+use crate::toolkit::run_dir::io;
 use tolk_models::prompt::Lang;
 
 /// The recognizer script (`training/scripts/asr_whisper.py`).

@@ -4,7 +4,7 @@
 //!
 //! A batch of B pairs is one `[2B, T]` input: the B chosen sequences (prompt + completion), then
 //! the B rejected ones, right-padded. Labels are the input ids on completion tokens and
-//! [`IGNORE_INDEX`] on the prompt and padding, as in [`crate::sft::data`], so
+//! [`IGNORE_INDEX`] on the prompt and padding, as in SFT (`crate::sft::data`), so
 //! [`super::losses::sequence_logps`] sums (or averages) over completion tokens only.
 
 use std::io::BufRead;
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
-use crate::sft::data::IGNORE_INDEX;
+use crate::toolkit::labels::IGNORE_INDEX;
 
 /// Errors reading pairs.
 #[derive(Debug, thiserror::Error)]

@@ -25,7 +25,7 @@ use tch::{Device, Kind, Tensor};
 use tolk_models::llama::{Llama, LoadOptions};
 use tolk_models::prompt::{PromptFormat, SpecialToken};
 use tolk_models::tokenizer::Tokenizer;
-use tolk_models::translator::{ModelManifest, Translator};
+use tolk_models::translator::{ModelManifest, Translator, MANIFEST_FILE};
 
 use super::data::{collate_pairs, epoch_batches, read_pairs, split_dev, Pair, PairsDataError};
 use super::losses::{dpo_sigmoid_loss, sequence_logps, simpo_loss, LogpReduction, LossError};
@@ -341,7 +341,7 @@ impl FiguresSum {
 /// The base translator's manifest and LLM folder.
 fn base_llm(r: &PreferenceRecipe) -> Result<(ModelManifest, PathBuf)> {
     let dir = &r.model.translator;
-    let m = ModelManifest::from_file(&dir.join("tolk-model.json"))?;
+    let m = ModelManifest::from_file(&dir.join(MANIFEST_FILE))?;
     let llm = dir.join(&m.llm);
     Ok((m, llm))
 }
@@ -706,7 +706,7 @@ pub fn merge_adapter(a: &MergeArgs) -> Result<PathBuf> {
     if a.out.exists() {
         return Err(PreferenceError::OutputExists(a.out.clone()));
     }
-    let m = ModelManifest::from_file(&a.translator.join("tolk-model.json"))?;
+    let m = ModelManifest::from_file(&a.translator.join(MANIFEST_FILE))?;
     let llm_dir = a.translator.join(&m.llm);
     let model = Llama::load(
         &llm_dir,

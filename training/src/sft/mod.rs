@@ -14,12 +14,6 @@ pub mod data;
 pub mod recipe;
 pub mod train;
 
-/// The plot font under the path the preference pairs' margin plot still uses; the plot code
-/// itself is [`crate::toolkit::plot`].
-pub(crate) mod plot {
-    pub(crate) use crate::toolkit::plot::register_font;
-}
-
 pub use data::{
     build_examples, Batch, BatchConfig, BatchPosition, Batcher, Direction, Example, SftData,
     SftDataConfig, SftDataError, SkipReason, SkipReport, Strategy, UnitSource, IGNORE_INDEX,

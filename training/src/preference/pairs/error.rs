@@ -10,7 +10,7 @@ use super::plot::PlotError;
 use super::records::PairsSettings;
 use crate::corpus::manifest::ManifestError;
 use crate::eval::EvalError;
-use crate::run_dir::RunDirError;
+use crate::toolkit::run_dir::RunDirError;
 use crate::units::UnitsFileError;
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use super::records::{
     summarize, Decision, PairRecord, PairsSettings, PairsSummary, UtteranceRecord,
 };
 use super::shards::Shard;
-use crate::run_dir::io;
+use crate::toolkit::run_dir::io;
 
 /// The records of a JSONL file, each with its line as written (blank lines skipped).
 fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<(T, String)>> {

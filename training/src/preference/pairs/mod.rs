@@ -70,7 +70,7 @@ use tolk_models::sampling::SamplingConfig;
 use tolk_models::translator::{Direction, Mode, Translator};
 
 use crate::eval::check_num_units;
-use crate::run_dir::io;
+use crate::toolkit::run_dir::io;
 use crate::units::read_units;
 use back_translation::reverse;
 use output::{to_json, write_outputs};

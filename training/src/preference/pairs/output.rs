@@ -9,11 +9,14 @@ use super::error::{PairsError, Result};
 use super::judging::Judge;
 use super::plot::write_margin_plot;
 use super::records::{PairsSummary, UtteranceRecord};
-use crate::run_dir::io;
+use crate::toolkit::run_dir::io;
 
 /// Writes `text` to `path` through a synced temporary file (never half-written).
 pub(super) fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    Ok(crate::run_dir::write_atomic(path, text.as_bytes())?)
+    Ok(crate::toolkit::run_dir::write_atomic(
+        path,
+        text.as_bytes(),
+    )?)
 }
 
 fn jsonl<T: Serialize>(rows: &[T], what: &'static str) -> Result<String> {

@@ -1,5 +1,5 @@
 //! The margin histogram of `tolk-train pairs` (`margins.png`, plotters' bitmap backend, as
-//! `crate::sft::plot`): one bar per margin bin over every compared utterance, and a red
+//! `crate::toolkit::plot`): one bar per margin bin over every compared utterance, and a red
 //! vertical line at delta (pairs right of it are kept).
 //!
 //! Text needs a TrueType font: DejaVu Sans from Debian's `fonts-dejavu-core` (or the file in
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
-use crate::sft::plot::register_font;
+use crate::toolkit::plot::register_font;
 
 /// Bins of the histogram: `(lower edge, count)` over `0..hi` in `n` equal bins, `hi` covering
 /// every margin and twice delta.

@@ -12,7 +12,7 @@ use crate::corpus::manifest::{
     read_unlabelled_manifest, refuse_test_only, ManifestEntry, ManifestError, ReadOptions,
 };
 use crate::eval::{asr, entries_for, file_stem, read_16k, write_16k};
-use crate::run_dir::io;
+use crate::toolkit::run_dir::io;
 
 /// One selected source utterance.
 #[derive(Debug, Clone)]
