@@ -2,7 +2,8 @@
 # The workspace's dependency rules, checked by `make test` (fails naming the offending edge):
 # 1. the host trainer (`tolk-training`, binary `tolk-train`) builds without the kiosk runtime and
 #    its audio stacks: its normal and build dependencies hold none of tolk-runtime, gstreamer*,
-#    alsa*, cpal (so no GStreamer or ALSA development package is needed to build it);
+#    alsa*, cpal (so no GStreamer or ALSA development package is needed to build it), and not even
+#    its tests link the runtime (they run the `tolk` binary where they need the kiosk);
 # 2. the workspace crates form no cycle, dev-dependencies included (cargo accepts a cycle through
 #    a dev-dependency, but a crate's unit tests then link a second copy of the crate, whose types
 #    are not the test's own, and the crates no longer stack in layers).
@@ -38,6 +39,16 @@ for chain in found:
           file=sys.stderr)
 sys.exit(1 if found else 0)
 ' || status=1
+if cargo metadata --format-version 1 --no-deps | python3 -c '
+import json, sys
+meta = json.load(sys.stdin)
+bad = [d["name"] for p in meta["packages"] if p["name"] == "tolk-training"
+       for d in p["dependencies"] if d["name"] == "tolk-runtime"]
+sys.exit(0 if bad else 1)
+'; then
+    echo "check-deps: tolk-training must not depend on tolk-runtime, not even for tests (run the tolk binary)" >&2
+    status=1
+fi
 
 # 2. Cycles among workspace crates, every dependency kind counted.
 cargo metadata --format-version 1 --no-deps | python3 -c '

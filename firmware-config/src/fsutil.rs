@@ -4,6 +4,8 @@
 //! [`atomic_write`] replaces a file in place: the new content goes to a temporary file in the
 //! same folder, is fsynced, renamed over the target, and the folder is fsynced, so a crash leaves
 //! either the old or the new content, never a torn file or a rename lost with the page cache.
+//! [`commit_file`] is the same last three steps for a file another writer (an image encoder, a
+//! streaming serializer) has already written beside its target.
 
 use std::fs::File;
 use std::io::Write;
@@ -36,10 +38,16 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)?;
-    sync_path(dir)
+    commit_file(&tmp, path)
+}
+
+/// Puts the finished file `tmp` (in the same folder) in place of `path`: fsync of `tmp`, rename,
+/// fsync of the folder.
+pub fn commit_file(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    sync_path(tmp)?;
+    std::fs::rename(tmp, path)?;
+    sync_path(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
 }
 
 /// Bytes available to an unprivileged writer on the file system holding `path`.

@@ -5,15 +5,12 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tolk_models::audio::condition::to_mono_16k;
-use tolk_models::audio::wav::{read_wav, write_wav, WavFormat};
+use tolk_models::audio::wav::read_wav;
 use tolk_models::prompt::Lang;
-use tolk_models::translator::{Direction, Translator};
-use tolk_runtime::pipeline::{MemoryOut, PipelineOptions, Translating, VadKind};
-use tolk_runtime::pipeline::{Output as WorkerOutput, StreamEvent};
+use tolk_models::translator::Direction;
 use tolk_training::corpus::manifest::{read_manifest, ReadOptions};
 use tolk_training::eval::asr::find_python;
 use tolk_training::eval::whisper::Whisper;
@@ -30,34 +27,40 @@ fn tolk_train(args: &[&str]) -> Output {
         .expect("running tolk-train")
 }
 
-/// The demo model's subtitles and speech for a sample, through the kiosk's front end.
-fn translate_sample(sample: &str, direction: Direction) -> (Vec<String>, Vec<f32>) {
-    let tr = Arc::new(
-        Translator::load(
-            &repo().join("models/demo"),
-            tch::Device::Cpu,
-            tch::Kind::Float,
-        )
-        .unwrap(),
+/// The demo model's subtitles and speech for a sample, through the kiosk's own pipeline:
+/// `tolk translate --events` (the kiosk binary, which `cargo test --workspace` builds beside
+/// `tolk-train`; the trainer's crate does not link the runtime).
+fn translate_sample(sample: &str, direction: Direction, out: &Path) -> (Vec<String>, Vec<f32>) {
+    let tolk = Path::new(env!("CARGO_BIN_EXE_tolk-train")).with_file_name("tolk");
+    assert!(
+        tolk.exists(),
+        "the kiosk binary {} is missing: `cargo build -p tolk-runtime --bin tolk`",
+        tolk.display()
     );
-    let w = read_wav(repo().join("models/demo/samples").join(sample)).unwrap();
+    let run = Command::new(&tolk)
+        .arg("translate")
+        .arg(repo().join("models/demo/samples").join(sample))
+        .arg("-o")
+        .arg(out)
+        .arg("--model")
+        .arg(repo().join("models/demo"))
+        .args(["--direction", direction.as_str(), "--events"])
+        .output()
+        .expect("running tolk translate");
+    assert!(
+        run.status.success(),
+        "tolk translate failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let texts = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "subtitle_final")
+        .map(|v| v["text"].as_str().unwrap().to_string())
+        .collect();
+    let w = read_wav(out).unwrap();
     let (pcm, _) = to_mono_16k(&w.samples, w.sample_rate, w.channels).unwrap();
-    let opts = PipelineOptions::new(
-        direction,
-        tr.default_mode(),
-        &tolk_config::VadConfig::default(),
-    );
-    let mut t = Translating::new(tr, &VadKind::energy(), &opts, 16_000).unwrap();
-    let mut out = MemoryOut::default();
-    let mut texts = Vec::new();
-    let mut on = |ev: StreamEvent<'_>| {
-        if let StreamEvent::Output(_, WorkerOutput::TextEnd { text, .. }) = ev {
-            texts.push(text.to_string());
-        }
-    };
-    t.push(&pcm, &mut out, &mut on).unwrap();
-    t.finish(&mut out, &mut on).unwrap();
-    (texts, out.samples())
+    (texts, pcm)
 }
 
 #[test]
@@ -66,10 +69,9 @@ fn whisper_hears_the_demo_models_english_output_and_french_speech() {
     let mut whisper = Whisper::new(find_python(None).unwrap()).unwrap();
 
     // fr -> en: the English speech the kiosk says is what its subtitles say.
-    let (texts, pcm) = translate_sample("fr.wav", Direction::FrEn);
-    assert_eq!(texts.len(), 2, "{texts:?}");
     let wav = tmp.path().join("fr-to-en.wav");
-    write_wav(&wav, &pcm, 16_000, 1, WavFormat::Pcm16).unwrap();
+    let (texts, _) = translate_sample("fr.wav", Direction::FrEn, &wav);
+    assert_eq!(texts.len(), 2, "{texts:?}");
     let subtitles = texts.join(" ");
     let t = whisper
         .transcribe(
@@ -116,10 +118,10 @@ fn whisper_hears_the_demo_models_english_output_and_french_speech() {
 
     // en -> fr: the demo model's French speech gets a French transcript (its intelligibility
     // is what the README's visitor table reports; here the path is checked end to end).
-    let (texts, pcm) = translate_sample("en.wav", Direction::EnFr);
-    assert_eq!(texts.len(), 2, "{texts:?}");
     let wav = tmp.path().join("en-to-fr.wav");
-    write_wav(&wav, &pcm, 16_000, 1, WavFormat::Pcm16).unwrap();
+    let (texts, pcm) = translate_sample("en.wav", Direction::EnFr, &wav);
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(!pcm.is_empty(), "no French speech");
     let t = whisper
         .transcribe(
             std::slice::from_ref(&wav),

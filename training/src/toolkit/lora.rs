@@ -365,14 +365,9 @@ impl Lora {
             "revision": null,
         });
         let path = dir.join(ADAPTER_CONFIG);
-        let tmp = dir.join(format!("{ADAPTER_CONFIG}.tmp"));
         let text = serde_json::to_string_pretty(&cfg).expect("JSON value serializes");
-        std::fs::write(&tmp, text).map_err(|source| LoraError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        std::fs::rename(&tmp, &path).map_err(|source| LoraError::Io { path, source })?;
-        Ok(())
+        tolk_config::fsutil::atomic_write(&path, text.as_bytes())
+            .map_err(|source| LoraError::Io { path, source })
     }
 
     /// Reads a peft LoRA adapter folder for a base model with config `base`. Options that change

@@ -186,7 +186,7 @@ pub fn write_curves(
         }
         root.present().map_err(|e| draw(&e))?;
     }
-    std::fs::rename(&tmp, path).map_err(|source| PlotError::Io {
+    tolk_config::fsutil::commit_file(&tmp, path).map_err(|source| PlotError::Io {
         path: path.to_path_buf(),
         source,
     })

@@ -23,13 +23,10 @@ pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunDirError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` through a synced temporary file and a rename.
+/// Writes `bytes` to `path` atomically: [`tolk_config::fsutil::atomic_write`] (synced temporary
+/// file, rename, synced folder), the error naming `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    tolk_config::fsutil::atomic_write(path, bytes).map_err(io(path))
 }
 
 /// Appends one JSON line to `path`.

@@ -249,10 +249,8 @@ pub fn write_units(path: &Path, table: &UnitsTable) -> Result<(), UnitsFileError
             serde_json::to_writer(&mut w, &line)?;
             w.write_all(b"\n")?;
         }
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
+        drop(w.into_inner().map_err(|e| e.into_error())?);
+        tolk_config::fsutil::commit_file(&tmp, path)
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);

@@ -115,7 +115,7 @@ pub fn write_margin_plot(
         }
         root.present().map_err(drawing(path))?;
     }
-    std::fs::rename(&tmp, path).map_err(|source| PlotError::Rename {
+    tolk_config::fsutil::commit_file(&tmp, path).map_err(|source| PlotError::Rename {
         path: path.to_path_buf(),
         source,
     })
