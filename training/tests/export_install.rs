@@ -1,4 +1,4 @@
-//! `tolk-train export` (issue 7, item 6): a translator folder becomes a signed, versioned bundle
+//! `tolk-train export`: a translator folder becomes a signed, versioned bundle
 //! that verifies, whose tampering is caught, that is never visible half-written (faults at every
 //! step, random SIGKILLs), and that installs on a kiosk over MQTT: the demo model exported by the
 //! binary, published by `tolk-train publish` through a real mosquitto to `tolk ota agent`,
@@ -551,7 +551,7 @@ impl Drop for Proc {
     }
 }
 
-/// Issue 7's "done when": the demo model, exported by `tolk-train export`, published by
+/// End to end: the demo model, exported by `tolk-train export`, published by
 /// `tolk-train publish` over a real mosquitto to a kiosk's `tolk ota agent`, passes the kiosk's
 /// translator health probe, becomes the active slot, verifies there, and `tolk run` translates
 /// with it (its fallback model does not exist, so nothing else could have). Then the same for an

@@ -1,5 +1,5 @@
-//! Preference losses as pure functions of log-probabilities (`../shared/reference/method.md`
-//! section 2).
+//! Preference losses as pure functions of log-probabilities (DPO: Rafailov et al., arXiv
+//! 2305.18290; SimPO: Meng et al., arXiv 2405.14734; as PROST-LLM, arXiv 2601.16618, uses them).
 //!
 //! - [`sequence_logps`]: log-probability of each completion under the model, from the logits of
 //!   the whole sequence and labels that are `-100` on the prompt and padding. Summed for DPO,

@@ -1,4 +1,4 @@
-//! Preference optimization (PROST-LLM stage 3, `../shared/reference/method.md` sections 2-3).
+//! Preference optimization (PROST-LLM stage 3, arXiv 2601.16618; DPO and SimPO losses).
 //!
 //! - [`losses`]: sequence log-probs over completion tokens, the DPO sigmoid loss (with
 //!   conservative label smoothing) and the SimPO loss, as pure functions;

@@ -1,6 +1,6 @@
 //! Preference-optimization recipe files (TOML): pairs, base translator, LoRA, loss, optimizer
 //! and run settings, every key checked. Defaults follow the paper where it says (LoRA r 8 on all
-//! linear layers but the LM head, 2 epochs, lr 2e-5; `../shared/reference/method.md` section 1)
+//! linear layers but the LM head, 2 epochs, lr 2e-5; arXiv 2601.16618)
 //! and trl elsewhere (DPO beta 0.1; SimPO beta 2.0 and gamma = 0.5 beta, method.md section 2).
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! The DPO / SimPO training loop with LoRA (PROST-LLM stage 3, `../shared/reference/method.md`
+//! The DPO / SimPO training loop with LoRA (PROST-LLM stage 3, arXiv 2601.16618
 //! sections 1-3).
 //!
 //! The base translator's LLM is loaded in f32 and frozen; the adapters ([`crate::toolkit::lora`])

@@ -1,4 +1,4 @@
-//! Supervised fine-tuning (PROST-LLM stage 1, `../shared/reference/method.md` section 1).
+//! Supervised fine-tuning (PROST-LLM stage 1, arXiv 2601.16618).
 //!
 //! - [`data`]: manifests + speech units -> training sequences for the three strategies
 //!   (vanilla, tri-task, chain of modality) in both directions, with the loss mask, and the

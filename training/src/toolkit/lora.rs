@@ -1,6 +1,6 @@
-//! LoRA adapters on a Llama decoder (trained by preference optimization,
-//! `../shared/reference/method.md` section 3; merged by export), in huggingface/peft's layout
-//! and file format.
+//! LoRA adapters on a Llama decoder (Hu et al., arXiv 2106.09685; trained by preference
+//! optimization as in PROST-LLM, arXiv 2601.16618; merged by export), in huggingface/peft's
+//! layout and file format.
 //!
 //! - Targets: any of q, k, v, o, gate, up, down (never the LM head or the embeddings).
 //! - Initialisation as peft `tuners/lora/layer.py` (`reset_lora_parameters`, `init_lora_weights =
