@@ -187,9 +187,9 @@ fn streaming_agrees_with_offline_at_many_chunk_sizes() {
     let r = reference();
     let x = audio(&r);
     let opts = StreamOptions::whisper_default();
-    // (layer, least mean frame cosine, least unit agreement %): measured 0.83 / 90 % (L6) and
-    // 0.92 / 87 % (L4) at every chunk size; the bounds leave a small margin.
-    for (layer, min_cos, min_pct) in [(6usize, 0.80, 87.0), (5, 0.80, 84.0)] {
+    // (layer, least mean frame cosine, least unit agreement %): measured 0.86 / 92-93 % (L6) and
+    // 0.91 / 88-91 % (L5, the units' layer) at every chunk size; the bounds leave a margin.
+    for (layer, min_cos, min_pct) in [(6usize, 0.83, 90.0), (5, 0.88, 85.0)] {
         let model = Arc::new(load(layer));
         let offline = tch::no_grad(|| model.forward(&x)).unwrap();
         let mut cfg = FitConfig::new(50);
