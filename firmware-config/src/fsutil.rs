@@ -47,7 +47,11 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub fn commit_file(tmp: &Path, path: &Path) -> std::io::Result<()> {
     sync_path(tmp)?;
     std::fs::rename(tmp, path)?;
-    sync_path(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+    sync_path(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )
 }
 
 /// Bytes available to an unprivileged writer on the file system holding `path`.

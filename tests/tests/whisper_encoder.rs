@@ -17,7 +17,7 @@ use tolk_models::units::{
 };
 use tolk_tests::{max_abs_diff, read_tensors, reference_dir};
 
-/// Absolute bound of the parity checks (the brief's 1e-3) ...
+/// Absolute bound of the parity checks ...
 const TOL: f64 = 1e-3;
 /// ... and, for hidden states whose magnitude grows with depth, relative to the largest value.
 const REL_TOL: f64 = 1e-4;
