@@ -198,10 +198,10 @@ impl StreamOptions {
 
     /// Whisper's encoder at 50 Hz: 2 s left context, 100 ms look-ahead, 500 ms steps. Its stream
     /// computes the conv stem once per sample, so a step costs one Transformer pass over the
-    /// window; longer steps cost less per second of audio (README, "Whisper encoder": real-time
-    /// factor 0.048 at 500 ms against 0.088 at 200 ms on a 2-core CPU) and agree with offline
-    /// better (layer 6: 93 % against 90 % of units), at 0.3 s more wait for the units inside an utterance
-    /// (the last ones come at the endpoint either way).
+    /// window; longer steps cost less per second of audio (README, "Whisper base encoder":
+    /// real-time factor 0.048 at 500 ms against 0.088 at 200 ms on a 2-core CPU) and agree with
+    /// offline better (layer 6: 93 % against 90 % of units), at 0.3 s more wait for the units
+    /// inside an utterance (the last ones come at the endpoint either way).
     pub fn whisper_default() -> Self {
         Self {
             left_context: 100,
