@@ -12,7 +12,7 @@ export TOLK_REFERENCE_DIR := $(ROOT)/target/reference
 REF := $(TOLK_REFERENCE_DIR)
 THREADS ?= $(shell nproc)
 
-.PHONY: setup reference whisper-encoder units-probe demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota jetson-build jetson-check bench bench-demo fmt lint clean-reference
+.PHONY: setup reference whisper-encoder units-probe demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota jetson-build jetson-check bench bench-demo bench-screen fmt lint clean-reference
 
 setup:
 	deploy/host/setup.sh
@@ -290,6 +290,15 @@ bench: setup $(REF)/smollm2/reference.json
 	target/release/tolk --threads $(THREADS) vocoder bench
 	target/release/tolk --threads $(THREADS) bench --model models/demo --direction en-fr models/demo/samples/en.wav
 	target/release/tolk --threads $(THREADS) bench --model models/demo --direction fr-en models/demo/samples/fr.wav
+
+# The kiosk's screen attached (display server + headless Chromium on the subtitle page) against
+# none, utterance by utterance in one run: the demo samples, each file 10 times.
+bench-screen: setup
+	cargo build --release -p tolk-runtime
+	target/release/tolk --threads $(THREADS) bench --screen --model models/demo --direction en-fr \
+	  $(foreach i,1 2 3 4 5 6 7 8 9 10,models/demo/samples/en.wav)
+	target/release/tolk --threads $(THREADS) bench --screen --model models/demo --direction fr-en \
+	  $(foreach i,1 2 3 4 5 6 7 8 9 10,models/demo/samples/fr.wav)
 
 # The kiosk benchmark over 100 held-out utterances and the SFT step against PyTorch (need the
 # demo data: make demo-model).

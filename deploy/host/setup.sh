@@ -25,6 +25,8 @@ apt_packages=(
   mbrola mbrola-fr1 mbrola-fr2 mbrola-fr3 mbrola-fr4 mbrola-fr5 mbrola-fr6 mbrola-fr7
   mbrola-ca1 mbrola-ca2 mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1
   libttspico-utils libttspico-data
+  # The kiosk screen's browser tests (runtime/tests/display_*.rs) drive headless Chromium.
+  chromium
 )
 missing=()
 for p in "${apt_packages[@]}"; do

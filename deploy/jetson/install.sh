@@ -10,6 +10,7 @@
 # build against that torch (LIBTORCH_USE_PYTORCH=1) unless --prebuilt, the `tolk` user,
 # /etc/tolk and /var/lib/tolk, the udev rule for USB audio, the systemd units, then
 # `tolk config check` and `tolk doctor --require-cuda`; the units start only when both pass.
+# The screen (tolk-browser.service) is Chromium in kiosk mode under the cage compositor.
 #
 # TOLK_INSTALL_ROOT=DIR installs under DIR instead of / (the dry run of
 # runtime/tests/jetson_install.rs, with apt-get, pip, useradd, chown, systemctl and udevadm
@@ -48,7 +49,8 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev \
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
   gstreamer1.0-plugins-bad gstreamer1.0-alsa \
-  mosquitto-clients libssl-dev
+  mosquitto-clients libssl-dev \
+  cage chromium-browser
 
 # 2. NVIDIA's PyTorch for JetPack 6 (CUDA-enabled aarch64 wheel; PyPI's aarch64 torch is built
 #    for server GPUs with CUDA 13, not for Jetson). The index below is NVIDIA's Jetson AI Lab
@@ -103,8 +105,10 @@ install -d "$ROOT/etc/udev/rules.d"
 install -m 0644 "$src/deploy/jetson/99-tolk-audio.rules" "$ROOT/etc/udev/rules.d/"
 udevadm control --reload-rules
 udevadm trigger --subsystem-match=sound --subsystem-match=usb
+install -d "$ROOT/usr/local/lib/tolk"
+install -m 0755 "$src/deploy/jetson/kiosk-browser.sh" "$ROOT/usr/local/lib/tolk/"
 install -d "$ROOT/etc/systemd/system"
-for unit in tolk.service tolk-kiosk.service; do
+for unit in tolk.service tolk-kiosk.service tolk-browser.service; do
   sed "s|/opt/tolk/venv/lib/python3.10/site-packages/torch/lib|$torch_lib|" \
     "$src/deploy/systemd/$unit" > "$ROOT/etc/systemd/system/$unit"
 done
@@ -117,8 +121,8 @@ sysroot=()
 [ -z "$ROOT" ] || sysroot=(--sysroot "$ROOT")
 if "$tolk" config check "$ROOT/etc/tolk/tolk.toml" \
   && "$tolk" doctor --config "$ROOT/etc/tolk/tolk.toml" --require-cuda "${sysroot[@]}"; then
-  systemctl enable --now tolk tolk-kiosk
+  systemctl enable --now tolk tolk-kiosk tolk-browser
 else
-  echo "tolk doctor found problems (above); fix them, then: systemctl enable --now tolk tolk-kiosk" >&2
+  echo "tolk doctor found problems (above); fix them, then: systemctl enable --now tolk tolk-kiosk tolk-browser" >&2
 fi
 echo "power mode: see deploy/README.md (nvpmodel / jetson_clocks)"

@@ -52,6 +52,8 @@ pub struct Config {
     #[serde(default)]
     pub metrics: MetricsSection,
     #[serde(default)]
+    pub display: DisplaySection,
+    #[serde(default)]
     pub logging: LoggingSection,
 }
 
@@ -287,6 +289,41 @@ impl Default for MetricsSection {
     fn default() -> Self {
         Self {
             bind: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// The kiosk's screen (`tolk run`): the visitor's subtitle page at `/`, the operator's status
+/// page at `/operator`, live events at `/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DisplaySection {
+    /// Serve the pages at all.
+    pub enabled: bool,
+    /// Address of the pages; loopback by default (the kiosk browser runs on the device).
+    pub bind: String,
+    /// File holding the operator token (one line). Without it the operator page is read-only;
+    /// with it, requests carrying `Authorization: Bearer <token>` may act (pause listening,
+    /// switch direction for the operator).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_token_file: Option<PathBuf>,
+    /// Most browsers connected to the live event stream at once; further ones get 503.
+    pub max_clients: u32,
+    /// Exchanges kept on the subtitle page.
+    pub history: u32,
+}
+
+/// Most `display.max_clients` (each live client costs one connection and a channel cursor).
+pub const MAX_DISPLAY_CLIENTS: u32 = 256;
+
+impl Default for DisplaySection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: "127.0.0.1:8080".into(),
+            operator_token_file: None,
+            max_clients: 16,
+            history: 4,
         }
     }
 }
@@ -628,6 +665,26 @@ impl Config {
                 ),
             );
         }
+        let d = &self.display;
+        if d.bind.parse::<std::net::SocketAddr>().is_err() {
+            c.err(
+                "display.bind",
+                format!("{:?} is not an address like 127.0.0.1:8080", d.bind),
+            );
+        }
+        c.check(
+            (1..=MAX_DISPLAY_CLIENTS).contains(&d.max_clients),
+            "display.max_clients",
+            || format!("{} is outside 1..={MAX_DISPLAY_CLIENTS}", d.max_clients),
+        );
+        c.check((1..=20).contains(&d.history), "display.history", || {
+            format!("{} is outside 1..=20", d.history)
+        });
+        if let Some(p) = &d.operator_token_file {
+            c.check(p.is_absolute(), "display.operator_token_file", || {
+                format!("{} is not an absolute path", p.display())
+            });
+        }
         c.check(
             matches!(self.logging.format.as_str(), "text" | "json"),
             "logging.format",
@@ -693,6 +750,8 @@ mod tests {
         cfg.vad.threshold = f32::NAN;
         cfg.device.id = fixed("kiosk/1");
         cfg.metrics.bind = "everywhere".into();
+        cfg.display.max_clients = 0;
+        cfg.display.operator_token_file = Some("token".into());
         cfg.ota.block_size = 1 << 20;
         cfg.mqtt.client_key = None;
         cfg.pipeline.mode = "fast".into();
@@ -710,6 +769,8 @@ mod tests {
             "vad.tail_ms",
             "device.id",
             "metrics.bind",
+            "display.max_clients",
+            "display.operator_token_file",
             "ota.block_size",
             "mqtt.client_key",
             "pipeline.mode",

@@ -10,6 +10,8 @@
 //! | `{prefix}/{id}/jobs/status` | device -> host | 1 | no | [`StatusReport`] JSON |
 //! | `{prefix}/{id}/blocks/request` | device -> host | 1 | no | [`BlockRequest`] JSON |
 //! | `{prefix}/{id}/blocks/data` | host -> device | 1 | no | binary block, see [`Block`] |
+//! | `{prefix}/{id}/subtitles` | device -> host | 0 | no | the kiosk's events (`tolk run`), JSON |
+//! | `{prefix}/{id}/control` | host -> device | 1 | no | [`ControlCommand`] JSON (`tolk run`) |
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -54,6 +56,8 @@ pub struct Topics {
     pub job_status: String,
     pub block_request: String,
     pub block_data: String,
+    pub subtitles: String,
+    pub control: String,
 }
 
 impl Topics {
@@ -65,7 +69,38 @@ impl Topics {
             job_status: format!("{base}/jobs/status"),
             block_request: format!("{base}/blocks/request"),
             block_data: format!("{base}/blocks/data"),
+            subtitles: format!("{base}/subtitles"),
+            control: format!("{base}/control"),
         }
+    }
+}
+
+/// Largest [`ControlCommand`] document.
+pub const MAX_CONTROL_COMMAND: usize = 1024;
+
+/// An operator's command to a running kiosk (`{prefix}/{id}/control`): exactly one of
+/// `{"direction": "fr-en"}` (the direction of the next utterances) or `{"listening": false}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum ControlCommand {
+    Direction { direction: String },
+    Listening { listening: bool },
+}
+
+impl ControlCommand {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        if bytes.len() > MAX_CONTROL_COMMAND {
+            return Err(ProtocolError::TooLarge {
+                len: bytes.len(),
+                limit: MAX_CONTROL_COMMAND,
+            });
+        }
+        serde_json::from_slice(bytes).map_err(|_| {
+            malformed(
+                "control command",
+                "expected {\"direction\": \"<src>-<tgt>\"} or {\"listening\": true|false}",
+            )
+        })
     }
 }
 
@@ -393,6 +428,36 @@ impl Block {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn control_commands_are_exactly_one_known_field() {
+        assert_eq!(
+            ControlCommand::parse(br#"{"direction":"fr-en"}"#).unwrap(),
+            ControlCommand::Direction {
+                direction: "fr-en".into()
+            }
+        );
+        assert_eq!(
+            ControlCommand::parse(br#"{"listening":false}"#).unwrap(),
+            ControlCommand::Listening { listening: false }
+        );
+        for bad in [
+            &br#"{"direction":"fr-en","listening":true}"#[..],
+            br#"{"listening":"no"}"#,
+            br#"{"reboot":true}"#,
+            br#"[]"#,
+            b"\xff\xfe",
+            b"",
+        ] {
+            let e = ControlCommand::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("control command"), "{e}");
+        }
+        let big = format!(r#"{{"direction":"{}"}}"#, "x".repeat(MAX_CONTROL_COMMAND));
+        assert!(matches!(
+            ControlCommand::parse(big.as_bytes()),
+            Err(ProtocolError::TooLarge { .. })
+        ));
+    }
 
     #[test]
     fn broker_urls() {

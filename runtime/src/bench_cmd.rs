@@ -129,6 +129,13 @@ pub struct BenchArgs {
     /// `energy`, or the path of silero_vad.jit (streaming runs).
     #[arg(long, default_value = "energy")]
     vad: String,
+    /// Also run every utterance's streaming pass with the kiosk's screen attached (display
+    /// server and a headless Chromium on the subtitle page), to compare the latencies.
+    #[arg(long)]
+    screen: bool,
+    /// Chromium for --screen (default: /usr/bin/chromium and the like).
+    #[arg(long)]
+    browser: Option<std::path::PathBuf>,
     /// Print only JSON.
     #[arg(long)]
     json: bool,
@@ -146,6 +153,10 @@ struct BenchRow {
     streaming_rtf: Option<f64>,
     streaming_first_text_s: Option<f64>,
     streaming_first_audio_s: Option<f64>,
+    /// The streaming pass again with the screen attached (`--screen`).
+    screen_rtf: Option<f64>,
+    screen_first_text_s: Option<f64>,
+    screen_first_audio_s: Option<f64>,
 }
 
 fn percentile(v: &[f64], p: f64) -> Option<f64> {
@@ -199,7 +210,46 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         None => tr.default_mode(),
     };
     let mut rows = Vec::new();
-    for (id, path, lang) in bench_inputs(&args)? {
+    let inputs = bench_inputs(&args)?;
+    let screen = if args.screen {
+        let browser = crate::screen_bench::find_browser(args.browser.as_deref())?;
+        Some(crate::screen_bench::ScreenLoad::start(
+            &args.model,
+            tr.manifest(),
+            Direction::EnFr,
+            &browser,
+        )?)
+    } else {
+        None
+    };
+    // The same audio through the front end in 20 ms chunks, translated at the endpoint
+    // (latencies count from the endpoint); with `screen`, every event also goes to the page.
+    let stream = |audio: &[f32],
+                  direction: Direction,
+                  screen: Option<&crate::screen_bench::ScreenLoad>|
+     -> Result<Vec<tolk_runtime::pipeline::UtteranceReport>> {
+        let opts = PipelineOptions::new(direction, mode, &tolk_config::VadConfig::default());
+        let mut t = Translating::new(tr.clone(), &vad, &opts, 16_000)?;
+        let mut reports = Vec::new();
+        let mut text = String::new();
+        let mut on = |ev: tolk_runtime::pipeline::StreamEvent<'_>| {
+            if let Some(s) = screen {
+                s.forward(&ev, direction, &mut text);
+            }
+        };
+        for c in audio.chunks(320) {
+            reports.extend(t.push(c, &mut NullOut, &mut on)?);
+        }
+        reports.extend(t.finish(&mut NullOut, &mut on)?);
+        Ok(reports)
+    };
+    let rtf_of = |reports: &[tolk_runtime::pipeline::UtteranceReport]| {
+        (!reports.is_empty()).then(|| {
+            reports.iter().map(|r| r.processing_s).sum::<f64>()
+                / reports.iter().map(|r| r.duration_s).sum::<f64>().max(1e-6)
+        })
+    };
+    for (id, path, lang) in inputs {
         let direction = match (&args.direction, lang.as_deref()) {
             (Some(d), _) => Direction::parse(d)?,
             (None, Some("fr")) => Direction::FrEn,
@@ -219,17 +269,13 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         let ft = off.timings.first_text_s.map(|t| t + off.timings.extract_s);
         let fa = mode.has_units().then_some(offline_s);
         let _ = after_decode;
-        // Streaming: the same audio through the front end in 20 ms chunks, translated at the
-        // endpoint; latencies count from the endpoint.
-        let opts = PipelineOptions::new(direction, mode, &tolk_config::VadConfig::default());
-        let mut t = Translating::new(tr.clone(), &vad, &opts, 16_000)?;
-        let mut reports = Vec::new();
-        let mut on = |_: tolk_runtime::pipeline::StreamEvent<'_>| {};
-        for c in audio.chunks(320) {
-            reports.extend(t.push(c, &mut NullOut, &mut on)?);
-        }
-        reports.extend(t.finish(&mut NullOut, &mut on)?);
+        let reports = stream(&audio, direction, None)?;
         let first = reports.first();
+        let with_screen = match &screen {
+            Some(s) => Some(stream(&audio, direction, Some(s))?),
+            None => None,
+        };
+        let screen_first = with_screen.as_ref().and_then(|r| r.first());
         let row = BenchRow {
             id,
             direction: direction.as_str().into(),
@@ -238,12 +284,12 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             offline_first_text_s: ft,
             offline_first_audio_s: fa,
             streaming_utterances: reports.len(),
-            streaming_rtf: (!reports.is_empty()).then(|| {
-                reports.iter().map(|r| r.processing_s).sum::<f64>()
-                    / reports.iter().map(|r| r.duration_s).sum::<f64>().max(1e-6)
-            }),
+            streaming_rtf: rtf_of(&reports),
             streaming_first_text_s: first.and_then(|r| r.first_text_s),
             streaming_first_audio_s: first.and_then(|r| r.first_audio_s),
+            screen_rtf: with_screen.as_deref().and_then(rtf_of),
+            screen_first_text_s: screen_first.and_then(|r| r.first_text_s),
+            screen_first_audio_s: screen_first.and_then(|r| r.first_audio_s),
         };
         if !args.json {
             println!(
@@ -279,11 +325,20 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             "first_text_s": stats(col(&|r| r.streaming_first_text_s)),
             "first_audio_s": stats(col(&|r| r.streaming_first_audio_s)),
         },
+        "streaming_with_screen": {
+            "rtf": stats(col(&|r| r.screen_rtf)),
+            "first_text_s": stats(col(&|r| r.screen_first_text_s)),
+            "first_audio_s": stats(col(&|r| r.screen_first_audio_s)),
+        },
         "utterances": rows,
     });
     if !args.json {
         println!("\n{:<30} {:>10} {:>10}", "", "p50", "p95");
-        for (name, key) in [("offline", "offline"), ("streaming", "streaming")] {
+        let mut passes = vec![("offline", "offline"), ("streaming", "streaming")];
+        if screen.is_some() {
+            passes.push(("streaming + screen", "streaming_with_screen"));
+        }
+        for (name, key) in passes {
             for m in ["rtf", "first_text_s", "first_audio_s"] {
                 let s = &summary[key][m];
                 println!(

@@ -10,7 +10,7 @@
 //! the start of the source; latencies (`*_ms`) count from the end of speech.
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,18 @@ pub enum Event {
     SourceLost { source: String, reason: String },
     /// The audio source ended normally (end of file, EOS).
     SourceEnded { source: String },
+    /// The next utterances are translated in `direction`; `by` is `visitor` (the subtitle
+    /// page), `operator` (the operator page) or `mqtt` (the control topic).
+    DirectionChanged { direction: String, by: String },
+    /// A direction switch the kiosk cannot do (unknown, or not offered by the model and the
+    /// configuration).
+    DirectionRefused {
+        requested: String,
+        reason: String,
+        by: String,
+    },
+    /// The operator paused (`false`) or resumed (`true`) listening.
+    ListeningChanged { listening: bool, by: String },
 }
 
 /// An event with the wall-clock time it was emitted: one JSON line.
@@ -183,5 +195,34 @@ impl EventSink for Collect {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(record.clone());
+    }
+}
+
+/// Several sinks at once, in order.
+pub struct Tee(pub Vec<Arc<dyn EventSink>>);
+
+impl EventSink for Tee {
+    fn emit(&self, r: &EventRecord) {
+        self.0.iter().for_each(|s| s.emit(r));
+    }
+}
+
+/// A sink set once, after the pipeline that emits into it has started (the kiosk's screen
+/// needs the pipeline's control to be built); events before that are not kept.
+#[derive(Default)]
+pub struct LateSink(OnceLock<Arc<dyn EventSink>>);
+
+impl LateSink {
+    /// Sets the sink; a second call is ignored and returns `false`.
+    pub fn set(&self, sink: Arc<dyn EventSink>) -> bool {
+        self.0.set(sink).is_ok()
+    }
+}
+
+impl EventSink for LateSink {
+    fn emit(&self, r: &EventRecord) {
+        if let Some(s) = self.0.get() {
+            s.emit(r);
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! updater and agent the binary runs live in `tolk_ota`.
 
 pub mod audio;
+pub mod display;
 pub mod events;
 pub mod metrics;
 pub mod pipeline;

@@ -4,6 +4,7 @@ mod bench_cmd;
 mod model_cmd;
 mod ota_cmd;
 mod run_cmd;
+mod screen_bench;
 mod translate_cmd;
 
 use anyhow::Result;

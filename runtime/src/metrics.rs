@@ -18,6 +18,28 @@ use std::time::Duration;
 
 use crate::audio::{AudioSink, AudioSource, QueueProbe, StreamStats};
 
+/// The level reported for digital silence (dBFS).
+pub const SILENCE_DBFS: f64 = -120.0;
+
+/// RMS level of `samples` in dBFS (full scale = 1.0), at least [`SILENCE_DBFS`].
+pub fn rms_dbfs(samples: &[f32]) -> f64 {
+    if samples.is_empty() {
+        return SILENCE_DBFS;
+    }
+    let energy: f64 = samples
+        .iter()
+        .map(|&x| {
+            if x.is_finite() {
+                (x as f64).powi(2)
+            } else {
+                0.0
+            }
+        })
+        .sum::<f64>()
+        / samples.len() as f64;
+    (10.0 * energy.log10()).max(SILENCE_DBFS)
+}
+
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -115,6 +137,34 @@ impl Histogram {
         f64::from_bits(self.sum_bits.load(Ordering::Relaxed))
     }
 
+    /// The `q`-quantile (0..=1) estimated from the buckets as Prometheus' `histogram_quantile`
+    /// does: linear within the bucket that holds it, the highest finite bound for the `+Inf`
+    /// bucket. `None` before the first observation.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let rank = q * total as f64;
+        let mut below = 0u64;
+        for (i, &c) in counts.iter().enumerate() {
+            if c > 0 && (below + c) as f64 >= rank {
+                let Some(&hi) = self.bounds.get(i) else {
+                    return self.bounds.last().copied();
+                };
+                let lo = if i == 0 { 0.0 } else { self.bounds[i - 1] };
+                return Some(lo + (hi - lo) * ((rank - below as f64) / c as f64).clamp(0.0, 1.0));
+            }
+            below += c;
+        }
+        self.bounds.last().copied()
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         header(out, name, help, "histogram");
         let mut cumulative = 0;
@@ -167,6 +217,9 @@ pub struct Metrics {
     /// Xruns reported by the pipeline itself (added to the attached streams' counters).
     pub input_xruns: Counter,
     pub output_xruns: Counter,
+    /// Level of the last 20 ms of input (RMS, dBFS; -120 for digital silence), set by the
+    /// pipeline thread, read by the operator page's meter.
+    pub input_level_dbfs: Gauge,
     /// Only touched by `attach_*` and scrapes, never on the audio or model path.
     attached: Mutex<Attached>,
 }
@@ -190,6 +243,11 @@ impl Metrics {
             not_understood: Counter::default(),
             input_xruns: Counter::default(),
             output_xruns: Counter::default(),
+            input_level_dbfs: {
+                let g = Gauge::default();
+                g.set(SILENCE_DBFS);
+                g
+            },
             attached: Mutex::new(Attached::default()),
         }
     }
@@ -265,6 +323,18 @@ impl Metrics {
             out,
             "tolk_real_time_factor_last {}",
             fmt_f64(self.rtf_last.get())
+        );
+
+        header(
+            &mut out,
+            "tolk_input_level_dbfs",
+            "RMS level of the last 20 ms of input audio, dBFS.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "tolk_input_level_dbfs {}",
+            fmt_f64(self.input_level_dbfs.get())
         );
 
         let (capture, playback, in_x, out_x) = {

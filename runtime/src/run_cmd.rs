@@ -1,24 +1,32 @@
 //! `tolk run --config FILE`: the kiosk daemon. Source and sink from `[audio]` (cpal device or
-//! GStreamer pipeline string), the streaming pipeline, the metrics endpoint, events on stdout
-//! (`--events`) and over MQTT (`<prefix>/<device>/subtitles`). SIGINT/SIGTERM stop it cleanly;
-//! a source that cannot be opened or disappears is reported and retried with back-off.
+//! GStreamer pipeline string), the streaming pipeline, the metrics endpoint, the kiosk's screen
+//! (`[display]`: subtitle and operator pages), events on stdout (`--events`), over MQTT
+//! (`<prefix>/<device>/subtitles`) and to the pages, all from one event stream; operator
+//! commands on `<prefix>/<device>/control`. SIGINT/SIGTERM stop it cleanly; a source that
+//! cannot be opened or disappears is reported and retried with back-off.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
 use rumqttc::QoS;
+use tolk_config::protocol::{ControlCommand, Topics};
 use tolk_config::Config;
 use tolk_models::translator::{Direction, Mode};
-use tolk_ota::mqtt::{options, spawn_event_pump, BrokerSettings};
+use tolk_ota::mqtt::{options, spawn_event_pump, BrokerSettings, MqttEvent};
 use tolk_ota::{ModelProbe, Settings, Updater};
 use tolk_runtime::audio::{AudioSink, AudioSource, RingOptions};
-use tolk_runtime::events::{Event, EventRecord, EventSink, JsonLines};
+use tolk_runtime::display::{
+    DisplayHub, DisplayOptions, DisplayServer, ModelInfo, ModelOrigin, StatusSource,
+};
+use tolk_runtime::events::{Event, EventRecord, EventSink, JsonLines, LateSink, Tee};
 use tolk_runtime::metrics::{Metrics, MetricsServer};
-use tolk_runtime::pipeline::{FeedEnd, NullOut, PcmOut, Pipeline, PipelineOptions, SinkOut};
+use tolk_runtime::pipeline::{
+    FeedEnd, NullOut, PcmOut, Pipeline, PipelineControl, PipelineOptions, Requester, SinkOut,
+};
 
 use crate::translate_cmd::{load_translator, parse_vad};
 
@@ -58,15 +66,6 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
-/// Several sinks at once.
-struct Tee(Vec<Arc<dyn EventSink>>);
-
-impl EventSink for Tee {
-    fn emit(&self, r: &EventRecord) {
-        self.0.iter().for_each(|s| s.emit(r));
-    }
-}
-
 /// Publishes subtitles and alerts (not audio chunks) on `<prefix>/<device>/subtitles`, QoS 0,
 /// without ever blocking the pipeline (a full request queue drops the event).
 struct MqttEvents {
@@ -88,28 +87,70 @@ impl EventSink for MqttEvents {
     }
 }
 
-fn mqtt_events(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Arc<dyn EventSink>> {
+/// The MQTT side of the kiosk: events out on `subtitles`, operator commands in on `control`
+/// (applied once the pipeline, which owns the switches, has started and set `control`).
+fn mqtt_events(
+    cfg: &Config,
+    stop: Arc<AtomicBool>,
+    control: Arc<OnceLock<Arc<PipelineControl>>>,
+) -> Result<Arc<dyn EventSink>> {
     let settings = BrokerSettings::from_config(&cfg.mqtt);
     let id = format!("{}-subtitles", cfg.device.id);
     let opts = options(&settings, &id, None)?;
     let (client, connection) = rumqttc::Client::new(opts, 64);
     let (rx, _h) = spawn_event_pump(connection, Some(stop))?;
-    // Drain the pump's channel (connection state only matters for logs).
+    let topics = Topics::new(&cfg.mqtt.topic_prefix, &cfg.device.id);
+    let subscriber = client.clone();
+    let control_topic = topics.control.clone();
     std::thread::Builder::new()
         .name("mqtt-events".into())
         .spawn(move || {
             for ev in rx {
-                tracing::debug!("mqtt: {ev:?}");
+                match ev {
+                    // Clean sessions lose subscriptions: subscribe on every connection.
+                    MqttEvent::Connected => {
+                        if let Err(e) =
+                            subscriber.try_subscribe(control_topic.as_str(), QoS::AtLeastOnce)
+                        {
+                            tracing::warn!(topic = %control_topic, "subscribe failed: {e}");
+                        }
+                    }
+                    MqttEvent::Publish(topic, payload) if topic == control_topic => {
+                        apply_command(control.get(), &payload)
+                    }
+                    other => tracing::debug!("mqtt: {other:?}"),
+                }
             }
         })?;
-    let topic = format!("{}/{}/subtitles", cfg.mqtt.topic_prefix, cfg.device.id);
-    Ok(Arc::new(MqttEvents { client, topic }))
+    Ok(Arc::new(MqttEvents {
+        client,
+        topic: topics.subtitles,
+    }))
 }
 
-fn model_dir(args: &RunArgs, cfg: &Config) -> PathBuf {
-    if let Some(m) = &args.model {
-        return m.clone();
+/// One operator command from the control topic; a malformed one is logged and dropped.
+fn apply_command(control: Option<&Arc<PipelineControl>>, payload: &[u8]) {
+    let Some(control) = control else {
+        tracing::warn!("control command before the pipeline started: ignored");
+        return;
+    };
+    match ControlCommand::parse(payload) {
+        Ok(ControlCommand::Direction { direction }) => {
+            // A refusal is announced on the event stream by the control itself.
+            let _ = control.set_direction(&direction, Requester::Mqtt);
+        }
+        Ok(ControlCommand::Listening { listening }) => {
+            control.set_listening(listening, Requester::Mqtt)
+        }
+        Err(e) => tracing::warn!("control topic: {e}"),
     }
+}
+
+fn model_dir(args: &RunArgs, cfg: &Config) -> (PathBuf, ModelOrigin) {
+    if let Some(m) = &args.model {
+        return (m.clone(), ModelOrigin::CommandLine);
+    }
+    let fallback = || (cfg.pipeline.fallback_model.clone(), ModelOrigin::Fallback);
     let probe = ModelProbe::new(Duration::from_millis(
         cfg.ota.probe_latency_budget_ms as u64,
     ));
@@ -120,10 +161,10 @@ fn model_dir(args: &RunArgs, cfg: &Config) -> PathBuf {
     ) {
         Ok(u) => u
             .active_dir()
-            .unwrap_or_else(|| cfg.pipeline.fallback_model.clone()),
+            .map_or_else(fallback, |d| (d, ModelOrigin::OtaSlot)),
         Err(e) => {
-            let fallback = cfg.pipeline.fallback_model.clone();
-            tracing::warn!("model slots: {e}; using {}", fallback.display());
+            let fallback = fallback();
+            tracing::warn!("model slots: {e}; using {}", fallback.0.display());
             fallback
         }
     }
@@ -135,6 +176,52 @@ fn vad_choice(args: &RunArgs, cfg: &Config) -> String {
         (Some(v), _) => v.clone(),
         (None, Some(p)) => p.display().to_string(),
         (None, None) => "energy".into(),
+    }
+}
+
+/// The kiosk's screen; a failure leaves the kiosk running without it (logged).
+fn start_display(
+    cfg: &Config,
+    control: Arc<PipelineControl>,
+    model: ModelInfo,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    screen: &LateSink,
+) -> Option<DisplayServer> {
+    let d = &cfg.display;
+    let opts = DisplayOptions::from_config(d).unwrap_or_else(|e| {
+        tracing::error!("{e}; the operator page is read-only");
+        DisplayOptions {
+            bind: d.bind.clone(),
+            operator_token: None,
+            max_connections: d.max_clients as usize + 16,
+        }
+    });
+    let hub = Arc::new(DisplayHub::new(
+        &cfg.device.id,
+        &model.name,
+        control,
+        d.history as usize,
+        d.max_clients as usize,
+    ));
+    let status = StatusSource {
+        device_id: cfg.device.id.to_string(),
+        site: cfg.device.site.to_string(),
+        model,
+        slot_dir: cfg.models.slot_dir.clone(),
+        metrics,
+        started,
+        token_configured: opts.operator_token.is_some(),
+    };
+    match DisplayServer::start(opts, hub.clone(), status) {
+        Ok(s) => {
+            screen.set(hub);
+            Some(s)
+        }
+        Err(e) => {
+            tracing::error!("kiosk screen disabled: {e}");
+            None
+        }
     }
 }
 
@@ -153,17 +240,25 @@ pub fn run(args: RunArgs) -> Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let dir = model_dir(&args, &cfg);
+    let started = Instant::now();
+    let (dir, origin) = model_dir(&args, &cfg);
     let tr = load_translator(&dir)?;
+    // Every configured direction this runtime knows; the pipeline keeps those the model has.
+    let configured: Vec<Direction> = cfg
+        .translation
+        .iter()
+        .filter_map(|d| {
+            let name = format!("{}-{}", d.source, d.target);
+            Direction::parse(&name)
+                .map_err(|e| tracing::warn!("[[translation]] {name}: {e}"))
+                .ok()
+        })
+        .collect();
     let direction = match &args.direction {
         Some(d) => Direction::parse(d)?,
-        None => {
-            let d = cfg
-                .translation
-                .first()
-                .context("the config has no [[translation]] direction")?;
-            Direction::parse(&format!("{}-{}", d.source, d.target))?
-        }
+        None => *configured
+            .first()
+            .context("the config has no [[translation]] direction this runtime knows")?,
     };
     let mode = match args.mode.as_deref().unwrap_or(cfg.pipeline.mode.as_str()) {
         "auto" => tr.default_mode(),
@@ -174,6 +269,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         .queue
         .unwrap_or(cfg.pipeline.max_queued_utterances as usize);
     opts.min_confidence = cfg.pipeline.min_confidence as f64;
+    opts.also_offered = configured;
 
     let metrics = Arc::new(Metrics::new());
     let _server = match MetricsServer::start(&cfg.metrics.bind, metrics.clone()) {
@@ -184,12 +280,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     };
     let mqtt_stop = Arc::new(AtomicBool::new(false));
-    let mut sinks: Vec<Arc<dyn EventSink>> = Vec::new();
+    let control_slot = Arc::new(OnceLock::new());
+    let screen = Arc::new(LateSink::default());
+    let mut sinks: Vec<Arc<dyn EventSink>> = vec![screen.clone()];
     if args.events {
         sinks.push(Arc::new(JsonLines::stdout()));
     }
     if !args.no_mqtt {
-        match mqtt_events(&cfg, mqtt_stop.clone()) {
+        match mqtt_events(&cfg, mqtt_stop.clone(), control_slot.clone()) {
             Ok(s) => sinks.push(s),
             Err(e) => tracing::error!("MQTT events disabled: {e}"),
         }
@@ -210,6 +308,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     };
     let events: Arc<dyn EventSink> = Arc::new(Tee(sinks));
+    let model = ModelInfo::describe(&dir, origin, tr.manifest());
     let mut p = Pipeline::start(
         tr,
         parse_vad(&vad_choice(&args, &cfg))?,
@@ -218,6 +317,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         events.clone(),
         metrics.clone(),
     )?;
+    let control = p.control();
+    let _ = control_slot.set(control.clone());
+    let _display = if cfg.display.enabled {
+        start_display(&cfg, control, model, metrics.clone(), started, &screen)
+    } else {
+        None
+    };
     tracing::info!(model = %dir.display(), %direction, mode = mode.as_str(), "tolk run: listening");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut backoff = Duration::from_millis(500);

@@ -117,6 +117,16 @@ fi"#
     assert!(root.join("etc/tolk/tls").is_dir());
     let rules = std::fs::read_to_string(root.join("etc/udev/rules.d/99-tolk-audio.rules")).unwrap();
     assert!(rules.contains("ATTR{id}=\"tolkusb\""));
+    let screen =
+        std::fs::read_to_string(root.join("etc/systemd/system/tolk-browser.service")).unwrap();
+    assert!(
+        screen.contains("ExecStart=/usr/local/lib/tolk/kiosk-browser.sh"),
+        "{screen}"
+    );
+    assert_eq!(
+        mode(&root.join("usr/local/lib/tolk/kiosk-browser.sh")),
+        0o755
+    );
     for unit in ["tolk.service", "tolk-kiosk.service"] {
         let text = std::fs::read_to_string(root.join("etc/systemd/system").join(unit)).unwrap();
         assert!(

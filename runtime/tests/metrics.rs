@@ -103,6 +103,7 @@ fn scrape_endpoint_and_parse_exposition() {
     assert_eq!(v("tolk_real_time_factor_count"), 1.0);
     assert_eq!(v("tolk_real_time_factor_last"), 0.18);
     assert_eq!(v("tolk_utterances_total"), 3.0);
+    assert_eq!(v("tolk_input_level_dbfs"), -120.0);
     assert_eq!(v("tolk_utterances_dropped_total"), 1.0);
     assert_eq!(v("tolk_queue_depth{queue=\"utterances\"}"), 2.0);
     assert_eq!(v("tolk_queue_depth{queue=\"capture\"}"), 1000.0);
@@ -217,4 +218,32 @@ fn events_round_trip_as_json_lines() {
     );
     assert!(lines[2].contains(r#""direction":"en-fr""#));
     assert!(EventRecord::from_json(r#"{"ts_ms":1,"event":"no_such_event"}"#).is_err());
+}
+
+#[test]
+fn histogram_quantiles_and_input_level_follow_their_definitions() {
+    use tolk_runtime::metrics::{rms_dbfs, Histogram, LATENCY_BUCKETS, SILENCE_DBFS};
+    let h = Histogram::new(LATENCY_BUCKETS);
+    assert_eq!(h.quantile(0.5), None);
+    // 100 observations spread evenly inside (0.2, 0.25]: every quantile lies in that bucket,
+    // interpolated linearly as Prometheus' histogram_quantile does.
+    for i in 0..100 {
+        h.observe(0.2 + 0.0005 * (i as f64 + 1.0));
+    }
+    let p50 = h.quantile(0.5).unwrap();
+    assert!((p50 - 0.225).abs() < 1e-9, "{p50}");
+    assert!((h.quantile(0.99).unwrap() - 0.2495).abs() < 1e-9);
+    // Beyond the last bound the quantile is that bound.
+    h.observe(100.0);
+    assert_eq!(h.quantile(1.0), Some(10.0));
+    assert_eq!(h.quantile(1.5), None);
+
+    assert_eq!(rms_dbfs(&[]), SILENCE_DBFS);
+    assert_eq!(rms_dbfs(&[0.0; 320]), SILENCE_DBFS);
+    assert!((rms_dbfs(&[1.0; 320])).abs() < 1e-9);
+    let half: Vec<f32> = (0..320)
+        .map(|i| if i % 2 == 0 { 0.5 } else { -0.5 })
+        .collect();
+    assert!((rms_dbfs(&half) + 6.0206).abs() < 1e-3);
+    assert!(rms_dbfs(&[f32::NAN, 1.0]).is_finite());
 }

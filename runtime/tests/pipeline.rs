@@ -640,3 +640,65 @@ fn ten_minutes_of_input_with_flat_memory() {
         "RSS grew by {growth} KiB over 9 minutes of input"
     );
 }
+
+#[test]
+fn a_direction_switch_applies_from_the_next_utterance_and_a_pause_hears_nothing() {
+    let mut audio = speech("Where is the train station?");
+    audio.extend(silence(1.0));
+    let events = Arc::new(Collect::default());
+    let mut o = opts();
+    o.also_offered = vec![Direction::FrEn];
+    let mut p = Pipeline::start(
+        translator(),
+        VadKind::energy(),
+        o,
+        NullOut,
+        events.clone(),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let control = p.control();
+    assert_eq!(control.offered(), &[Direction::EnFr, Direction::FrEn]);
+    let feed = |p: &mut Pipeline<NullOut>| {
+        let mut src = AudioSource::memory(
+            audio.clone(),
+            SR as u32,
+            Pacing::Fast,
+            RingOptions::default(),
+        );
+        assert_eq!(
+            p.feed(&mut src, &AtomicBool::new(false)).unwrap(),
+            FeedEnd::Finished
+        );
+    };
+    feed(&mut p);
+    control
+        .set_direction("fr-en", tolk_runtime::pipeline::Requester::Visitor)
+        .unwrap();
+    feed(&mut p);
+    control.set_listening(false, tolk_runtime::pipeline::Requester::Operator);
+    feed(&mut p);
+    let sum = p.finish(true);
+    let dirs: Vec<Direction> = sum.reports.iter().map(|r| r.direction).collect();
+    assert_eq!(dirs, [Direction::EnFr, Direction::FrEn], "{:?}", sum.failed);
+    let ev = collect_events(&events);
+    let ends: Vec<&str> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::UtteranceEnd { direction, .. } => Some(direction.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends, ["en-fr", "fr-en"]);
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::DirectionChanged { direction, by } if direction == "fr-en" && by == "visitor"
+    )));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::ListeningChanged {
+            listening: false,
+            ..
+        }
+    )));
+}

@@ -38,7 +38,7 @@ use tolk_models::audio::endpoint::{EndReason, Endpointer, SpeechEvent};
 use tolk_models::audio::vad::{EnergyVad, EnergyVadConfig, SileroVad, VoiceActivity, WINDOW};
 use tolk_models::audio::SAMPLE_RATE;
 use tolk_models::stream::Streaming;
-use tolk_models::translator::Translator;
+use tolk_models::translator::{Direction, Translator};
 use tolk_models::units::{UnitExtractor, UnitId, UnitStream};
 
 use super::{bounds, PipelineError, PipelineOptions, Result};
@@ -91,6 +91,9 @@ pub struct Utterance {
     pub cause: EndReason,
     /// Seconds spent extracting this utterance's units.
     pub extract_s: f64,
+    /// The direction chosen while it was spoken (a run-time switch); `None`: the translator's
+    /// own.
+    pub direction: Option<Direction>,
 }
 
 impl Utterance {
@@ -381,6 +384,7 @@ impl FrontEnd {
             ended_at: Instant::now(),
             extract_s,
             cause: reason,
+            direction: None,
         }))
     }
 

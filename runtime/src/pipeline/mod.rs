@@ -32,6 +32,7 @@
 //! (`--tracing FILE`) shows the timeline.
 
 pub mod bounds;
+pub mod control;
 pub mod frontend;
 pub mod output;
 pub mod queue;
@@ -39,6 +40,7 @@ pub mod runner;
 
 pub mod worker;
 
+pub use control::{ControlError, PipelineControl, Requester};
 pub use frontend::{FrontEnd, FrontEvent, Utterance, VadKind};
 pub use output::{MemoryOut, NullOut, PcmOut, SinkOut};
 pub use queue::UtteranceQueue;
@@ -75,7 +77,11 @@ pub const DEFAULT_QUEUE_LIMIT: usize = 4;
 /// How the pipeline segments and translates.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
+    /// The direction at start.
     pub direction: Direction,
+    /// Further directions a run-time switch may choose ([`PipelineControl`]); each must be one
+    /// the model translates in `mode`.
+    pub also_offered: Vec<Direction>,
     pub mode: Mode,
     /// Endpointing (threshold, minimum speech and silence, maximum length).
     pub endpoint: EndpointConfig,
@@ -103,6 +109,7 @@ impl PipelineOptions {
     pub fn new(direction: Direction, mode: Mode, vad: &tolk_config::VadConfig) -> Self {
         Self {
             direction,
+            also_offered: Vec::new(),
             mode,
             endpoint: EndpointConfig {
                 threshold: vad.threshold,

@@ -8,16 +8,17 @@ use std::time::{Duration, Instant};
 
 use tolk_models::translator::Translator;
 
+use super::control::PipelineControl;
 use super::frontend::{FrontEnd, FrontEvent, Utterance, VadKind};
 use super::output::PcmOut;
 use super::queue::UtteranceQueue;
-use super::worker::{UtteranceReport, UtteranceTranslator};
+use super::worker::{check_task, UtteranceReport, UtteranceTranslator};
 use super::{PipelineOptions, Result};
 use crate::audio::{AudioSource, SourceEnd};
 use crate::events::{Event, EventRecord, EventSink};
-use crate::metrics::Metrics;
+use crate::metrics::{rms_dbfs, Metrics};
 use tolk_models::stream::Streaming;
-use tolk_models::translator::Output;
+use tolk_models::translator::{Direction, Output};
 
 /// Why [`Pipeline::feed`] returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +50,7 @@ struct Shared<O> {
     reports: Mutex<Vec<UtteranceReport>>,
     failed: Mutex<Vec<(u64, String)>>,
     dropped: Mutex<Vec<u64>>,
-    direction: String,
+    control: Arc<PipelineControl>,
     /// Extra sleep per utterance in the workers (tests of the overload policy).
     worker_delay_ms: AtomicU64,
     /// Highest resident set size seen by the workers (KiB), for the soak test.
@@ -57,6 +58,10 @@ struct Shared<O> {
 }
 
 impl<O> Shared<O> {
+    fn direction_of(&self, u: &Utterance) -> Direction {
+        u.direction.unwrap_or_else(|| self.control.direction())
+    }
+
     fn emit(&self, event: Event) {
         self.events.emit(&EventRecord::now(event));
     }
@@ -70,7 +75,7 @@ impl<O> Shared<O> {
         tracing::warn!(utterance = u.id, reason, "utterance dropped");
         self.emit(Event::UtteranceDropped {
             utterance: u.id,
-            direction: self.direction.clone(),
+            direction: self.direction_of(u).as_str().into(),
             reason: reason.into(),
             queue_depth: self.queue.len() as u64,
         });
@@ -114,6 +119,24 @@ impl<O: PcmOut + 'static> Pipeline<O> {
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
         opts.validate()?;
+        // The configuration may list directions this model lacks: those are not offered.
+        let offered: Vec<Direction> = opts
+            .also_offered
+            .iter()
+            .copied()
+            .filter(|&d| match check_task(&translator, d, opts.mode) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(direction = %d, "not offered: {e}");
+                    false
+                }
+            })
+            .collect();
+        let control = Arc::new(PipelineControl::new(
+            opts.direction,
+            &offered,
+            events.clone(),
+        ));
         let shared = Arc::new(Shared {
             queue: UtteranceQueue::new(opts.queue_limit),
             events,
@@ -122,7 +145,7 @@ impl<O: PcmOut + 'static> Pipeline<O> {
             reports: Mutex::new(Vec::new()),
             failed: Mutex::new(Vec::new()),
             dropped: Mutex::new(Vec::new()),
-            direction: opts.direction.as_str().to_string(),
+            control,
             worker_delay_ms: AtomicU64::new(0),
             max_rss_kib: AtomicU64::new(0),
         });
@@ -159,6 +182,11 @@ impl<O: PcmOut + 'static> Pipeline<O> {
             .store(d.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// The run-time switches (direction of the next utterances, listening).
+    pub fn control(&self) -> Arc<PipelineControl> {
+        self.shared.control.clone()
+    }
+
     /// Utterances waiting for a worker.
     pub fn queued(&self) -> usize {
         self.shared.queue.len()
@@ -191,10 +219,21 @@ impl<O: PcmOut + 'static> Pipeline<O> {
         front.reset();
         // 20 ms reads.
         let mut buf = vec![0f32; (rate as usize / 50).max(1)];
+        // The direction chosen when the open utterance started.
+        let mut open: Option<(u64, Direction)> = None;
+        let mut paused = false;
         loop {
             if stop.load(Ordering::Relaxed) {
                 front.reset();
                 return Ok(FeedEnd::Stopped);
+            }
+            // Paused by the operator: audio is read (the ring never overflows) and dropped, and
+            // an open utterance is abandoned.
+            let listening = shared.control.listening();
+            if paused == listening {
+                paused = !listening;
+                front.reset();
+                open = None;
             }
             let read = {
                 let _s = tracing::debug_span!("capture_read").entered();
@@ -208,18 +247,22 @@ impl<O: PcmOut + 'static> Pipeline<O> {
             match read {
                 Ok(0) => continue,
                 Ok(n) => {
+                    shared.metrics.input_level_dbfs.set(rms_dbfs(&buf[..n]));
+                    if paused {
+                        continue;
+                    }
                     let evs = front.push(&buf[..n])?;
-                    handle(&shared, evs);
+                    handle(&shared, evs, &mut open);
                 }
                 Err(SourceEnd::Finished) => {
                     let evs = front.finish()?;
-                    handle(&shared, evs);
+                    handle(&shared, evs, &mut open);
                     shared.emit(Event::SourceEnded { source: name });
                     return Ok(FeedEnd::Finished);
                 }
                 Err(SourceEnd::Lost(reason)) => {
                     let evs = front.finish()?;
-                    handle(&shared, evs);
+                    handle(&shared, evs, &mut open);
                     tracing::warn!(source = %name, "audio source lost: {reason}");
                     shared.emit(Event::SourceLost {
                         source: name,
@@ -268,19 +311,28 @@ impl<O: PcmOut + 'static> Pipeline<O> {
     }
 }
 
-/// Front-end events: start/end events, then the utterance into the queue (drop-oldest).
-fn handle<O>(sh: &Shared<O>, evs: Vec<FrontEvent>) {
+/// Front-end events: start/end events, then the utterance into the queue (drop-oldest). An
+/// utterance keeps the direction that was current when it started (`open`).
+fn handle<O>(sh: &Shared<O>, evs: Vec<FrontEvent>, open: &mut Option<(u64, Direction)>) {
     for ev in evs {
         match ev {
-            FrontEvent::Start { id, start_s, .. } => sh.emit(Event::UtteranceStart {
-                utterance: id,
-                direction: sh.direction.clone(),
-                start_s,
-            }),
-            FrontEvent::Utterance(u) => {
+            FrontEvent::Start { id, start_s, .. } => {
+                let direction = sh.control.direction();
+                *open = Some((id, direction));
+                sh.emit(Event::UtteranceStart {
+                    utterance: id,
+                    direction: direction.as_str().into(),
+                    start_s,
+                })
+            }
+            FrontEvent::Utterance(mut u) => {
+                u.direction = Some(match open.take() {
+                    Some((id, d)) if id == u.id => d,
+                    _ => sh.control.direction(),
+                });
                 sh.emit(Event::UtteranceEnd {
                     utterance: u.id,
-                    direction: sh.direction.clone(),
+                    direction: sh.direction_of(&u).as_str().into(),
                     start_s: u.start_s(),
                     end_s: u.end_s(),
                     cause: u.cause,
@@ -310,7 +362,16 @@ fn worker_loop<O: PcmOut>(mut worker: UtteranceTranslator, sh: &Shared<O>) {
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
-        let dir = sh.direction.clone();
+        let direction = sh.direction_of(&u);
+        if let Err(e) = worker.set_task(direction, worker.mode()) {
+            tracing::warn!(utterance = u.id, "cannot translate in {direction}: {e}");
+            sh.failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((u.id, e.to_string()));
+            continue;
+        }
+        let dir = direction.as_str().to_string();
         let mut text = String::new();
         let mut first_text: Option<Instant> = None;
         let since_end = |t: Instant| ms(t.duration_since(u.ended_at).as_secs_f64());

@@ -48,7 +48,7 @@ pub struct UtteranceReport {
 }
 
 /// Whether `translator` can decode `mode` in `direction` (with a vocoder when it speaks).
-fn check_task(translator: &Translator, direction: Direction, mode: Mode) -> Result<()> {
+pub(crate) fn check_task(translator: &Translator, direction: Direction, mode: Mode) -> Result<()> {
     mode.task_for(translator.manifest().strategy)?;
     if !translator.manifest().supports_direction(direction) {
         return Err(PipelineError::Options(format!(

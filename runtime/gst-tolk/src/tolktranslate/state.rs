@@ -214,6 +214,8 @@ impl Front {
         let kiosk = PipelineOptions::default();
         let opts = PipelineOptions {
             direction: s.direction.into(),
+            // The element's direction is a property, switched by the application.
+            also_offered: Vec::new(),
             mode: engine.translator.default_mode(),
             endpoint: s.endpoint(),
             // The kiosk's framing of what the translator gets (onset search over the pre-roll,
