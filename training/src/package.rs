@@ -1,7 +1,10 @@
 //! `tolk-train package`: assembles a translator folder (the layout of
-//! [`tolk_models::translator`], `tolk-model.json`) from an SFT result, the k-means centroids and
-//! one vocoder per target language, storing the weights in f16 (or bf16/f32), then loads it
-//! back with [`tolk_models::translator::Translator::load`] to prove it is complete.
+//! [`tolk_models::translator`], `tolk-model.json`) from an SFT result, the units' featurizer
+//! (MFCC, or a HuBERT / Whisper encoder folder copied into `units/`), the k-means centroids and
+//! one vocoder per target language, storing the decoder and vocoder weights in f16 (or
+//! bf16/f32), then loads it back with [`tolk_models::translator::Translator::load`] to prove it
+//! is complete. Encoder weights are copied unchanged: the kiosk's units must be the ones the
+//! k-means was fitted on.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +19,7 @@ use tolk_models::translator::{
 use tolk_models::ModelError;
 
 use crate::toolkit::run_dir::{io, RunDirError};
+use crate::units::ExtractorKind;
 
 /// Errors of `tolk-train package`; each names the argument, folder or file concerned.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,12 @@ pub enum PackageError {
     Io(#[from] RunDirError),
     #[error("serializing the manifest: {0}")]
     Serialize(#[source] serde_json::Error),
+    #[error("--extractor {0} needs --encoder DIR (the folder `tolk-train units` used)")]
+    NoEncoder(&'static str),
+    #[error("--encoder is only for --extractor hubert or whisper (MFCC units have no weights)")]
+    EncoderWithMfcc,
+    #[error("--encoder {folder}: no {file} there")]
+    EncoderIncomplete { folder: PathBuf, file: &'static str },
     #[error("the packaged folder {folder} does not load: {source}")]
     DoesNotLoad {
         folder: PathBuf,
@@ -79,6 +89,17 @@ pub struct PackageArgs {
     /// k-means centroids used for the units (`tolk-train units --save-kmeans`).
     #[arg(long)]
     pub kmeans: PathBuf,
+    /// The units' featurizer, as given to `tolk-train units`.
+    #[arg(long, value_enum, default_value = "mfcc")]
+    pub extractor: ExtractorKind,
+    /// The encoder folder of `--extractor hubert|whisper` (copied into `units/hubert` or
+    /// `units/whisper`).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    /// Encoder layer the units come from (default as `tolk-train units`: 11 for HuBERT, 5 for
+    /// Whisper).
+    #[arg(long)]
+    pub layer: Option<usize>,
     /// `LANG=DIR` vocoder folder per target language (`tolk-train vocoder` output).
     #[arg(long = "vocoder", required = true)]
     pub vocoders: Vec<String>,
@@ -138,6 +159,49 @@ fn copy(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Copies an encoder folder's `config.json` and `model.safetensors` into `dst`.
+fn copy_encoder(src: &Path, dst: &Path) -> Result<()> {
+    for file in ["config.json", "model.safetensors"] {
+        if !src.join(file).is_file() {
+            return Err(PackageError::EncoderIncomplete {
+                folder: src.to_path_buf(),
+                file,
+            });
+        }
+    }
+    std::fs::create_dir_all(dst).map_err(io(dst))?;
+    for file in ["config.json", "model.safetensors"] {
+        copy(&src.join(file), &dst.join(file))?;
+    }
+    Ok(())
+}
+
+/// The manifest's units entry, the encoder copied into `tmp/units/` where there is one.
+fn units_spec(a: &PackageArgs, tmp: &Path) -> Result<UnitsSpec> {
+    let kmeans = "units/kmeans.safetensors".to_string();
+    let layer = a.layer.unwrap_or(a.extractor.default_layer());
+    let encoder = |name: &'static str| -> Result<String> {
+        let src = a.encoder.as_ref().ok_or(PackageError::NoEncoder(name))?;
+        let rel = format!("units/{name}");
+        copy_encoder(src, &tmp.join(&rel))?;
+        Ok(rel)
+    };
+    Ok(match a.extractor {
+        ExtractorKind::Mfcc if a.encoder.is_some() => return Err(PackageError::EncoderWithMfcc),
+        ExtractorKind::Mfcc => UnitsSpec::Mfcc { kmeans },
+        ExtractorKind::Hubert => UnitsSpec::Hubert {
+            hubert: encoder("hubert")?,
+            layer,
+            kmeans,
+        },
+        ExtractorKind::Whisper => UnitsSpec::Whisper {
+            whisper: encoder("whisper")?,
+            layer,
+            kmeans,
+        },
+    })
+}
+
 /// Builds the folder and checks that it loads.
 pub fn package(a: &PackageArgs) -> Result<PackageSummary> {
     let kind = parse_dtype(&a.dtype).map_err(PackageError::Dtype)?;
@@ -178,6 +242,7 @@ pub fn package(a: &PackageArgs) -> Result<PackageSummary> {
         &tmp.join("units/kmeans.safetensors"),
         Kind::Float,
     )?;
+    let units = units_spec(a, &tmp)?;
     let mut names = BTreeMap::new();
     for (lang, dir) in &vocoders {
         let name = format!("vocoder-{lang}");
@@ -198,9 +263,7 @@ pub fn package(a: &PackageArgs) -> Result<PackageSummary> {
         num_units: info.num_units,
         dedup_source_units: info.dedup_source_units,
         dedup_target_units: info.dedup_target_units,
-        units: UnitsSpec::Mfcc {
-            kmeans: "units/kmeans.safetensors".into(),
-        },
+        units,
         llm: "llm".into(),
         vocoders: names.clone(),
         max_text_tokens: a.max_text_tokens,

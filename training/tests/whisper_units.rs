@@ -9,9 +9,12 @@ use std::sync::Arc;
 
 use tolk_models::audio::condition::to_mono_16k;
 use tolk_models::audio::wav::{read_wav, write_wav, WavFormat};
+use tolk_models::translator::testing::{write_random_translator, TinyTranslatorSpec};
+use tolk_models::translator::{Direction, Translator, UnitsSpec};
 use tolk_models::units::{KMeans, UnitExtractor, Whisper, WhisperFeaturizer, WhisperLoadOptions};
 use tolk_tests::reference_dir;
 use tolk_training::corpus::manifest::{write_manifest, ManifestEntry};
+use tolk_training::package::{package, PackageArgs};
 use tolk_training::units::{read_units, run_probe, run_units, ExtractorKind, ProbeArgs, UnitsArgs};
 
 const SENTENCES: [&str; 4] = [
@@ -187,4 +190,96 @@ fn units_probe_compares_layers_across_voice_families() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("at least two"), "{e}");
+}
+
+/// `tolk-train package --extractor whisper`: the encoder goes into the translator folder, the
+/// manifest names it, and the packaged translator extracts exactly the units `tolk-train units`
+/// wrote for the same audio (so a model trained on them hears what it was trained on).
+#[test]
+fn a_translator_packaged_with_whisper_units_extracts_the_units_it_was_trained_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = render(dir.path(), "us", "en-us", "150");
+    let units_path = dir.path().join("units.jsonl");
+    let spec = TinyTranslatorSpec::default();
+    let mut a = units_args(&manifest, &units_path, false);
+    a.fit_kmeans = Some(spec.num_units as i64);
+    run_units(&a).unwrap();
+    let table = read_units(&units_path).unwrap();
+
+    // A random translator stands in for the SFT output and the vocoders.
+    let rand = dir.path().join("rand");
+    write_random_translator(&rand, &spec).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rand.join("tolk-model.json")).unwrap()).unwrap();
+    let sft = serde_json::json!({
+        "strategy": m["strategy"],
+        "directions": m["directions"],
+        "num_units": m["num_units"],
+        "dedup_source_units": m["dedup_source_units"],
+        "dedup_target_units": m["dedup_target_units"],
+    });
+    std::fs::write(rand.join("llm/sft.json"), sft.to_string()).unwrap();
+    let vocoders: Vec<String> = m["vocoders"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(lang, d)| format!("{lang}={}", rand.join(d.as_str().unwrap()).display()))
+        .collect();
+    let out = dir.path().join("translator");
+    let args = PackageArgs {
+        llm: rand.join("llm"),
+        kmeans: units_path.with_extension("safetensors"),
+        extractor: ExtractorKind::Whisper,
+        encoder: Some(whisper_dir()),
+        layer: Some(5),
+        vocoders,
+        out: out.clone(),
+        dtype: "f32".into(),
+        max_text_tokens: spec.max_text_tokens,
+        max_target_units: spec.max_target_units,
+    };
+    let summary = package(&args).unwrap();
+    assert!(summary
+        .files
+        .contains_key("units/whisper/model.safetensors"));
+    let tr = Translator::load(&out, tch::Device::Cpu, tch::Kind::Float).unwrap();
+    assert_eq!(
+        tr.manifest().units,
+        UnitsSpec::Whisper {
+            whisper: "units/whisper".into(),
+            layer: 5,
+            kmeans: "units/kmeans.safetensors".into(),
+        }
+    );
+    for i in 0..SENTENCES.len() {
+        let key = format!("us/{i}.wav");
+        let w = read_wav(dir.path().join(&key)).unwrap();
+        assert_eq!(
+            &tr.extract_units(&w.samples).unwrap()[..],
+            table.get(&key).unwrap(),
+            "{key}"
+        );
+    }
+    let w = read_wav(dir.path().join("us/0.wav")).unwrap();
+    tr.translate_audio(&w.samples, Direction::EnFr, tr.default_mode())
+        .unwrap();
+
+    // Bad input names what is wrong.
+    let mut bad = args.clone();
+    bad.encoder = None;
+    let e = package(&bad).unwrap_err().to_string();
+    assert!(e.contains("--extractor whisper needs --encoder"), "{e}");
+    bad.encoder = Some(dir.path().join("us"));
+    let e = package(&bad).unwrap_err().to_string();
+    assert!(e.contains("no config.json"), "{e}");
+    bad.extractor = ExtractorKind::Mfcc;
+    let e = package(&bad).unwrap_err().to_string();
+    assert!(e.contains("only for --extractor hubert or whisper"), "{e}");
+    // A folder naming an encoder whose weights went missing does not load, naming the file.
+    std::fs::remove_file(out.join("units/whisper/model.safetensors")).unwrap();
+    let e = Translator::load(&out, tch::Device::Cpu, tch::Kind::Float)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("model.safetensors"), "{e}");
 }
