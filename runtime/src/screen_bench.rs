@@ -73,7 +73,11 @@ impl ScreenLoad {
             std::env::temp_dir().join(format!("tolk-bench-browser-{}", std::process::id()));
         std::fs::create_dir_all(&profile)?;
         let url = format!("http://{}/", server.local_addr());
-        let child = Command::new(browser)
+        // As on the kiosk (deploy/systemd/tolk-browser.service: Nice=10): the browser gets the
+        // CPU the translator leaves.
+        let child = Command::new("nice")
+            .args(["-n", "10"])
+            .arg(browser)
             .args([
                 "--headless",
                 "--no-sandbox",

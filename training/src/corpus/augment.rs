@@ -116,6 +116,196 @@ pub struct AugmentConfig {
     /// Augment the reversed entries (the target side becomes the noisy source).
     pub reverse: bool,
     pub workers: usize,
+    /// Speed, pitch, room and babble perturbations (all off by default).
+    pub perturb: PerturbConfig,
+}
+
+/// Perturbations for voices and rooms the corpus voices do not cover ([`super::perturb`]). Each
+/// is applied to a copy with its probability (`*_fraction`, 0 = never), its amount drawn from
+/// its span; they come from a generator of their own, so that turning them on leaves every other
+/// draw of a copy as it was.
+#[derive(Debug, Clone, Serialize)]
+pub struct PerturbConfig {
+    /// Speed factor (tempo and pitch together).
+    pub speed: Span,
+    pub speed_fraction: f64,
+    /// Pitch shift at constant tempo, semitones.
+    pub pitch_semitones: Span,
+    pub pitch_fraction: f64,
+    /// Reverberation time (s) and direct-to-reverberant ratio (dB) of a synthetic room.
+    pub rt60_s: Span,
+    pub drr_db: Span,
+    pub reverb_fraction: f64,
+    /// Background talkers (other entries of the manifest) and their level under the speech.
+    pub babble_snr_db: Span,
+    pub babble_talkers: usize,
+    pub babble_fraction: f64,
+}
+
+impl Default for PerturbConfig {
+    fn default() -> Self {
+        Self {
+            speed: Span { lo: 0.9, hi: 1.1 },
+            speed_fraction: 0.0,
+            pitch_semitones: Span { lo: -2.0, hi: 2.0 },
+            pitch_fraction: 0.0,
+            rt60_s: Span { lo: 0.2, hi: 0.8 },
+            drr_db: Span { lo: 0.0, hi: 10.0 },
+            reverb_fraction: 0.0,
+            babble_snr_db: Span { lo: 5.0, hi: 20.0 },
+            babble_talkers: 3,
+            babble_fraction: 0.0,
+        }
+    }
+}
+
+impl PerturbConfig {
+    fn check(&self) -> Result<(), AugmentError> {
+        let bad = |m: String| Err(AugmentError::Config(m));
+        for (name, f) in [
+            ("speed_fraction", self.speed_fraction),
+            ("pitch_fraction", self.pitch_fraction),
+            ("reverb_fraction", self.reverb_fraction),
+            ("babble_fraction", self.babble_fraction),
+        ] {
+            if !(0.0..=1.0).contains(&f) {
+                return bad(format!("{name} {f} is not a probability"));
+            }
+        }
+        if self.speed.lo < 0.5 || self.speed.hi > 2.0 {
+            return bad("speed lies within 0.5..2".into());
+        }
+        if self.pitch_semitones.lo < -12.0 || self.pitch_semitones.hi > 12.0 {
+            return bad("pitch_semitones lies within -12..12".into());
+        }
+        if self.rt60_s.lo < 0.05 || self.rt60_s.hi > 3.0 {
+            return bad("rt60_s lies within 0.05..3".into());
+        }
+        if self.babble_fraction > 0.0 && !(1..=16).contains(&self.babble_talkers) {
+            return bad("babble_talkers lies within 1..=16".into());
+        }
+        Ok(())
+    }
+}
+
+/// What one copy's perturbations drew.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Perturbation {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pitch_semitones: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rt60_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drr_db: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub babble_snr_db: Option<f64>,
+    /// Entry indices of the background talkers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub babble_from: Vec<usize>,
+}
+
+impl Perturbation {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(v) = self.speed {
+            parts.push(format!("speed x{v:.3}"));
+        }
+        if let Some(v) = self.pitch_semitones {
+            parts.push(format!("pitch {v:+.2} st"));
+        }
+        if let (Some(t), Some(d)) = (self.rt60_s, self.drr_db) {
+            parts.push(format!("room RT60 {t:.2} s DRR {d:.1} dB"));
+        }
+        if let Some(v) = self.babble_snr_db {
+            parts.push(format!(
+                "babble of {} at {v:.1} dB SNR",
+                self.babble_from.len()
+            ));
+        }
+        parts.join(", ")
+    }
+}
+
+/// The perturbations of copy `copy` of entry `index` (id `id`) among `entries` entries, and the
+/// generator that continues them (room impulse and babble offsets).
+pub fn draw_perturbation(
+    cfg: &PerturbConfig,
+    seed: u64,
+    id: &str,
+    copy: usize,
+    index: usize,
+    entries: usize,
+) -> (Perturbation, ChaCha8Rng) {
+    let h = super::stable_hash(seed, &["perturb", id, &copy.to_string()]);
+    let mut rng = ChaCha8Rng::seed_from_u64(h);
+    let mut p = Perturbation::default();
+    let with = |f: f64, rng: &mut ChaCha8Rng| f > 0.0 && rng.random::<f64>() < f;
+    if with(cfg.speed_fraction, &mut rng) {
+        p.speed = Some(cfg.speed.draw(&mut rng));
+    }
+    if with(cfg.pitch_fraction, &mut rng) {
+        p.pitch_semitones = Some(cfg.pitch_semitones.draw(&mut rng));
+    }
+    if with(cfg.reverb_fraction, &mut rng) {
+        p.rt60_s = Some(cfg.rt60_s.draw(&mut rng));
+        p.drr_db = Some(cfg.drr_db.draw(&mut rng));
+    }
+    if entries > 1 && with(cfg.babble_fraction, &mut rng) {
+        p.babble_snr_db = Some(cfg.babble_snr_db.draw(&mut rng));
+        p.babble_from = (0..cfg.babble_talkers)
+            .map(|_| {
+                // Any entry but this one.
+                let j = rng.random_range(0..entries - 1);
+                if j >= index {
+                    j + 1
+                } else {
+                    j
+                }
+            })
+            .collect();
+    }
+    (p, rng)
+}
+
+/// Speed, pitch and room applied to the speech itself (before padding, gain and noise).
+pub fn perturb_speech(speech: &[f32], p: &Perturbation, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let mut x = speech.to_vec();
+    if let Some(f) = p.speed {
+        x = super::perturb::speed(&x, f);
+    }
+    if let Some(st) = p.pitch_semitones {
+        x = super::perturb::pitch_shift(&x, st);
+    }
+    if let (Some(t), Some(d)) = (p.rt60_s, p.drr_db) {
+        let h = super::perturb::room_impulse(t, d, rng);
+        // The reverberant tail beyond the speech is kept up to 300 ms: a room rings on.
+        let keep = x.len() + (SAMPLE_RATE as usize * 3 / 10).min(h.len() - 1);
+        x = super::perturb::convolve(&x, &h);
+        x.truncate(keep);
+    }
+    x
+}
+
+/// Adds babble at `p.babble_snr_db` under the speech level `speech_rms` to the whole copy.
+fn add_babble(
+    out: &mut [f32],
+    speech_rms: f64,
+    p: &Perturbation,
+    talkers: &[Vec<f32>],
+    rng: &mut ChaCha8Rng,
+) {
+    let Some(snr) = p.babble_snr_db else { return };
+    let b = super::perturb::babble(out.len(), talkers, rng);
+    let scale = (speech_rms * 10f64.powf(-snr / 20.0)) as f32;
+    for (o, v) in out.iter_mut().zip(b) {
+        *o = (*o + v * scale).clamp(-1.0, 1.0);
+    }
 }
 
 impl Default for AugmentConfig {
@@ -134,6 +324,7 @@ impl Default for AugmentConfig {
             colours: vec![Noise::White, Noise::Brown],
             reverse: false,
             workers: 2,
+            perturb: PerturbConfig::default(),
         }
     }
 }
@@ -168,7 +359,7 @@ impl AugmentConfig {
                 self.clean_fraction
             ));
         }
-        Ok(())
+        self.perturb.check()
     }
 }
 
@@ -192,6 +383,9 @@ pub struct CopyDraws {
     pub noise: Noise,
     /// RMS level of the noise (dBFS); `None` for a clean copy.
     pub noise_dbfs: Option<f64>,
+    /// Speed, pitch, room and babble, when any was drawn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perturb: Option<Perturbation>,
 }
 
 impl CopyDraws {
@@ -202,8 +396,13 @@ impl CopyDraws {
             (Noise::White, Some(l)) => format!("white noise {l:.1} dBFS"),
             (Noise::Brown, Some(l)) => format!("brown noise {l:.1} dBFS"),
         };
+        let perturb = self
+            .perturb
+            .as_ref()
+            .map(|p| format!(", {}", p.describe()))
+            .unwrap_or_default();
         format!(
-            "lead {} ms, tail {} ms, gain {:+.1} dB, {noise}",
+            "lead {} ms, tail {} ms, gain {:+.1} dB, {noise}{perturb}",
             self.lead_ms, self.tail_ms, self.gain_db
         )
     }
@@ -232,6 +431,7 @@ pub fn draw_copy(cfg: &AugmentConfig, id: &str, copy: usize) -> (CopyDraws, ChaC
         gain_db,
         noise,
         noise_dbfs,
+        perturb: None,
     };
     (draws, rng)
 }
@@ -261,6 +461,10 @@ pub fn apply(speech: &[f32], d: &CopyDraws, rng: &mut ChaCha8Rng) -> Vec<f32> {
         *o = o.clamp(-1.0, 1.0);
     }
     out
+}
+
+fn rms(x: &[f32]) -> f64 {
+    (x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
 }
 
 /// `n` samples of unit-variance-ish noise of colour `kind` (scaled to the level by the caller).
@@ -377,27 +581,42 @@ pub fn augment(
     let jobs: Vec<(usize, usize)> = (0..m.entries.len())
         .flat_map(|i| (0..cfg.copies).map(move |k| (i, k)))
         .collect();
+    // Entry `i`'s audio as 16 kHz mono, or why not.
+    let load = |i: usize| -> Result<Vec<f32>, String> {
+        let e = &m.entries[i];
+        let audio = e.audio.as_deref().ok_or("no audio to augment")?;
+        let wav = read_wav(m.resolve(audio)).map_err(|x| x.to_string())?;
+        let (speech, report) =
+            to_mono_16k(&wav.samples, wav.sample_rate, wav.channels).map_err(|x| x.to_string())?;
+        if report.non_finite > 0 {
+            return Err(format!("{audio}: {} non-finite samples", report.non_finite));
+        }
+        Ok(speech)
+    };
     let one = |&(i, k): &(usize, usize)| -> Result<Done, AugmentError> {
         let e = &m.entries[i];
         let err = |message: String| AugmentError::Entry {
             id: e.id.clone(),
             message,
         };
-        let audio = e
-            .audio
-            .as_deref()
-            .ok_or_else(|| err("no audio to augment".into()))?;
-        let wav = read_wav(m.resolve(audio)).map_err(|x| err(x.to_string()))?;
-        let (speech, report) = to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)
-            .map_err(|x| err(x.to_string()))?;
-        if report.non_finite > 0 {
-            return Err(err(format!(
-                "{audio}: {} non-finite samples",
-                report.non_finite
-            )));
+        let speech = load(i).map_err(err)?;
+        let (mut draws, mut rng) = draw_copy(cfg, &e.id, k);
+        let (p, mut prng) = draw_perturbation(&cfg.perturb, cfg.seed, &e.id, k, i, m.entries.len());
+        let speech = perturb_speech(&speech, &p, &mut prng);
+        let mut samples = apply(&speech, &draws, &mut rng);
+        if p.babble_snr_db.is_some() {
+            let talkers = p
+                .babble_from
+                .iter()
+                .map(|&j| load(j))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?;
+            let gain = 10f64.powf(draws.gain_db / 20.0);
+            add_babble(&mut samples, rms(&speech) * gain, &p, &talkers, &mut prng);
         }
-        let (draws, mut rng) = draw_copy(cfg, &e.id, k);
-        let samples = apply(&speech, &draws, &mut rng);
+        if !p.is_empty() {
+            draws.perturb = Some(p);
+        }
         let rel = audio_rel.join(format!("{}.wav", draws.id));
         write_wav(
             out_dir.join(&rel),
@@ -505,6 +724,36 @@ pub struct AugmentArgs {
     /// Parallel workers (default: the number of cores).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Speed perturbation factor (tempo and pitch together).
+    #[arg(long, default_value = "0.9:1.1")]
+    pub speed: Span,
+    /// Fraction of copies speed-perturbed.
+    #[arg(long, default_value_t = 0.0)]
+    pub speed_fraction: f64,
+    /// Pitch shift at constant tempo, semitones.
+    #[arg(long, default_value = "-2:2", allow_hyphen_values = true)]
+    pub pitch_semitones: Span,
+    /// Fraction of copies pitch-shifted.
+    #[arg(long, default_value_t = 0.0)]
+    pub pitch_fraction: f64,
+    /// Reverberation time of the simulated room, seconds.
+    #[arg(long, default_value = "0.2:0.8")]
+    pub rt60_s: Span,
+    /// Direct-to-reverberant ratio of the simulated room, dB.
+    #[arg(long, default_value = "0:10", allow_hyphen_values = true)]
+    pub drr_db: Span,
+    /// Fraction of copies in a simulated room.
+    #[arg(long, default_value_t = 0.0)]
+    pub reverb_fraction: f64,
+    /// Babble level under the speech, dB SNR.
+    #[arg(long, default_value = "5:20", allow_hyphen_values = true)]
+    pub babble_snr_db: Span,
+    /// Background talkers per babble.
+    #[arg(long, default_value_t = 3)]
+    pub babble_talkers: usize,
+    /// Fraction of copies with babble (other entries of the manifest talking behind).
+    #[arg(long, default_value_t = 0.0)]
+    pub babble_fraction: f64,
 }
 
 impl AugmentArgs {
@@ -522,6 +771,18 @@ impl AugmentArgs {
             workers: self
                 .workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            perturb: PerturbConfig {
+                speed: self.speed,
+                speed_fraction: self.speed_fraction,
+                pitch_semitones: self.pitch_semitones,
+                pitch_fraction: self.pitch_fraction,
+                rt60_s: self.rt60_s,
+                drr_db: self.drr_db,
+                reverb_fraction: self.reverb_fraction,
+                babble_snr_db: self.babble_snr_db,
+                babble_talkers: self.babble_talkers,
+                babble_fraction: self.babble_fraction,
+            },
         }
     }
 }
@@ -562,6 +823,7 @@ mod tests {
                 gain_db: -6.0,
                 noise: kind,
                 noise_dbfs: Some(-50.0),
+                perturb: None,
             };
             let mut rng = ChaCha8Rng::seed_from_u64(1);
             let out = apply(&speech, &d, &mut rng);
@@ -601,6 +863,129 @@ mod tests {
             .iter()
             .filter_map(|d| d.noise_dbfs)
             .all(|l| (-75.0..=-35.0).contains(&l)));
+    }
+
+    #[test]
+    fn perturbations_are_off_by_default_and_drawn_apart_from_the_rest() {
+        let cfg = AugmentConfig::default();
+        for i in 0..200 {
+            let (p, _) = draw_perturbation(&cfg.perturb, 0, &format!("u{i}"), 0, i, 1000);
+            assert!(p.is_empty());
+        }
+        let on = PerturbConfig {
+            speed_fraction: 1.0,
+            pitch_fraction: 0.5,
+            reverb_fraction: 0.5,
+            babble_fraction: 0.5,
+            ..PerturbConfig::default()
+        };
+        let draws: Vec<Perturbation> = (0..2000)
+            .map(|i| draw_perturbation(&on, 0, &format!("u{i}"), 0, 7, 10).0)
+            .collect();
+        assert!(draws
+            .iter()
+            .all(|p| p.speed.is_some_and(|s| (0.9..=1.1).contains(&s))));
+        let n = |f: &dyn Fn(&Perturbation) -> bool| draws.iter().filter(|p| f(p)).count();
+        for (what, count) in [
+            ("pitch", n(&|p| p.pitch_semitones.is_some())),
+            ("room", n(&|p| p.rt60_s.is_some())),
+            ("babble", n(&|p| p.babble_snr_db.is_some())),
+        ] {
+            assert!((850..1150).contains(&count), "{what}: {count} of 2000");
+        }
+        // Talkers are other entries, never the copy's own.
+        assert!(draws
+            .iter()
+            .flat_map(|p| &p.babble_from)
+            .all(|&j| j != 7 && j < 10));
+        assert!(draws.iter().any(|p| p.babble_from.len() == 3));
+        let bad = PerturbConfig {
+            speed: Span { lo: 0.1, hi: 1.0 },
+            ..PerturbConfig::default()
+        };
+        assert!(bad.check().is_err());
+        let bad = PerturbConfig {
+            reverb_fraction: 1.5,
+            ..PerturbConfig::default()
+        };
+        assert!(bad.check().is_err());
+    }
+
+    #[test]
+    fn a_perturbed_copy_is_faster_reverberant_and_has_babble() {
+        let speech: Vec<f32> = (0..16_000).map(|i| 0.3 * (i as f32 * 0.05).sin()).collect();
+        let p = Perturbation {
+            speed: Some(1.1),
+            pitch_semitones: Some(1.0),
+            rt60_s: Some(0.4),
+            drr_db: Some(5.0),
+            babble_snr_db: Some(10.0),
+            babble_from: vec![1, 2],
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let x = perturb_speech(&speech, &p, &mut rng);
+        let sped = (16_000.0f64 / 1.1).round() as usize;
+        assert!(
+            (x.len() as i64 - (sped + 4_800) as i64).abs() < 40,
+            "{} samples",
+            x.len()
+        );
+        let mut out = x.clone();
+        let talkers = vec![vec![0.1f32; 500], vec![-0.2f32; 700]];
+        add_babble(&mut out, rms(&x), &p, &talkers, &mut rng);
+        let diff: Vec<f32> = out.iter().zip(&x).map(|(a, b)| a - b).collect();
+        let snr = 20.0 * (rms(&x) / rms(&diff)).log10();
+        assert!((snr - 10.0).abs() < 0.5, "{snr} dB");
+        assert!(out.iter().all(|v| v.is_finite() && v.abs() <= 1.0));
+        assert!(Perturbation::describe(&p).contains("babble of 2 at 10.0 dB SNR"));
+    }
+
+    #[test]
+    fn augment_applies_every_perturbation_to_a_manifest() {
+        let d = tempfile::tempdir().unwrap();
+        let mut entries = Vec::new();
+        for i in 0..3 {
+            let tone: Vec<f32> = (0..8_000)
+                .map(|t| 0.2 * (t as f32 * 0.03 * (i + 1) as f32).sin())
+                .collect();
+            write_wav(
+                d.path().join(format!("{i}.wav")),
+                &tone,
+                16_000,
+                1,
+                WavFormat::Pcm16,
+            )
+            .unwrap();
+            let mut e = ManifestEntry::new(format!("u{i}"), "en", "Hello.");
+            e.audio = Some(format!("{i}.wav"));
+            entries.push(e);
+        }
+        write_manifest(d.path().join("in.jsonl"), &entries).unwrap();
+        let cfg = AugmentConfig {
+            copies: 2,
+            perturb: PerturbConfig {
+                speed_fraction: 1.0,
+                pitch_fraction: 1.0,
+                reverb_fraction: 1.0,
+                babble_fraction: 1.0,
+                ..PerturbConfig::default()
+            },
+            ..Default::default()
+        };
+        let out = d.path().join("out.jsonl");
+        augment(&d.path().join("in.jsonl"), &out, &cfg).unwrap();
+        let m = read_manifest(&out, ReadOptions::default()).unwrap();
+        assert_eq!(m.entries.len(), 6);
+        for e in &m.entries {
+            let text = e.augmentation.as_deref().unwrap();
+            for part in ["speed x", "pitch ", "room RT60", "babble of 3"] {
+                assert!(text.contains(part), "{text}");
+            }
+            let w = read_wav(m.resolve(e.audio.as_deref().unwrap())).unwrap();
+            assert!(w.samples.iter().all(|v| v.is_finite()));
+        }
+        let log = std::fs::read_to_string(d.path().join("out.augment.jsonl")).unwrap();
+        assert!(log.lines().all(|l| l.contains("\"babble_from\"")), "{log}");
     }
 
     #[test]

@@ -44,6 +44,7 @@
 pub mod augment;
 pub mod grammar;
 pub mod manifest;
+pub mod perturb;
 pub mod synth;
 pub mod voices;
 

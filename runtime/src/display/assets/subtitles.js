@@ -22,6 +22,8 @@ const view = {
 const playing = new Map();
 let speakingTimer = 0;
 let messageTimer = 0;
+let renderQueued = false;
+let historyKey = '';
 
 function langs(direction) {
   const [src, tgt] = String(direction).split('-');
@@ -87,7 +89,7 @@ function apply(ev) {
       clearTimeout(speakingTimer);
       if (left > 0) {
         speakingTimer = setTimeout(() => {
-          if (view.state === 'speaking') { setState('listening'); render(); }
+          if (view.state === 'speaking') { setState('listening'); scheduleRender(); }
         }, left);
       } else {
         setState('listening');
@@ -142,46 +144,78 @@ function renderSwitches() {
     row.dataset.offered = want;
   }
   for (const b of row.children) {
-    b.setAttribute('aria-pressed', String(b.dataset.direction === view.direction));
+    setAttr(b, 'aria-pressed', String(b.dataset.direction === view.direction));
   }
 }
 
+// DOM writes only where something changed: every write costs the kiosk a layout and a
+// paint on the CPU the decoder runs on.
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
+function setData(el, key, value) {
+  if (el.dataset[key] !== value) el.dataset[key] = value;
+}
+
+function setAttr(el, key, value) {
+  if (el.getAttribute(key) !== value) el.setAttribute(key, value);
+}
+
 function render() {
+  renderQueued = false;
   const { src, tgt } = langs(view.direction);
-  $('lang-src').textContent = NAMES[src] || src;
-  $('lang-tgt').textContent = NAMES[tgt] || tgt;
-  $('flag-src').src = `/assets/flag-${src}.svg`;
-  $('flag-tgt').src = `/assets/flag-${tgt}.svg`;
-  document.documentElement.lang = src;
+  setText($('lang-src'), NAMES[src] || src);
+  setText($('lang-tgt'), NAMES[tgt] || tgt);
+  setAttr($('flag-src'), 'src', `/assets/flag-${src}.svg`);
+  setAttr($('flag-tgt'), 'src', `/assets/flag-${tgt}.svg`);
+  if (document.documentElement.lang !== src) document.documentElement.lang = src;
   const st = $('state');
-  st.dataset.state = view.state;
-  st.textContent = STATES[view.state] || view.state;
+  setData(st, 'state', view.state);
+  setText(st, STATES[view.state] || view.state);
 
   const cur = $('current');
   const [first, ...older] = view.exchanges;
   if (first) {
     const [source, text] = exchangeNodes(first, 'translation');
-    $('current-source').textContent = source.textContent;
-    $('current-text').textContent = text.textContent;
-    cur.dataset.utterance = String(first.utterance);
-    cur.dataset.direction = first.direction;
-    cur.dataset.final = String(first.done);
-    cur.classList.toggle('not-understood', first.not_understood);
+    setText($('current-source'), source.textContent);
+    setText($('current-text'), text.textContent);
+    setData(cur, 'utterance', String(first.utterance));
+    setData(cur, 'direction', first.direction);
+    setData(cur, 'final', String(first.done));
+    if (cur.classList.contains('not-understood') !== first.not_understood) {
+      cur.classList.toggle('not-understood', first.not_understood);
+    }
   } else {
-    $('current-source').textContent = SPEAK_NOW;
-    $('current-text').textContent = '';
-    cur.dataset.utterance = '';
-    cur.dataset.final = 'true';
+    setText($('current-source'), SPEAK_NOW);
+    setText($('current-text'), '');
+    setData(cur, 'utterance', '');
+    setData(cur, 'final', 'true');
     cur.classList.remove('not-understood');
   }
-  $('history').replaceChildren(...older.map((ex) => {
-    const li = document.createElement('li');
-    li.dataset.utterance = String(ex.utterance);
-    li.dataset.direction = ex.direction;
-    li.append(...exchangeNodes(ex, 'translation'));
-    return li;
-  }));
+  const key = JSON.stringify(older);
+  if (key !== historyKey) {
+    historyKey = key;
+    $('history').replaceChildren(...older.map((ex) => {
+      const li = document.createElement('li');
+      li.dataset.utterance = String(ex.utterance);
+      li.dataset.direction = ex.direction;
+      li.append(...exchangeNodes(ex, 'translation'));
+      return li;
+    }));
+  }
   renderSwitches();
+}
+
+// At most one render every RENDER_MS, however many events arrive meanwhile: tokens come
+// every few milliseconds, a reader needs no more than ten updates a second, and each paint
+// takes CPU from the translator on the same device (`make bench-screen`).
+const RENDER_MS = 100;
+function scheduleRender() {
+  if (!renderQueued) {
+    renderQueued = true;
+    setTimeout(render, RENDER_MS);
+  }
 }
 
 async function switchDirection(direction) {
@@ -219,11 +253,12 @@ function connect() {
     playing.clear();
     document.body.dataset.connects = String(Number(document.body.dataset.connects || 0) + 1);
     document.body.dataset.online = 'true';
-    render();
+    historyKey = '';
+    scheduleRender();
   });
   es.addEventListener('tolk', (m) => {
     apply(JSON.parse(m.data));
-    render();
+    scheduleRender();
   });
   es.addEventListener('error', () => {
     document.body.dataset.online = 'false';
