@@ -73,10 +73,10 @@ impl ScreenLoad {
             std::env::temp_dir().join(format!("tolk-bench-browser-{}", std::process::id()));
         std::fs::create_dir_all(&profile)?;
         let url = format!("http://{}/", server.local_addr());
-        // As on the kiosk (deploy/systemd/tolk-browser.service: Nice=10): the browser gets the
-        // CPU the translator leaves.
-        let child = Command::new("nice")
-            .args(["-n", "10"])
+        // As on the kiosk (deploy/systemd/tolk-browser.service: CPUSchedulingPolicy=idle): the
+        // browser gets only the CPU the translator leaves.
+        let child = Command::new("chrt")
+            .args(["--idle", "0"])
             .arg(browser)
             .args([
                 "--headless",

@@ -28,7 +28,7 @@ enum Command {
         #[command(subcommand)]
         command: BundleCommand,
     },
-    /// Generate the synthetic English-French kiosk speech corpus (espeak-ng, 16 kHz, JSONL).
+    /// Generate the synthetic English-French kiosk speech corpus (espeak-ng and SVOX Pico voices, 16 kHz, JSONL).
     SynthCorpus(tolk_training::corpus::SynthCorpusArgs),
     /// Noisy, padded copies of a manifest's source speech (random silence, gain, white or brown
     /// noise; the target side is kept), for training a model that copes with a real room.

@@ -8,7 +8,7 @@ use std::path::Path;
 use tolk_models::audio::wav::read_wav;
 use tolk_training::corpus::grammar::all_pairs;
 use tolk_training::corpus::manifest::{read_manifest, ManifestError, ReadOptions};
-use tolk_training::corpus::synth::Espeak;
+use tolk_training::corpus::synth::Synthesizers;
 use tolk_training::corpus::{
     assign_splits, build_corpus, select, CorpusConfig, CorpusError, Split,
 };
@@ -374,8 +374,9 @@ fn walk(dir: &Path) -> Vec<String> {
 fn missing_program_and_unknown_voice_name_the_command() {
     let d = tempfile::tempdir().unwrap();
     let mut c = tiny_config(d.path());
-    c.espeak = Espeak {
-        program: "/nonexistent/espeak-ng".into(),
+    c.synth = Synthesizers {
+        espeak: "/nonexistent/espeak-ng".into(),
+        ..Synthesizers::default()
     };
     let err = build_corpus(&c).unwrap_err().to_string();
     assert!(err.contains("/nonexistent/espeak-ng"), "{err}");
@@ -390,4 +391,57 @@ fn missing_program_and_unknown_voice_name_the_command() {
         );
         println!("{err}");
     }
+}
+
+#[test]
+fn pico_voices_synthesize_and_bad_ones_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(d.path());
+    c.voices = ["pico:en-US", "en-gb", "pico:fr-FR"]
+        .map(String::from)
+        .to_vec();
+    build_corpus(&c).unwrap();
+    let mut pico = 0;
+    for name in SETS {
+        let m = read_manifest(
+            d.path().join(format!("{name}.jsonl")),
+            ReadOptions::default(),
+        )
+        .unwrap();
+        for e in &m.entries {
+            let voice = e.voice.clone().unwrap();
+            if !voice.starts_with("pico:") {
+                continue;
+            }
+            pico += 1;
+            let w = read_wav(m.resolve(e.audio.as_deref().unwrap())).unwrap();
+            assert_eq!((w.sample_rate, w.channels), (16_000, 1));
+            assert!((0.3..15.0).contains(&w.duration_s()), "{voice}");
+            let rms =
+                (w.samples.iter().map(|x| x * x).sum::<f32>() / w.samples.len() as f32).sqrt();
+            assert!(rms > 0.01, "{voice}: silent");
+        }
+    }
+    // Every French utterance has only Pico to speak it.
+    assert!(pico >= 3, "{pico} Pico utterances");
+    assert!(walk(d.path()).iter().all(|p| !p.contains(".pico.wav")));
+
+    let mut c = tiny_config(d.path());
+    c.voices.push("pico:fr-CA".into());
+    let err = build_corpus(&c).unwrap_err().to_string();
+    assert!(
+        err.contains("SVOX Pico has no voice \"pico:fr-CA\""),
+        "{err}"
+    );
+    let mut c = tiny_config(d.path());
+    c.voices = vec!["en-us".into(), "pico:fr-FR".into()];
+    c.synth = Synthesizers {
+        pico: "/nonexistent/pico2wave".into(),
+        ..Synthesizers::default()
+    };
+    let err = build_corpus(&c).unwrap_err().to_string();
+    assert!(
+        err.contains("/nonexistent/pico2wave") && err.contains("libttspico-utils"),
+        "{err}"
+    );
 }

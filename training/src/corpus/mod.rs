@@ -4,7 +4,7 @@
 //! - [`grammar`]: templates with typed slots producing parallel pairs with exact translations
 //!   (French agreement and elision handled per slot value); [`grammar::all_pairs`] lists every
 //!   reachable pair in a fixed order;
-//! - [`synth`]: `espeak-ng` synthesis, resampled to 16 kHz mono 16-bit WAV, on a bounded worker
+//! - [`synth`]: `espeak-ng` and SVOX Pico synthesis, resampled to 16 kHz mono 16-bit WAV, on a bounded worker
 //!   pool;
 //! - [`manifest`]: the JSONL manifest (writer and validating reader) shared with real corpora;
 //! - [`augment`]: noisy, padded copies of a manifest's source speech (`tolk-train augment`).
@@ -53,7 +53,7 @@ use std::path::PathBuf;
 
 use grammar::Pair;
 use manifest::{ManifestEntry, ManifestError};
-use synth::{Espeak, SynthError, SynthJob};
+use synth::{SynthError, SynthJob, Synthesizers};
 
 /// Probability that a `(template, slot, value)` combination is held out for test.
 pub const HOLDOUT_TEST: f64 = 0.1;
@@ -112,13 +112,14 @@ pub struct CorpusConfig {
     pub test: usize,
     /// Monolingual utterances per language.
     pub mono: usize,
-    /// espeak-ng voices; the language is the part before the first `-` or `+` (`en`, `fr`).
+    /// Voices (espeak-ng names or `pico:LANG`); the language is the part before the first `-`
+    /// or `+` (`en`, `fr`).
     pub voices: Vec<String>,
     /// Synthesize audio (false: text-only manifests).
     pub audio: bool,
-    /// Parallel espeak-ng processes.
+    /// Parallel synthesizer processes.
     pub workers: usize,
-    pub espeak: Espeak,
+    pub synth: Synthesizers,
 }
 
 impl CorpusConfig {
@@ -134,7 +135,7 @@ impl CorpusConfig {
             voices: DEFAULT_VOICES.iter().map(|v| v.to_string()).collect(),
             audio: true,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            espeak: Espeak::default(),
+            synth: Synthesizers::default(),
         }
     }
 }
@@ -317,9 +318,10 @@ fn sample_balanced(pairs: &[Pair], pool: &[usize], k: usize, seed: u64, tag: &st
     out
 }
 
-/// The language of an espeak-ng voice name: `fr-be+m3` -> `fr`.
+/// The language of a voice name: `fr-be+m3` -> `fr`, `pico:fr-FR` -> `fr`.
 pub fn voice_language(voice: &str) -> &str {
-    voice.split(['-', '+']).next().unwrap_or(voice)
+    let name = voice.strip_prefix("pico:").unwrap_or(voice);
+    name.split(['-', '+']).next().unwrap_or(name)
 }
 
 /// The chosen pairs of every set, before synthesis.
@@ -429,7 +431,7 @@ pub fn build_corpus(cfg: &CorpusConfig) -> Result<CorpusSummary, CorpusError> {
     let io = |path: PathBuf| move |source| CorpusError::Io { path, source };
     std::fs::create_dir_all(&cfg.out).map_err(io(cfg.out.clone()))?;
     if cfg.audio {
-        cfg.espeak.check_voices(&cfg.voices, &cfg.out)?;
+        cfg.synth.check_voices(&cfg.voices, &cfg.out)?;
     }
     // Entries and synthesis jobs; job k writes entry field (set, entry, side).
     let mut manifests: Vec<(&str, Vec<ManifestEntry>)> = Vec::new();
@@ -488,7 +490,7 @@ pub fn build_corpus(cfg: &CorpusConfig) -> Result<CorpusSummary, CorpusError> {
     let mut audio_seconds = 0.0;
     if cfg.audio {
         tracing::info!(jobs = jobs.len(), workers = cfg.workers, "synthesizing");
-        let durations = cfg.espeak.synthesize_all(&jobs, cfg.workers)?;
+        let durations = cfg.synth.synthesize_all(&jobs, cfg.workers)?;
         for ((set_ix, k, is_target), d) in slots.into_iter().zip(durations) {
             let e = &mut manifests[set_ix].1[k];
             if is_target {
@@ -551,19 +553,23 @@ pub struct SynthCorpusArgs {
     /// Monolingual utterances per language.
     #[arg(long, default_value_t = 500)]
     pub mono: usize,
-    /// espeak-ng voices, comma separated (see `espeak-ng --voices=en`); default: a mix of
-    /// English and French accents and variants.
+    /// Voices, comma separated: espeak-ng names (see `espeak-ng --voices=en`) and SVOX Pico's
+    /// `pico:en-US`, `pico:en-GB`, `pico:fr-FR`; default: a mix of espeak-ng's English and
+    /// French accents and variants.
     #[arg(long, value_delimiter = ',')]
     pub voices: Vec<String>,
     /// Write text-only manifests (no synthesis).
     #[arg(long)]
     pub no_audio: bool,
-    /// Parallel espeak-ng processes (default: the number of cores).
+    /// Parallel synthesizer processes (default: the number of cores).
     #[arg(long)]
     pub workers: Option<usize>,
     /// The espeak-ng program.
     #[arg(long, default_value = "espeak-ng")]
     pub espeak: PathBuf,
+    /// SVOX Pico's program (for `pico:` voices).
+    #[arg(long, default_value = "pico2wave")]
+    pub pico: PathBuf,
 }
 
 impl SynthCorpusArgs {
@@ -581,8 +587,9 @@ impl SynthCorpusArgs {
         if let Some(w) = self.workers {
             c.workers = w;
         }
-        c.espeak = Espeak {
-            program: self.espeak.clone(),
+        c.synth = Synthesizers {
+            espeak: self.espeak.clone(),
+            pico: self.pico.clone(),
         };
         c
     }
@@ -597,6 +604,7 @@ mod tests {
         assert_eq!(voice_language("fr-be+m3"), "fr");
         assert_eq!(voice_language("en+f2"), "en");
         assert_eq!(voice_language("en"), "en");
+        assert_eq!(voice_language("pico:fr-FR"), "fr");
     }
 
     #[test]

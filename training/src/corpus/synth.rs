@@ -1,9 +1,14 @@
-//! Speech synthesis with the `espeak-ng` command-line program (Debian package `espeak-ng`).
+//! Speech synthesis with two command-line engines whose voices may train a shipped model:
+//! `espeak-ng` (Debian package `espeak-ng`, GPL-3 engine and voice data) and SVOX Pico's
+//! `pico2wave` (Debian `libttspico-utils`, Apache-2.0). A voice is an espeak-ng voice name
+//! (`en-gb`, `fr-fr+f3`) or `pico:LANG` (`pico:en-US`, `pico:fr-FR`).
 //!
-//! Each utterance is one `espeak-ng -v VOICE -s SPEED -p PITCH -w TMP.wav TEXT` run (22.05 kHz
-//! mono 16-bit), conditioned to 16 kHz mono with `tolk_models::audio::condition::to_mono_16k`
-//! (the band-limited FFT resampler) and written as 16-bit PCM WAV. Jobs run on a bounded pool of
-//! worker threads, each waiting on one `espeak-ng` process at a time.
+//! Each utterance is one `espeak-ng -v VOICE -s SPEED -p PITCH -w TMP.wav TEXT` run, or one
+//! `pico2wave -l LANG -w TMP.wav MARKUP` run with the speed and pitch as Pico's `<speed>` and
+//! `<pitch>` markup (percent of its defaults: 175 wpm and espeak-ng's pitch 50 map to 100), then
+//! conditioned to 16 kHz mono with `tolk_models::audio::condition::to_mono_16k` (the
+//! band-limited FFT resampler) and written as 16-bit PCM WAV. Jobs run on a bounded pool of
+//! worker threads, each waiting on one synthesizer process at a time.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -17,7 +22,7 @@ use tolk_models::audio::{self, wav};
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthJob {
     pub text: String,
-    /// espeak-ng voice, optionally with a variant: `en-gb`, `fr-fr+f3`.
+    /// espeak-ng voice, optionally with a variant (`en-gb`, `fr-fr+f3`), or `pico:LANG`.
     pub voice: String,
     /// Words per minute (`-s`).
     pub speed: u32,
@@ -37,9 +42,10 @@ impl SynthJob {
 /// Synthesis errors; each names the command that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SynthError {
-    #[error("cannot run `{command}`: {source} (install the Debian package espeak-ng, or pass --espeak PATH)")]
+    #[error("cannot run `{command}`: {source} (install the Debian package {package})")]
     Spawn {
         command: String,
+        package: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -53,6 +59,8 @@ pub enum SynthError {
         "espeak-ng voice {voice:?} is not installed (see `{command}` and `{command}=variant`)"
     )]
     UnknownVoice { voice: String, command: String },
+    #[error("SVOX Pico has no voice {voice:?} (it speaks {})", PICO_LANGUAGES.map(|l| format!("pico:{l}")).join(", "))]
+    UnknownPicoVoice { voice: String },
     #[error("`{command}` produced no audio")]
     Empty { command: String },
     #[error("`{command}`: {source}")]
@@ -69,18 +77,52 @@ pub enum SynthError {
     },
 }
 
-/// The espeak-ng program and how to call it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Espeak {
-    pub program: PathBuf,
+/// The languages of Debian's `libttspico-data`.
+pub const PICO_LANGUAGES: [&str; 6] = ["en-US", "en-GB", "fr-FR", "de-DE", "es-ES", "it-IT"];
+
+/// The engine of a voice name and the name within that engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Voice<'a> {
+    Espeak(&'a str),
+    Pico(&'a str),
 }
 
-impl Default for Espeak {
-    fn default() -> Self {
-        Self {
-            program: PathBuf::from("espeak-ng"),
+impl<'a> Voice<'a> {
+    pub fn parse(name: &'a str) -> Self {
+        match name.strip_prefix("pico:") {
+            Some(lang) => Self::Pico(lang),
+            None => Self::Espeak(name),
         }
     }
+}
+
+/// The synthesizer programs and how to call them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synthesizers {
+    /// The espeak-ng program.
+    pub espeak: PathBuf,
+    /// SVOX Pico's `pico2wave`.
+    pub pico: PathBuf,
+}
+
+impl Default for Synthesizers {
+    fn default() -> Self {
+        Self {
+            espeak: PathBuf::from("espeak-ng"),
+            pico: PathBuf::from("pico2wave"),
+        }
+    }
+}
+
+/// Pico's markup for `text` at espeak-ng's `speed` (wpm) and `pitch` (0..=99).
+fn pico_markup(text: &str, speed: u32, pitch: u32) -> String {
+    let escaped = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let speed = (100.0 * speed as f64 / 175.0).round() as u32;
+    let pitch = 50 + pitch;
+    format!("<speed level='{speed}'><pitch level='{pitch}'>{escaped}</pitch></speed>")
 }
 
 fn quote(s: &str) -> String {
@@ -94,23 +136,28 @@ fn quote(s: &str) -> String {
     }
 }
 
-impl Espeak {
-    fn command_line(&self, args: &[String]) -> String {
-        std::iter::once(self.program.display().to_string())
+impl Synthesizers {
+    fn command_line(program: &Path, args: &[String]) -> String {
+        std::iter::once(program.display().to_string())
             .chain(args.iter().cloned())
             .map(|a| quote(&a))
             .collect::<Vec<_>>()
             .join(" ")
     }
 
-    /// Runs the program; returns its standard output.
-    fn run(&self, args: &[String]) -> Result<String, SynthError> {
-        let command = self.command_line(args);
-        let out = Command::new(&self.program)
+    /// Runs `program`; returns its standard output.
+    fn run_program(
+        program: &Path,
+        package: &'static str,
+        args: &[String],
+    ) -> Result<String, SynthError> {
+        let command = Self::command_line(program, args);
+        let out = Command::new(program)
             .args(args)
             .output()
             .map_err(|source| SynthError::Spawn {
                 command: command.clone(),
+                package,
                 source,
             })?;
         if !out.status.success() {
@@ -121,6 +168,11 @@ impl Espeak {
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs espeak-ng.
+    fn run(&self, args: &[String]) -> Result<String, SynthError> {
+        Self::run_program(&self.espeak, "espeak-ng", args)
     }
 
     /// Voice names (language tags and file names, lower case) and variant names that
@@ -150,21 +202,44 @@ impl Espeak {
 
     /// Synthesizes one job; returns its duration in seconds (16 kHz samples / 16000).
     pub fn synthesize(&self, job: &SynthJob) -> Result<f64, SynthError> {
-        let tmp = job.out.with_extension("espeak.wav");
-        let args = vec![
-            "-v".to_string(),
-            job.voice.clone(),
-            "-s".to_string(),
-            job.speed.to_string(),
-            "-p".to_string(),
-            job.pitch.to_string(),
-            "-w".to_string(),
-            tmp.display().to_string(),
-            "--".to_string(),
-            job.text.clone(),
-        ];
-        let command = self.command_line(&args);
-        self.run(&args)?;
+        let (program, package, tmp, args) = match Voice::parse(&job.voice) {
+            Voice::Espeak(voice) => {
+                let tmp = job.out.with_extension("espeak.wav");
+                let args = vec![
+                    "-v".to_string(),
+                    voice.to_string(),
+                    "-s".to_string(),
+                    job.speed.to_string(),
+                    "-p".to_string(),
+                    job.pitch.to_string(),
+                    "-w".to_string(),
+                    tmp.display().to_string(),
+                    "--".to_string(),
+                    job.text.clone(),
+                ];
+                (&self.espeak, "espeak-ng", tmp, args)
+            }
+            Voice::Pico(lang) => {
+                if !PICO_LANGUAGES.contains(&lang) {
+                    return Err(SynthError::UnknownPicoVoice {
+                        voice: job.voice.clone(),
+                    });
+                }
+                // pico2wave wants a name ending in .wav.
+                let tmp = job.out.with_extension("pico.wav");
+                let args = vec![
+                    "-l".to_string(),
+                    lang.to_string(),
+                    "-w".to_string(),
+                    tmp.display().to_string(),
+                    "--".to_string(),
+                    pico_markup(&job.text, job.speed, job.pitch),
+                ];
+                (&self.pico, "libttspico-utils", tmp, args)
+            }
+        };
+        let command = Self::command_line(program, &args);
+        Self::run_program(program, package, &args)?;
         let audio_err = |source| SynthError::Audio {
             command: command.clone(),
             source,
@@ -196,16 +271,21 @@ impl Espeak {
         self.run(&["--version".to_string()])?;
         let (known, variants) = self.list_voices()?;
         for v in voices {
+            let v = match Voice::parse(v) {
+                Voice::Espeak(name) => name,
+                Voice::Pico(lang) if PICO_LANGUAGES.contains(&lang) => continue,
+                Voice::Pico(_) => return Err(SynthError::UnknownPicoVoice { voice: v.clone() }),
+            };
             let (base, variant) = match v.split_once('+') {
                 Some((b, var)) => (b, Some(var)),
-                None => (v.as_str(), None),
+                None => (v, None),
             };
             let listed = known.contains(&base.to_lowercase())
                 && variant.is_none_or(|var| variants.contains(&var.to_lowercase()));
             if !listed {
                 return Err(SynthError::UnknownVoice {
-                    voice: v.clone(),
-                    command: self.command_line(&["--voices".to_string()]),
+                    voice: v.to_string(),
+                    command: Self::command_line(&self.espeak, &["--voices".to_string()]),
                 });
             }
         }
@@ -226,7 +306,7 @@ impl Espeak {
         Ok(())
     }
 
-    /// Runs `jobs` on at most `workers` threads (each with one espeak-ng process at a time) and
+    /// Runs `jobs` on at most `workers` threads (each with one synthesizer process at a time) and
     /// returns the durations in job order. Stops at the first failure and returns it.
     pub fn synthesize_all(
         &self,
@@ -273,5 +353,24 @@ impl Espeak {
             .into_iter()
             .map(|d| d.expect("every job ran"))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voices_name_their_engine_and_pico_markup_is_escaped() {
+        assert_eq!(Voice::parse("fr-fr+f3"), Voice::Espeak("fr-fr+f3"));
+        assert_eq!(Voice::parse("pico:fr-FR"), Voice::Pico("fr-FR"));
+        assert_eq!(
+            pico_markup("Fish & <chips>", 175, 50),
+            "<speed level='100'><pitch level='100'>Fish &amp; &lt;chips&gt;</pitch></speed>"
+        );
+        assert_eq!(
+            pico_markup("x", 140, 30),
+            "<speed level='80'><pitch level='80'>x</pitch></speed>"
+        );
     }
 }
