@@ -30,6 +30,30 @@ struct Screen {
     _slots: tempfile::TempDir,
 }
 
+/// What the operator page reports of a kiosk running the demo model as its fallback.
+fn status_source(slot_dir: PathBuf, metrics: Arc<Metrics>, token_configured: bool) -> StatusSource {
+    StatusSource {
+        device_id: "kiosk-test".into(),
+        site: "hall".into(),
+        model: ModelInfo {
+            dir: PathBuf::from("/models/demo"),
+            origin: ModelOrigin::Fallback,
+            name: "demo".into(),
+            version: None,
+            slot: None,
+            key_ids: vec![],
+            installed_unix_s: None,
+            strategy: "ChainOfModality".into(),
+            units: "mfcc".into(),
+            directions: vec!["en-fr".into(), "fr-en".into()],
+        },
+        slot_dir,
+        metrics,
+        started: Instant::now(),
+        token_configured,
+    }
+}
+
 fn screen(max_clients: usize, token: Option<&str>) -> Screen {
     let late = Arc::new(LateSink::default());
     let control = Arc::new(PipelineControl::new(
@@ -47,26 +71,7 @@ fn screen(max_clients: usize, token: Option<&str>) -> Screen {
     late.set(hub.clone());
     let slots = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::new());
-    let status = StatusSource {
-        device_id: "kiosk-test".into(),
-        site: "hall".into(),
-        model: ModelInfo {
-            dir: PathBuf::from("/models/demo"),
-            origin: ModelOrigin::Fallback,
-            name: "demo".into(),
-            version: None,
-            slot: None,
-            key_ids: vec![],
-            installed_unix_s: None,
-            strategy: "ChainOfModality".into(),
-            units: "mfcc".into(),
-            directions: vec!["en-fr".into(), "fr-en".into()],
-        },
-        slot_dir: slots.path().to_path_buf(),
-        metrics: metrics.clone(),
-        started: Instant::now(),
-        token_configured: token.is_some(),
-    };
+    let status = status_source(slots.path().to_path_buf(), metrics.clone(), token.is_some());
     let opts = DisplayOptions {
         bind: "127.0.0.1:0".into(),
         operator_token: token.map(String::from),
@@ -510,26 +515,11 @@ fn the_subtitle_page_stays_flat_over_a_compressed_day() {
     let again = {
         let control = s.hub.control().clone();
         let hub = Arc::new(DisplayHub::new("kiosk-test", "demo", control, 4, 4));
-        let status = StatusSource {
-            device_id: "kiosk-test".into(),
-            site: String::new(),
-            model: ModelInfo {
-                dir: PathBuf::from("/models/demo"),
-                origin: ModelOrigin::Fallback,
-                name: "demo".into(),
-                version: None,
-                slot: None,
-                key_ids: vec![],
-                installed_unix_s: None,
-                strategy: "ChainOfModality".into(),
-                units: "mfcc".into(),
-                directions: vec![],
-            },
-            slot_dir: PathBuf::from("/nonexistent"),
-            metrics: Arc::new(Metrics::new()),
-            started: Instant::now(),
-            token_configured: false,
-        };
+        let status = status_source(
+            PathBuf::from("/nonexistent"),
+            Arc::new(Metrics::new()),
+            false,
+        );
         let opts = DisplayOptions {
             bind: addr.to_string(),
             operator_token: None,

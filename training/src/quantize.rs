@@ -1,6 +1,8 @@
 //! `tolk-train quantize`: a translator folder with its decoder quantized weight-only (int8 per
 //! output channel or int4 group-wise; the format is `tolk_models::llama::quant`), and a report
-//! of what quantization costs against the f32 model.
+//! of what quantization costs against the f32 model. A plain Hugging Face Llama folder
+//! (`config.json`, safetensors, tokenizer; no `tolk-model.json`) is quantized the same way, its
+//! weights in place of a translator's `llm/`, and checked by loading it back with `Llama::load`.
 //!
 //! The input is a float translator folder whose LoRA adapters are already merged
 //! (`tolk_training::preference::Lora::merge_into` + `Llama::save`). Its decoder is loaded in f32
@@ -85,6 +87,8 @@ pub enum QuantizeError {
     },
     #[error("serializing the report: {0}")]
     Serialize(#[source] serde_json::Error),
+    #[error("{0} holds neither a translator (tolk-model.json) nor a Llama (config.json)")]
+    NotAModelFolder(PathBuf),
     #[error("{model} is not a translator folder: {source}")]
     NotATranslatorFolder {
         model: PathBuf,
@@ -172,7 +176,8 @@ pub enum QuantFormat {
 /// Arguments of `tolk-train quantize`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct QuantizeArgs {
-    /// Float translator folder (adapters merged) to quantize.
+    /// Float translator folder (adapters merged), or a plain Hugging Face Llama folder, to
+    /// quantize.
     #[arg(long)]
     pub model: PathBuf,
     /// int8 (per output channel) or int4 (group-wise).
@@ -232,7 +237,7 @@ impl QuantizeArgs {
     }
 }
 
-/// What `quantize_translator` wrote.
+/// What `quantize_model` wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct QuantizeSummary {
     pub out: PathBuf,
@@ -338,9 +343,45 @@ fn f32_bytes(llm: &Llama) -> u64 {
         .sum()
 }
 
-/// Writes `src` with its decoder quantized to `out` (which must not exist): see the module
-/// documentation. Returns what was written.
-pub fn quantize_translator(
+/// What a folder to quantize holds.
+enum Source {
+    /// A translator folder: its decoder is the `llm` entry of the manifest.
+    Translator(ModelManifest),
+    /// A plain Hugging Face Llama folder: the decoder is the folder itself.
+    PlainLlm,
+}
+
+/// The float decoder of `model` (a translator or a plain Llama folder), in f32 on the CPU.
+fn load_source(model: &Path) -> Result<(Source, PathBuf, Llama)> {
+    if model.join(MANIFEST_FILE).exists() {
+        let (m, dir, llm) = load_float_llm(model, Device::Cpu)?;
+        return Ok((Source::Translator(m), dir, llm));
+    }
+    if !model.join("config.json").is_file() {
+        return Err(QuantizeError::NotAModelFolder(model.to_path_buf()));
+    }
+    let cfg = read_config(model)?;
+    if cfg.get("quantization_config").is_some_and(|v| !v.is_null()) {
+        return Err(QuantizeError::AlreadyQuantized(model.to_path_buf()));
+    }
+    let llm = Llama::load(
+        model,
+        LoadOptions {
+            device: Device::Cpu,
+            dtype: Kind::Float,
+            ..LoadOptions::default()
+        },
+    )
+    .map_err(|source| QuantizeError::Load {
+        path: model.to_path_buf(),
+        source,
+    })?;
+    Ok((Source::PlainLlm, model.to_path_buf(), llm))
+}
+
+/// Writes `src` (a translator folder or a plain Llama folder) with its decoder quantized to
+/// `out` (which must not exist): see the module documentation. Returns what was written.
+pub fn quantize_model(
     src: &Path,
     out: &Path,
     scheme: QuantScheme,
@@ -351,7 +392,7 @@ pub fn quantize_translator(
     if out.exists() {
         return Err(QuantizeError::OutExists(out.to_path_buf()));
     }
-    let (manifest, llm_dir, llm) = load_float_llm(src, Device::Cpu)?;
+    let (source, llm_dir, llm) = load_source(src)?;
     let qc = QuantConfig::all_linear(scheme);
     qc.check(llm.config(), &llm_dir.join("config.json"))
         .map_err(|source| QuantizeError::SchemeDoesNotFit {
@@ -377,7 +418,10 @@ pub fn quantize_translator(
     let mut guard = TempDir(Some(tmp.clone()));
 
     // Everything but the decoder's weights and config, as is.
-    let llm_rel = PathBuf::from(&manifest.llm);
+    let llm_rel = match &source {
+        Source::Translator(m) => PathBuf::from(&m.llm),
+        Source::PlainLlm => PathBuf::new(),
+    };
     copy_tree(src, &tmp, Path::new(""), &|r: &Path| {
         r.parent() == Some(llm_rel.as_path()) && {
             let f = r.file_name().map(|f| f.to_string_lossy().to_string());
@@ -389,7 +433,7 @@ pub fn quantize_translator(
     if cfg_json.get("torch_dtype").is_some() {
         cfg_json["torch_dtype"] = torch_dtype_name(float_kind).into();
     }
-    let tmp_llm = tmp.join(&manifest.llm);
+    let tmp_llm = tmp.join(&llm_rel);
     save_quantized(&llm, &qc, float_kind, Some(cfg_json), &tmp_llm).map_err(|source| {
         QuantizeError::Quantizing {
             path: llm_dir.clone(),
@@ -398,33 +442,50 @@ pub fn quantize_translator(
     })?;
 
     // Load the new folder back the way every consumer does, and run it.
-    let check = Translator::load(&tmp, Device::Cpu, Kind::Float).map_err(|source| {
-        QuantizeError::LoadQuantized {
-            path: tmp.clone(),
-            source,
-        }
-    })?;
-    let check_diff = {
-        let f = check.format();
-        let units: Vec<u32> = (0..f.num_units.min(12)).collect();
-        let direction = manifest.directions[0];
-        let prompt = f.prompt(
-            Mode::default_for(manifest.strategy).task_for(manifest.strategy)?,
-            direction.src(),
-            direction.tgt(),
-            &units,
-        )?;
-        let ids = ids_tensor(&prompt, Device::Cpu);
+    let loaded = |source| QuantizeError::LoadQuantized {
+        path: tmp.clone(),
+        source,
+    };
+    let logit_diff = |quantized: &Llama, prompt: &[u32]| -> Result<f64> {
+        let ids = ids_tensor(prompt, Device::Cpu);
         let (a, b) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
-            Ok((llm.forward(&ids, None)?, check.llm().forward(&ids, None)?))
+            Ok((llm.forward(&ids, None)?, quantized.forward(&ids, None)?))
         })?;
         let d = max_abs(&a, &b)?;
         if !d.is_finite() {
             return Err(QuantizeError::NonFiniteLogits);
         }
-        d
+        Ok(d)
     };
-    drop(check);
+    let check_diff = match &source {
+        Source::Translator(manifest) => {
+            let check = Translator::load(&tmp, Device::Cpu, Kind::Float).map_err(loaded)?;
+            let f = check.format();
+            let units: Vec<u32> = (0..f.num_units.min(12)).collect();
+            let direction = manifest.directions[0];
+            let prompt = f.prompt(
+                Mode::default_for(manifest.strategy).task_for(manifest.strategy)?,
+                direction.src(),
+                direction.tgt(),
+                &units,
+            )?;
+            logit_diff(check.llm(), &prompt)?
+        }
+        Source::PlainLlm => {
+            let check = Llama::load(
+                &tmp,
+                LoadOptions {
+                    device: Device::Cpu,
+                    dtype: Kind::Float,
+                    ..LoadOptions::default()
+                },
+            )
+            .map_err(loaded)?;
+            let vocab = check.config().vocab_size as u32;
+            let prompt: Vec<u32> = (0..16u32).map(|i| (i * 37 + 1) % vocab).collect();
+            logit_diff(&check, &prompt)?
+        }
+    };
 
     let source_llm_bytes = safetensors_bytes(&llm_dir)?;
     let quantized_llm_bytes = safetensors_bytes(&tmp_llm)?;
@@ -982,7 +1043,7 @@ pub fn run_quantize(args: &QuantizeArgs) -> Result<(QuantizeSummary, Option<Quan
             }
         }
     }
-    let summary = quantize_translator(&args.model, &args.out, scheme, float_kind)?;
+    let summary = quantize_model(&args.model, &args.out, scheme, float_kind)?;
     let report = match (&args.report_manifest, &args.units, args.direction) {
         (Some(m), Some(u), Some(d)) => {
             let dtype = parse_dtype(&args.dtype)?;
@@ -1011,6 +1072,62 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_llama_folder_quantizes_loads_and_decodes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tr = tmp.path().join("tr");
+        write_random_translator(&tr, &TinyTranslatorSpec::default()).unwrap();
+        // A translator's `llm/` is a plain Hugging Face Llama folder.
+        let src = tr.join("llm");
+        let f32_llm = Llama::load(&src, LoadOptions::default()).unwrap();
+        let vocab = f32_llm.config().vocab_size as u32;
+        let prompt: Vec<u32> = (0..24u32).map(|i| (i * 13 + 5) % vocab).collect();
+        let ids = ids_tensor(&prompt, Device::Cpu);
+        let reference = tch::no_grad(|| f32_llm.forward(&ids, None).unwrap());
+        let scale = reference.abs().max().double_value(&[]);
+        for (label, scheme, bound) in [
+            ("int8", QuantScheme::Int8, 0.02),
+            ("int4", QuantScheme::Int4 { group_size: 32 }, 0.2),
+        ] {
+            let out = tmp.path().join(format!("plain-{label}"));
+            let s = quantize_model(&src, &out, scheme, Kind::Float).unwrap();
+            assert!(s.size_ratio_vs_f32 < 1.0, "{s:?}");
+            assert_eq!(
+                std::fs::read(src.join("tokenizer.json")).unwrap(),
+                std::fs::read(out.join("tokenizer.json")).unwrap()
+            );
+            let q = Llama::load(&out, LoadOptions::default()).unwrap();
+            assert_eq!(q.quantization().map(|c| c.scheme), Some(scheme));
+            let d = max_diff(&tch::no_grad(|| q.forward(&ids, None).unwrap()), &reference);
+            assert!(d < bound * scale, "{label}: {d} (largest |logit| {scale})");
+            // And it decodes: greedy steps on its KV cache.
+            let mut cache = q.new_cache(1, 64).unwrap();
+            let mut next = tch::no_grad(|| q.forward(&ids, Some(&mut cache)).unwrap());
+            for _ in 0..8 {
+                let tok = next.select(1, -1).argmax(-1, false).int64_value(&[0]);
+                assert!((0..q.config().vocab_size).contains(&tok));
+                let step = Tensor::from_slice(&[tok]).view([1, 1]);
+                next = tch::no_grad(|| q.forward(&step, Some(&mut cache)).unwrap());
+            }
+        }
+        let e = quantize_model(
+            &tmp.path().join("nothing"),
+            &tmp.path().join("x"),
+            QuantScheme::Int8,
+            Kind::Float,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("neither a translator"), "{e}");
+        let e = quantize_model(
+            &tmp.path().join("plain-int8"),
+            &tmp.path().join("y"),
+            QuantScheme::Int8,
+            Kind::Float,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("already quantized"), "{e:#}");
+    }
+
+    #[test]
     fn quantized_tiny_translators_load_and_translate() {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("f32");
@@ -1036,7 +1153,7 @@ mod tests {
             ("int4", QuantScheme::Int4 { group_size: 32 }),
         ] {
             let out = tmp.path().join(label);
-            let s = quantize_translator(&src, &out, scheme, Kind::Float).unwrap();
+            let s = quantize_model(&src, &out, scheme, Kind::Float).unwrap();
             assert!(s.size_ratio_vs_f32 < 1.0, "{s:?}");
             assert!(s.check_max_logit_diff.is_finite());
             // Every file but the decoder's weights and config is copied unchanged.
@@ -1087,7 +1204,7 @@ mod tests {
         );
 
         // Bad requests: existing output, already quantized input, groups that do not divide.
-        let e = quantize_translator(
+        let e = quantize_model(
             &src,
             &tmp.path().join("int8"),
             QuantScheme::Int8,
@@ -1095,7 +1212,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("already exists"), "{e:#}");
-        let e = quantize_translator(
+        let e = quantize_model(
             &tmp.path().join("int8"),
             &tmp.path().join("again"),
             QuantScheme::Int8,
@@ -1103,7 +1220,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("already quantized"), "{e:#}");
-        let e = quantize_translator(
+        let e = quantize_model(
             &src,
             &tmp.path().join("g48"),
             QuantScheme::Int4 { group_size: 48 },
