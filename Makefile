@@ -12,7 +12,7 @@ export TOLK_REFERENCE_DIR := $(ROOT)/target/reference
 REF := $(TOLK_REFERENCE_DIR)
 THREADS ?= $(shell nproc)
 
-.PHONY: setup reference whisper-encoder units-probe demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota jetson-build jetson-check bench bench-demo bench-screen fmt lint clean-reference
+.PHONY: setup reference whisper-encoder units-probe demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota jetson-build jetson-check bench bench-demo bench-screen gpu-check gpu-bundle fmt lint clean-reference
 
 setup:
 	deploy/host/setup.sh
@@ -290,6 +290,21 @@ bench: setup $(REF)/smollm2/reference.json
 	target/release/tolk --threads $(THREADS) vocoder bench
 	target/release/tolk --threads $(THREADS) bench --model models/demo --direction en-fr models/demo/samples/en.wav
 	target/release/tolk --threads $(THREADS) bench --model models/demo --direction fr-en models/demo/samples/fr.wav
+
+# What this build does on a CUDA device: every model against the CPU (same seeded weights),
+# greedy decode, quantized loads, Llama-3.2-3B-shaped bf16 decode against the read bandwidth; one
+# JSON. Without CUDA it says so and exits 0.
+# `tolk-train` links no audio or GStreamer libraries: `make gpu-bundle` writes a stripped copy to
+# carry to a lent GPU machine (target/gpu/tolk-train, ~15 MB), run there as
+# `LD_LIBRARY_PATH=<torch>/lib target/gpu/tolk-train gpu-check --json gpu-check.json`.
+gpu-check: setup
+	cargo build --release -p tolk-training --bin tolk-train
+	target/release/tolk-train gpu-check --json target/gpu-check.json
+gpu-bundle: setup
+	cargo build --release -p tolk-training --bin tolk-train
+	mkdir -p target/gpu
+	strip -o target/gpu/tolk-train target/release/tolk-train
+	ls -l target/gpu/tolk-train
 
 # The kiosk's screen attached (display server + headless Chromium on the subtitle page) against
 # none, utterance by utterance in one run: the demo samples, each file 10 times.

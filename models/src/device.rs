@@ -65,6 +65,22 @@ pub fn dtype_size(kind: Kind) -> usize {
     kind.elt_size_in_bytes()
 }
 
+/// Read bandwidth of `device` in bytes/s: the best of five full reductions over a buffer of
+/// `bytes` (make it much larger than the caches: the access pattern of a batch-1 decode step,
+/// which reads every weight once).
+pub fn read_bandwidth(device: Device, bytes: i64) -> f64 {
+    let n = (bytes / 4).max(1);
+    let buf = tch::Tensor::ones([n], (Kind::Float, device));
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let s = buf.sum(Kind::Float);
+        let _ = s.double_value(&[]);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (n * 4) as f64 / best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

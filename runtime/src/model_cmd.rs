@@ -6,9 +6,8 @@ use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-use tolk_models::device::{available_device, dtype_name, parse_dtype};
+use tolk_models::device::{available_device, dtype_name, parse_dtype, read_bandwidth};
 use tolk_models::generate::{generate, GenerateOptions};
 use tolk_models::llama::{Llama, LlamaConfig, LoadOptions};
 use tolk_models::sampling::{Sampler, SamplingConfig};
@@ -288,21 +287,6 @@ fn generate_cmd(
         result.decode_tokens_per_sec()
     );
     Ok(())
-}
-
-/// Read bandwidth of the device in bytes/s: the best of several full reductions over a buffer
-/// much larger than the caches (the access pattern of a batch-1 decode step).
-fn read_bandwidth(device: Device, bytes: i64) -> f64 {
-    let n = bytes / 4;
-    let buf = Tensor::ones([n], (Kind::Float, device));
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let s = buf.sum(Kind::Float);
-        let _ = s.double_value(&[]);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    (n * 4) as f64 / best
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

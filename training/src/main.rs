@@ -10,6 +10,8 @@ use tolk_ota::mqtt::BrokerSettings;
 use tolk_ota::publish::{publish, Chaos, PublishOptions, TransferMode};
 use tracing_subscriber::EnvFilter;
 
+mod gpu_check;
+
 #[derive(Parser)]
 #[command(
     name = "tolk-train",
@@ -46,6 +48,9 @@ enum Command {
     Sft(tolk_training::sft::SftArgs),
     /// Training throughput and numerics of the SFT step against the same step in PyTorch.
     SftBench(tolk_training::sft::bench::SftBenchArgs),
+    /// Parity of every model on a CUDA device against the CPU, and the decode speed there, as
+    /// one JSON (`make gpu-check`); says so and exits 0 without CUDA.
+    GpuCheck(gpu_check::GpuCheckArgs),
     /// Assemble a translator folder (tolk-model.json) from SFT, k-means and vocoder outputs.
     Package(tolk_training::package::PackageArgs),
     /// Preference optimization with LoRA (DPO or SimPO, as the recipe's `loss.kind` says) on
@@ -211,6 +216,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::GpuCheck(a) => gpu_check::run(a),
         Command::SftBench(a) => {
             let r = tolk_training::sft::bench::run_bench(&a)?;
             println!("{}", serde_json::to_string_pretty(&r)?);

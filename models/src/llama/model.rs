@@ -419,16 +419,22 @@ impl Llama {
 
     /// A model with random weights (normal, std 0.02; norms at 1) for benchmarks and tests of
     /// shapes that have no public checkpoint here.
+    /// The weights are drawn in f32 on the CPU, then converted and moved: a seed gives the same
+    /// model on every device and in every dtype.
     pub fn random(cfg: LlamaConfig, opts: LoadOptions, seed: i64) -> Result<Self> {
         tch::manual_seed(seed);
         let mut tensors = HashMap::new();
+        let cpu = (Kind::Float, Device::Cpu);
         for spec in Self::tensor_specs(&cfg) {
             let t = if spec.shape.len() == 1 && spec.name.ends_with("norm.weight") {
-                Tensor::f_ones(spec.shape.as_slice(), (opts.dtype, opts.device))?
+                Tensor::f_ones(spec.shape.as_slice(), cpu)?
             } else {
-                Tensor::f_randn(spec.shape.as_slice(), (opts.dtype, opts.device))? * 0.02
+                Tensor::f_randn(spec.shape.as_slice(), cpu)? * 0.02
             };
-            tensors.insert(spec.name, t);
+            tensors.insert(
+                spec.name,
+                t.f_to_device(opts.device)?.f_to_kind(opts.dtype)?,
+            );
         }
         Self::from_tensors(cfg, tensors, opts)
     }

@@ -646,15 +646,19 @@ impl Hubert {
             } else {
                 1
             };
+            // Drawn on the CPU: a seed gives the same encoder on every device.
+            let cpu = (Kind::Float, Device::Cpu);
             let x = if spec.name.ends_with("norm.weight") || spec.name == POS_G_PARAM {
-                Tensor::f_ones(spec.shape.as_slice(), (Kind::Float, opts.device))?
+                Tensor::f_ones(spec.shape.as_slice(), cpu)?
             } else if spec.shape.len() == 1 {
-                Tensor::f_zeros(spec.shape.as_slice(), (Kind::Float, opts.device))?
+                Tensor::f_zeros(spec.shape.as_slice(), cpu)?
             } else {
-                Tensor::f_randn(spec.shape.as_slice(), (Kind::Float, opts.device))?
-                    * (1.0 / (fan_in as f64).sqrt())
+                Tensor::f_randn(spec.shape.as_slice(), cpu)? * (1.0 / (fan_in as f64).sqrt())
             };
-            t.insert(spec.name, x.f_to_kind(opts.dtype)?);
+            t.insert(
+                spec.name,
+                x.f_to_device(opts.device)?.f_to_kind(opts.dtype)?,
+            );
         }
         Self::from_tensors(cfg, layer, t, false, opts)
     }

@@ -42,17 +42,19 @@ pub fn random_model(config: VocoderConfig, seed: i64, device: Device) -> Result<
     tch::manual_seed(seed);
     let mut tensors = HashMap::new();
     for spec in tensor_specs(&config) {
+        // Drawn on the CPU: a seed gives the same vocoder on every device.
+        let cpu = (Kind::Float, Device::Cpu);
         let t = if spec.name.ends_with("ln1.weight") || spec.name.ends_with("ln2.weight") {
-            Tensor::f_ones(spec.shape.as_slice(), (Kind::Float, device))?
+            Tensor::f_ones(spec.shape.as_slice(), cpu)?
         } else {
             let std = if spec.name == "dict.weight" || spec.name.starts_with("spkr.") {
                 1.0
             } else {
                 0.01
             };
-            Tensor::f_randn(spec.shape.as_slice(), (Kind::Float, device))?.f_mul_scalar(std)?
+            Tensor::f_randn(spec.shape.as_slice(), cpu)?.f_mul_scalar(std)?
         };
-        tensors.insert(spec.name, t);
+        tensors.insert(spec.name, t.f_to_device(device)?);
     }
     CodeHiFiGan::from_tensors(config, tensors, device, Kind::Float)
 }
