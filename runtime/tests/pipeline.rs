@@ -702,3 +702,55 @@ fn a_direction_switch_applies_from_the_next_utterance_and_a_pause_hears_nothing(
         }
     )));
 }
+
+#[test]
+fn pausing_mid_utterance_reports_it_dropped() {
+    let mut audio = speech("Where is the train station, please?");
+    let speech_s = audio.len() as f64 / SR as f64;
+    audio.extend(silence(1.0));
+    let events = Arc::new(Collect::default());
+    let metrics = Arc::new(Metrics::new());
+    let mut p = Pipeline::start(
+        translator(),
+        VadKind::energy(),
+        opts(),
+        NullOut,
+        events.clone(),
+        metrics.clone(),
+    )
+    .unwrap();
+    let control = p.control();
+    // Live pacing: the pause comes while the sentence is being spoken.
+    let mut src = AudioSource::memory(
+        audio,
+        SR as u32,
+        Pacing::RealTime { period_frames: 320 },
+        RingOptions::default(),
+    );
+    let pause_at = Duration::from_secs_f64(speech_s * 0.6);
+    let pauser = std::thread::spawn(move || {
+        std::thread::sleep(pause_at);
+        control.set_listening(false, tolk_runtime::pipeline::Requester::Operator);
+    });
+    p.feed(&mut src, &AtomicBool::new(false)).unwrap();
+    pauser.join().unwrap();
+    let sum = p.finish(true);
+    assert!(
+        sum.reports.is_empty(),
+        "nothing is translated after the pause"
+    );
+    let ev = collect_events(&events);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::UtteranceStart { utterance: 1, .. })),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            Event::UtteranceDropped { utterance: 1, reason, .. } if reason.contains("paused")
+        )),
+        "{ev:?}"
+    );
+    assert_eq!(metrics.utterances_dropped.get(), 1);
+}

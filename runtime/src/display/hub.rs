@@ -130,8 +130,12 @@ impl Snapshot {
                 self.state = KioskState::Listening;
             }
             Event::AudioChunk { .. } => self.state = KioskState::Speaking,
-            Event::UtteranceDone { .. } | Event::UtteranceDropped { .. } => {
-                self.state = KioskState::Listening
+            Event::UtteranceDone { .. } => self.state = KioskState::Listening,
+            Event::UtteranceDropped { utterance, .. } => {
+                // A dropped utterance that never got its text leaves the page.
+                self.exchanges
+                    .retain(|e| e.utterance != *utterance || e.done);
+                self.state = KioskState::Listening;
             }
             Event::DirectionChanged { direction, .. } => self.direction.clone_from(direction),
             Event::ListeningChanged { listening, .. } => {
@@ -357,6 +361,28 @@ mod tests {
             Err(broadcast::error::TryRecvError::Lagged(n)) => assert!(n > 0),
             other => panic!("expected a lag, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_dropped_utterance_without_text_leaves_the_page() {
+        let h = hub(4);
+        utterance(&h, 1, "bonjour");
+        h.emit(&EventRecord::now(Event::UtteranceStart {
+            utterance: 2,
+            direction: "en-fr".into(),
+            start_s: 9.0,
+        }));
+        assert_eq!(h.snapshot().exchanges.len(), 2);
+        h.emit(&EventRecord::now(Event::UtteranceDropped {
+            utterance: 2,
+            direction: "en-fr".into(),
+            reason: "listening paused by the operator".into(),
+            queue_depth: 0,
+        }));
+        let s = h.snapshot();
+        let ids: Vec<u64> = s.exchanges.iter().map(|e| e.utterance).collect();
+        assert_eq!(ids, [1]);
+        assert_eq!(s.state, KioskState::Listening);
     }
 
     #[test]

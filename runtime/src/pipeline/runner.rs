@@ -233,7 +233,16 @@ impl<O: PcmOut + 'static> Pipeline<O> {
             if paused == listening {
                 paused = !listening;
                 front.reset();
-                open = None;
+                // An utterance heard in part is reported, not silently lost.
+                if let Some((id, direction)) = open.take() {
+                    shared.metrics.utterances_dropped.inc();
+                    shared.emit(Event::UtteranceDropped {
+                        utterance: id,
+                        direction: direction.as_str().into(),
+                        reason: "listening paused by the operator".into(),
+                        queue_depth: shared.queue.len() as u64,
+                    });
+                }
             }
             let read = {
                 let _s = tracing::debug_span!("capture_read").entered();

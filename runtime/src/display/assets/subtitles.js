@@ -97,6 +97,8 @@ function apply(ev) {
       break;
     }
     case 'utterance_dropped':
+      // One that never got its text leaves the page.
+      view.exchanges = view.exchanges.filter((x) => x.utterance !== ev.utterance || x.done);
       setState('listening');
       break;
     case 'direction_changed':
