@@ -12,7 +12,7 @@ export TOLK_REFERENCE_DIR := $(ROOT)/target/reference
 REF := $(TOLK_REFERENCE_DIR)
 THREADS ?= $(shell nproc)
 
-.PHONY: setup reference whisper-encoder units-probe demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota jetson-build jetson-check bench bench-demo bench-screen gpu-check gpu-bundle fmt lint clean-reference
+.PHONY: setup reference whisper-encoder units-probe demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota jetson-build jetson-check bench bench-demo bench-screen bench-shapes gpu-check gpu-bundle fmt lint clean-reference
 
 setup:
 	deploy/host/setup.sh
@@ -305,6 +305,13 @@ gpu-bundle: setup
 	mkdir -p target/gpu
 	strip -o target/gpu/tolk-train target/release/tolk-train
 	ls -l target/gpu/tolk-train
+
+# Every stage at shipped shapes with random weights (Whisper-base / mHuBERT-base encoders, a
+# SmolLM2-135M- and a Llama-3.2-1B-shaped decoder in f32, bf16, int8 and int4, the mHuBERT
+# vocoder) and the Jetson projection of the decoder; several minutes on 2 cores.
+bench-shapes: setup
+	cargo build --release -p tolk-runtime
+	target/release/tolk --threads $(THREADS) bench-shapes --json target/bench-shapes.json
 
 # The kiosk's screen attached (display server + headless Chromium on the subtitle page) against
 # none, utterance by utterance in one run: the demo samples, each file 10 times.

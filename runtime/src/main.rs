@@ -5,6 +5,7 @@ mod model_cmd;
 mod ota_cmd;
 mod run_cmd;
 mod screen_bench;
+mod shapes_bench;
 mod translate_cmd;
 
 use anyhow::Result;
@@ -62,6 +63,9 @@ enum Command {
     Run(run_cmd::RunArgs),
     /// Real-time factor and latency percentiles of a translator, offline and streaming.
     Bench(bench_cmd::BenchArgs),
+    /// Every stage at the shapes a product ships (random weights): encoders, decoders in f32,
+    /// bf16, int8 and int4, the vocoder; with the Jetson projection of the decoder.
+    BenchShapes(shapes_bench::ShapesArgs),
     /// Check CUDA, audio devices, GStreamer plugins, the broker and the model slots.
     Doctor {
         #[arg(long, default_value = "/etc/tolk/tolk.toml")]
@@ -111,6 +115,7 @@ fn main() -> Result<()> {
         Command::Translate(args) => translate_cmd::run(args),
         Command::Run(args) => run_cmd::run(args),
         Command::Bench(args) => bench_cmd::run_bench(args),
+        Command::BenchShapes(args) => shapes_bench::run(args),
         Command::Doctor {
             config,
             require_cuda,
