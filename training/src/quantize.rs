@@ -310,12 +310,18 @@ fn load_float_llm(model: &Path, device: Device) -> Result<(ModelManifest, PathBu
             source,
         })?;
     let llm_dir = model.join(&manifest.llm);
-    let cfg = read_config(&llm_dir)?;
+    let llm = load_float_decoder(&llm_dir, device)?;
+    Ok((manifest, llm_dir, llm))
+}
+
+/// The float Llama in `llm_dir`, in f32 on `device`; a quantized one is refused.
+fn load_float_decoder(llm_dir: &Path, device: Device) -> Result<Llama> {
+    let cfg = read_config(llm_dir)?;
     if cfg.get("quantization_config").is_some_and(|v| !v.is_null()) {
-        return Err(QuantizeError::AlreadyQuantized(llm_dir));
+        return Err(QuantizeError::AlreadyQuantized(llm_dir.to_path_buf()));
     }
-    let llm = Llama::load(
-        &llm_dir,
+    Llama::load(
+        llm_dir,
         LoadOptions {
             device,
             dtype: Kind::Float,
@@ -323,10 +329,9 @@ fn load_float_llm(model: &Path, device: Device) -> Result<(ModelManifest, PathBu
         },
     )
     .map_err(|source| QuantizeError::Load {
-        path: llm_dir.clone(),
+        path: llm_dir.to_path_buf(),
         source,
-    })?;
-    Ok((manifest, llm_dir, llm))
+    })
 }
 
 /// The decoder's `config.json` in `llm_dir`, as JSON.
@@ -360,22 +365,7 @@ fn load_source(model: &Path) -> Result<(Source, PathBuf, Llama)> {
     if !model.join("config.json").is_file() {
         return Err(QuantizeError::NotAModelFolder(model.to_path_buf()));
     }
-    let cfg = read_config(model)?;
-    if cfg.get("quantization_config").is_some_and(|v| !v.is_null()) {
-        return Err(QuantizeError::AlreadyQuantized(model.to_path_buf()));
-    }
-    let llm = Llama::load(
-        model,
-        LoadOptions {
-            device: Device::Cpu,
-            dtype: Kind::Float,
-            ..LoadOptions::default()
-        },
-    )
-    .map_err(|source| QuantizeError::Load {
-        path: model.to_path_buf(),
-        source,
-    })?;
+    let llm = load_float_decoder(model, Device::Cpu)?;
     Ok((Source::PlainLlm, model.to_path_buf(), llm))
 }
 
