@@ -103,36 +103,6 @@ fn not_built(name: &str, why: &str) -> Row {
     }
 }
 
-/// SmolLM2-135M's shape (its `config.json`).
-fn smollm2_config() -> Result<LlamaConfig> {
-    let v = serde_json::json!({
-        "model_type": "llama",
-        "vocab_size": 49152,
-        "hidden_size": 576,
-        "intermediate_size": 1536,
-        "num_hidden_layers": 30,
-        "num_attention_heads": 9,
-        "num_key_value_heads": 3,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 100000.0,
-        "max_position_embeddings": 8192,
-        "tie_word_embeddings": true,
-        "hidden_act": "silu"
-    });
-    Ok(LlamaConfig::from_json(
-        &v,
-        std::path::Path::new("smollm2-135m"),
-    )?)
-}
-
-/// Llama-3.2-3B's shape, embedded: the binary runs on machines without the source tree.
-fn llama_3b_config() -> Result<LlamaConfig> {
-    let text = include_str!("../../models/configs/llama-3.2-3b.json");
-    let v: serde_json::Value = serde_json::from_str(text)?;
-    let path = std::path::Path::new("models/configs/llama-3.2-3b.json");
-    Ok(LlamaConfig::from_json(&v, path)?)
-}
-
 fn opts(device: Device, dtype: Kind) -> LoadOptions {
     LoadOptions {
         device,
@@ -149,7 +119,7 @@ fn ids(device: Device, vocab: i64) -> Tensor {
 }
 
 fn llama_rows(device: Device, rows: &mut Vec<Row>) -> Result<()> {
-    let cfg = smollm2_config()?;
+    let cfg = LlamaConfig::published("smollm2-135m")?;
     let vocab = cfg.vocab_size;
     let cpu = Llama::random(cfg.clone(), opts(Device::Cpu, Kind::Float), 7)?;
     let reference = tch::no_grad(|| cpu.forward(&ids(Device::Cpu, vocab), None))?;
@@ -283,9 +253,9 @@ fn speech_rows(device: Device, rows: &mut Vec<Row>) -> Result<()> {
 fn decode_row(device: Device, quick: bool) -> Result<Row> {
     let t0 = Instant::now();
     let (name, cfg) = if quick {
-        ("SmolLM2-135M", smollm2_config()?)
+        ("SmolLM2-135M", LlamaConfig::published("smollm2-135m")?)
     } else {
-        ("Llama-3.2-3B", llama_3b_config()?)
+        ("Llama-3.2-3B", LlamaConfig::published("llama-3.2-3b")?)
     };
     let m = Llama::random(cfg.clone(), opts(device, Kind::BFloat16), 1)?;
     let prompt: Vec<u32> = (0..128)
@@ -385,20 +355,4 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
         .collect();
     anyhow::ensure!(failed.is_empty(), "gpu-check failed: {}", failed.join("; "));
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_built_in_shapes_parse() {
-        let s = smollm2_config().unwrap();
-        assert_eq!(
-            (s.hidden_size, s.num_hidden_layers, s.vocab_size),
-            (576, 30, 49152)
-        );
-        let l = llama_3b_config().unwrap();
-        assert_eq!((l.hidden_size, l.num_hidden_layers), (3072, 28));
-    }
 }

@@ -105,7 +105,41 @@ pub struct LlamaConfig {
     pub pad_token_id: Option<i64>,
 }
 
+/// Shapes of published checkpoints that benchmarks and device checks build with random weights
+/// (`models/configs/<name>.json`, embedded so that a binary needs no source tree).
+pub const PUBLISHED: [(&str, &str); 3] = [
+    (
+        "smollm2-135m",
+        include_str!("../../configs/smollm2-135m.json"),
+    ),
+    (
+        "llama-3.2-1b",
+        include_str!("../../configs/llama-3.2-1b.json"),
+    ),
+    (
+        "llama-3.2-3b",
+        include_str!("../../configs/llama-3.2-3b.json"),
+    ),
+];
+
 impl LlamaConfig {
+    /// The shape of a published checkpoint by name (see [`PUBLISHED`]).
+    pub fn published(name: &str) -> Result<Self> {
+        let Some((_, text)) = PUBLISHED.iter().find(|(n, _)| *n == name) else {
+            let names: Vec<&str> = PUBLISHED.iter().map(|(n, _)| *n).collect();
+            return Err(ModelError::InvalidArgument(format!(
+                "unknown model shape {name:?} (one of {})",
+                names.join(", ")
+            )));
+        };
+        let path = Path::new("models/configs").join(format!("{name}.json"));
+        let value: Value = serde_json::from_str(text).map_err(|source| ModelError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        Self::from_json(&value, &path)
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let value: Value = crate::checkpoint::read_json(path)?;
         Self::from_json(&value, path)
@@ -419,6 +453,21 @@ mod tests {
         // The serialized form parses back to the same config.
         let again = LlamaConfig::from_json(&cfg.to_json(), Path::new("x")).unwrap();
         assert_eq!(again, cfg);
+    }
+
+    #[test]
+    fn published_shapes_parse() {
+        let s = LlamaConfig::published("smollm2-135m").unwrap();
+        assert_eq!(
+            (s.hidden_size, s.num_hidden_layers, s.head_dim),
+            (576, 30, 64)
+        );
+        let l = LlamaConfig::published("llama-3.2-1b").unwrap();
+        assert!((1.2e9..1.3e9).contains(&(l.num_parameters() as f64)));
+        let b = LlamaConfig::published("llama-3.2-3b").unwrap();
+        assert_eq!((b.hidden_size, b.num_hidden_layers), (3072, 28));
+        let e = LlamaConfig::published("gpt-2").unwrap_err().to_string();
+        assert!(e.contains("gpt-2") && e.contains("smollm2-135m"), "{e}");
     }
 
     #[test]

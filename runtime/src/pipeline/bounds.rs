@@ -36,8 +36,7 @@ pub const MIN_FLOOR_DBFS: f32 = -80.0;
 pub const MAX_GAP_FRAMES: usize = 10;
 
 fn level_db(x: &[f32]) -> f32 {
-    let p = x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len().max(1) as f64;
-    (10.0 * (p + 1e-12).log10()) as f32
+    crate::metrics::rms_dbfs(x) as f32
 }
 
 /// Frame levels on a grid anchored at `at`: frames `[at + k FRAME, at + (k + 1) FRAME)` for every

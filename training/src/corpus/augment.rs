@@ -20,6 +20,7 @@
 //! whatever the order or the number of workers. Audio is written as 16 kHz mono 16-bit WAV under
 //! `audio/<manifest stem>/` beside the output manifest; `augment.jsonl` records each copy's draws.
 
+use super::perturb::rms;
 use std::path::{Component, Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
@@ -461,10 +462,6 @@ pub fn apply(speech: &[f32], d: &CopyDraws, rng: &mut ChaCha8Rng) -> Vec<f32> {
         *o = o.clamp(-1.0, 1.0);
     }
     out
-}
-
-fn rms(x: &[f32]) -> f64 {
-    (x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
 }
 
 /// `n` samples of unit-variance-ish noise of colour `kind` (scaled to the level by the caller).

@@ -129,6 +129,11 @@ pub fn room_impulse(rt60_s: f64, drr_db: f64, rng: &mut ChaCha8Rng) -> Vec<f32> 
     tail.into_iter().map(|v| v as f32).collect()
 }
 
+/// RMS of `x` (0 for an empty slice).
+pub fn rms(x: &[f32]) -> f64 {
+    (x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
+}
+
 /// `x` convolved with `h` (FFT), cut to `x.len() + h.len() - 1` samples and rescaled to the RMS
 /// of `x` (a room changes the timbre, not the level the gain draw chose).
 pub fn convolve(x: &[f32], h: &[f32]) -> Vec<f32> {
