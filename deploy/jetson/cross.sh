@@ -26,9 +26,12 @@ MULTIARCH=/usr/lib/aarch64-linux-gnu
 
 # Multi-Arch "same" packages only: they install beside the host's amd64 ones.
 # libgstreamer-plugins-base1.0-dev is not (apt would remove the amd64 one the host build needs),
-# so its arm64 .pc files and link names are unpacked under $CACHE/gst-dev instead.
+# so its arm64 .pc files and link names are unpacked under $CACHE/gst-dev instead. Its .pc files
+# name orc-0.4 (Requires.private), which pkg-config resolves even without --static. The emulated
+# run needs the arm64 C++ runtime (crossbuild-essential only brings the cross linker's copy).
 apt_packages=(crossbuild-essential-arm64 qemu-user-static file libasound2-dev:arm64
-  libgstreamer1.0-dev:arm64 libgstreamer-plugins-base1.0-0:arm64 gstreamer1.0-plugins-base:arm64)
+  libgstreamer1.0-dev:arm64 libgstreamer-plugins-base1.0-0:arm64 gstreamer1.0-plugins-base:arm64
+  liborc-0.4-dev:arm64 libstdc++6:arm64)
 
 setup() {
   local sudo_cmd=()
@@ -121,7 +124,22 @@ setup() {
       ln -sf "$MULTIARCH/$(readlink "$l")" "$CACHE/gst-dev/lib/$(basename "$l")"
     done
   fi
+  # Every GStreamer library the element and the runtime link, resolved as the build will.
+  local pc
+  for pc in gstreamer-1.0 gstreamer-base-1.0 gstreamer-audio-1.0 gstreamer-app-1.0 alsa; do
+    gst_pkg_config --exists "$pc" || {
+      echo "jetson setup: pkg-config cannot resolve $pc for arm64:" >&2
+      gst_pkg_config --print-errors --exists "$pc" >&2 || true
+      exit 1
+    }
+  done
   echo "jetson setup: ok (aarch64 torch $(sed -n "s/^__version__ = '\(.*\)'/\1/p" "$SITE/torch/version.py") in $SITE)"
+}
+
+# pkg-config as the aarch64 build runs it.
+gst_pkg_config() {
+  PKG_CONFIG_LIBDIR="$CACHE/gst-dev/pkgconfig:$MULTIARCH/pkgconfig:/usr/share/pkgconfig" \
+    PKG_CONFIG_ALLOW_SYSTEM_CFLAGS=1 pkg-config "$@"
 }
 
 # Every folder of the unpacked wheels that holds shared libraries, then the cupti stub.
