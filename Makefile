@@ -12,7 +12,7 @@ export TOLK_REFERENCE_DIR := $(ROOT)/target/reference
 REF := $(TOLK_REFERENCE_DIR)
 THREADS ?= $(shell nproc)
 
-.PHONY: setup reference whisper-encoder units-probe demo eval-visitor demo-model demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota jetson-build jetson-check bench bench-demo bench-screen bench-shapes gpu-check gpu-bundle fmt lint clean-reference
+.PHONY: setup reference whisper-encoder units-probe demo eval-visitor eval-visitor-voices demo-model demo-model-voices preference-table-voices demo-noisy-data noise-table demo-eval sft-table preference-table quant-table test fuzz-smoke fuzz soak-ota jetson-build jetson-check bench bench-demo bench-screen bench-shapes gpu-check gpu-bundle fmt lint clean-reference
 
 setup:
 	deploy/host/setup.sh
@@ -119,6 +119,44 @@ demo-model: setup
 	  --vocoder en=runs/vocoder-en --vocoder fr=runs/vocoder-fr --out models/demo --dtype f16
 	$(MAKE) demo-eval
 
+# The demo model for voices it never heard: Whisper base layer-5 units (k-means 100), a corpus
+# spoken by espeak-ng (en-us, fr-fr and one variant each) and SVOX Pico (en-US, fr-FR), the
+# texts of the human test recordings rendered twice by those voices (never their audio), noisy
+# copies with speed, pitch, simulated rooms and babble, and vocoders trained on Pico alone (the
+# kiosk's output voice). Held out of all of it: espeak-ng's other voices, Pico en-GB, MBROLA,
+# Piper and every human recording (the visitor table's unseen rows). Resumable; data in
+# data/demo-voices, runs in runs/demo-voices*. Evaluated by make eval-visitor-voices.
+VDATA := data/demo-voices
+VAUG := $(VDATA)/corpus
+VOICES_TRAIN := en-us,en-us+m3,pico:en-US,fr-fr,fr-fr+m3,pico:fr-FR
+PERTURB := --speed-fraction 0.3 --pitch-fraction 0.3 --reverb-fraction 0.4 --babble-fraction 0.2
+demo-model-voices: setup whisper-encoder
+	cargo build --release -p tolk-training --bin tolk-train
+	test -f $(VDATA)/human-texts.jsonl || $(TRAIN) voices --out $(VDATA) --set human-texts
+	test -f $(VAUG)/corpus.json || $(TRAIN) synth-corpus --out $(VAUG) --seed 1 \
+	  --pairs 6000 --dev 300 --test 300 --mono 300 --voices $(VOICES_TRAIN) \
+	  --extra-pairs $(VDATA)/human-texts.jsonl --extra-copies 2
+	test -f $(VAUG)/train-noisy-en.jsonl || $(TRAIN) augment --manifest $(VAUG)/train.jsonl --out $(VAUG)/train-noisy-en.jsonl --seed 1 $(PERTURB)
+	test -f $(VAUG)/train-noisy-fr.jsonl || $(TRAIN) augment --manifest $(VAUG)/train.jsonl --out $(VAUG)/train-noisy-fr.jsonl --seed 1 --reverse $(PERTURB)
+	test -f $(VDATA)/units.jsonl || $(TRAIN) units --extractor whisper --whisper $(WHISPER_ENCODER) --layer 5 \
+	  --fit-kmeans 100 --fit-frames 100000 --seed 1 $(foreach s,train dev test mono-en mono-fr,--manifest $(VAUG)/$(s).jsonl) \
+	  --save-kmeans $(VDATA)/kmeans100.safetensors --out $(VDATA)/units.jsonl
+	test -f $(VDATA)/units-noisy.jsonl || $(TRAIN) units --extractor whisper --whisper $(WHISPER_ENCODER) --layer 5 \
+	  --kmeans $(VDATA)/kmeans100.safetensors $(foreach s,train dev test mono-en mono-fr train-noisy-en train-noisy-fr,--manifest $(VAUG)/$(s).jsonl) \
+	  --out $(VDATA)/units-noisy.jsonl
+	test -f $(VDATA)/tokenizer.json || $(TRAIN) tokenizer --manifest $(VAUG)/train.jsonl \
+	  --vocab-size 1000 --out $(VDATA)/tokenizer.json
+	$(TRAIN) sft --recipe training/recipes/sft-demo-voices.toml
+	# Both languages at once, one thread each.
+	$(TRAIN) vocoder --config training/recipes/vocoder-demo.toml --quiet --manifest $(VAUG)/train.jsonl \
+	  --units $(VDATA)/units.jsonl --language fr --voice pico: --out runs/demo-voices-vocoder-fr & fr=$$!; \
+	$(TRAIN) vocoder --config training/recipes/vocoder-demo.toml --quiet --manifest $(VAUG)/train.jsonl \
+	  --units $(VDATA)/units.jsonl --language en --voice pico: --out runs/demo-voices-vocoder-en; en=$$?; \
+	wait $$fr && test $$en -eq 0
+	$(TRAIN) package --llm runs/demo-voices/final --extractor whisper --encoder $(WHISPER_ENCODER) --layer 5 \
+	  --kmeans $(VDATA)/kmeans100.safetensors --vocoder en=runs/demo-voices-vocoder-en \
+	  --vocoder fr=runs/demo-voices-vocoder-fr --out runs/demo-voices/translator --dtype f16
+
 # The noisy, padded copies the demo recipe trains on (one per training utterance and direction)
 # and the noisy held-out sets of the noise table, with their units (the demo k-means).
 AUG := $(DEMO_DATA)/corpus
@@ -180,6 +218,13 @@ eval-visitor: setup
 	cargo build --release -p tolk-training --bin tolk-train -p tolk-runtime --bin tolk
 	$(PY) training/scripts/visitor_table.py --model models/demo --work runs/visitor --limit 30 --human-limit 80
 
+# The same table for the model of make demo-model-voices (the same test sets; its vocoders speak
+# with SVOX Pico, so Pico's rendition of the reference is the ASR ceiling and DNSMOS reference).
+eval-visitor-voices: setup
+	cargo build --release -p tolk-training --bin tolk-train -p tolk-runtime --bin tolk
+	$(PY) training/scripts/visitor_table.py --model runs/demo-voices/translator --work runs/visitor-voices \
+	  --sets-dir runs/visitor/sets --ceiling-set pico --limit 30 --human-limit 80
+
 # The strategy comparison of the README (vanilla / tri-task / chain of modality, same budget).
 # Needs the demo data and vocoders (make demo-model). Reports in runs/table-*/eval-*/report.md.
 sft-table: setup
@@ -229,6 +274,36 @@ preference-table: setup
 	    --manifest $(DEMO_DATA)/corpus/test.jsonl --units $(DEMO_DATA)/units.jsonl --direction fr-en \
 	    --limit 100 --out runs/pref-eval-asr/$${m%%:*}-fr-en || exit 1; done
 	$(PY) training/scripts/preference_table.py runs
+
+# The preference stage where the SFT model has headroom (make demo-model-voices first): the
+# corpus's monolingual sentences (mono-en, mono-fr: never paired training data) spoken by
+# espeak-ng voices that neither the corpus nor the visitor sets use (voices --set espeak-pref),
+# plus a copy of each in a simulated room or babble; pairs by self-sampling and back-translation
+# (BLEU judge), DPO and SimPO with LoRA, then the SFT, DPO and SimPO models on the visitor rows
+# of other unseen voices, rooms and human speech. Table: training/scripts/preference_voices_table.py.
+PV := runs/pref-voices
+PV_ROWS := espeak-other,mbrola,piper,room-office-2m,babble-10db,human-fr,human-en
+preference-table-voices: setup
+	cargo build --release -p tolk-training --bin tolk-train -p tolk-runtime --bin tolk
+	mkdir -p $(PV)
+	cat $(VAUG)/mono-en.jsonl $(VAUG)/mono-fr.jsonl > $(PV)/mono.jsonl
+	test -f $(PV)/sets/espeak-pref.jsonl || $(TRAIN) voices --sentences $(PV)/mono.jsonl --out $(PV)/sets \
+	  --set espeak-pref --limit 600
+	test -f $(PV)/sets/espeak-pref-rooms.jsonl || $(TRAIN) augment --manifest $(PV)/sets/espeak-pref.jsonl \
+	  --out $(PV)/sets/espeak-pref-rooms.jsonl --seed 3 --reverb-fraction 0.6 --babble-fraction 0.4 --clean-fraction 0.5
+	test -f $(PV)/units.jsonl || $(TRAIN) units --extractor whisper --whisper $(WHISPER_ENCODER) --layer 5 \
+	  --kmeans $(VDATA)/kmeans100.safetensors --manifest $(PV)/sets/espeak-pref.jsonl \
+	  --manifest $(PV)/sets/espeak-pref-rooms.jsonl --out $(PV)/units.jsonl
+	cat $(PV)/sets/espeak-pref.jsonl $(PV)/sets/espeak-pref-rooms.jsonl > $(PV)/sets/speech.jsonl
+	for d in en-fr fr-en; do test -f $(PV)/pairs-$$d/summary.json || $(TRAIN) pairs --model runs/demo-voices/translator \
+	  --units $(PV)/units.jsonl --seed 1 --threads 1 --quiet --direction $$d --manifest $(PV)/sets/speech.jsonl \
+	  --out $(PV)/pairs-$$d || exit 1; done
+	test -d $(PV)/dpo/final/translator || $(TRAIN) preference --recipe training/recipes/dpo-voices.toml
+	test -d $(PV)/simpo/final/translator || $(TRAIN) preference --recipe training/recipes/simpo-voices.toml
+	for m in sft:runs/demo-voices/translator dpo:$(PV)/dpo/final/translator simpo:$(PV)/simpo/final/translator; do \
+	  $(PY) training/scripts/visitor_table.py --model $${m#*:} --work $(PV)/eval-$${m%%:*} --sets $(PV_ROWS) \
+	    --sets-dir runs/visitor/sets --ceiling-set pico --limit 30 --human-limit 80 || exit 1; done
+	$(PY) training/scripts/preference_voices_table.py $(PV)
 
 # Quantization figures of the README: int8 (per channel) and int4 (groups of 64: the demo's
 # 704-wide MLP does not divide by 128) of models/demo against f32, on 50 held-out en->fr prompts,

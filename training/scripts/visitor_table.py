@@ -3,6 +3,7 @@ through the kiosk's live front end, scored by what a visitor reads and hears.
 
 Usage: python training/scripts/visitor_table.py --model models/demo --work runs/visitor
                                                 [--limit 30] [--human-limit 80] [--jobs 2]
+                                                [--sets a,b] [--sets-dir DIR] [--ceiling-set pico]
 
 Steps (each cached under WORK; re-running continues where it stopped):
  1. the held-out sentences: `tolk-train synth-corpus --no-audio` with the options of
@@ -155,31 +156,47 @@ def main():
     ap.add_argument("--human-limit", type=int, default=80, help="recordings per human set")
     ap.add_argument("--dnsmos-limit", type=int, default=12)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--sets", help="comma-separated rows to measure (default: every set)")
+    ap.add_argument("--sets-dir", help="rendered test sets to reuse (default: WORK/sets)")
+    ap.add_argument("--ceiling-set", default="espeak-seen",
+                    help="set whose rendition of the target sentence is the ASR ceiling and the "
+                         "DNSMOS reference: the voice the model's vocoders imitate")
     args = ap.parse_args()
     w = args.work
+    wanted = SYNTH_SETS + HUMAN_SETS
+    if args.sets:
+        wanted = args.sets.split(",")
+        unknown = [x for x in wanted if x not in SYNTH_SETS + HUMAN_SETS]
+        if unknown:
+            sys.exit(f"visitor_table: unknown set(s) {', '.join(unknown)}")
+    if args.ceiling_set not in SYNTH_SETS[:5]:
+        sys.exit(f"visitor_table: --ceiling-set is one of {', '.join(SYNTH_SETS[:5])}")
     corpus = os.path.join(w, "corpus")
     if not os.path.exists(os.path.join(corpus, "test.jsonl")):
         run([TRAIN, "synth-corpus", "--no-audio", "--out", corpus, "--seed", "1", "--pairs", "6000",
              "--dev", "300", "--test", "300", "--mono", "300", "--voices", "en-us,fr-fr"])
-    sets_dir = os.path.join(w, "sets")
+    sets_dir = args.sets_dir or os.path.join(w, "sets")
     test = os.path.join(corpus, "test.jsonl")
+    needed = set(wanted) | {args.ceiling_set}
     for names, limit in ((SYNTH_SETS, args.limit), (HUMAN_SETS, args.human_limit)):
-        todo = [s for s in names if not os.path.exists(os.path.join(sets_dir, f"{s}.jsonl"))]
+        todo = [s for s in names
+                if s in needed and not os.path.exists(os.path.join(sets_dir, f"{s}.jsonl"))]
         if todo:
             run([TRAIN, "voices", "--sentences", test, "--out", sets_dir, "--set", ",".join(todo),
                  "--limit", str(limit)])
-    seen = {e["id"]: e for e in read_jsonl(os.path.join(sets_dir, "espeak-seen.jsonl"))}
+    ceil = args.ceiling_set
+    seen = {e["id"]: e for e in read_jsonl(os.path.join(sets_dir, f"{ceil}.jsonl"))}
 
     def reference_wav(e):
-        """The espeak-ng (trained-voice) rendition of the target sentence, if any."""
+        """The ceiling set's rendition of the target sentence (the vocoders' voice), if any."""
         m = re.match(r"^(?:[a-z0-9-]+?)-(test-\d+)-(en|fr)$", e["id"])
         if not m:
             return None
-        r = seen.get(f"espeak-seen-{m.group(1)}-{e['target_language']}")
+        r = seen.get(f"{ceil}-{m.group(1)}-{e['target_language']}")
         return os.path.join(sets_dir, r["audio"]) if r else None
 
     rows, every = [], []
-    for s in SYNTH_SETS + HUMAN_SETS:
+    for s in wanted:
         entries = read_jsonl(os.path.join(sets_dir, f"{s}.jsonl"))
         out_dir = os.path.join(w, "live", s)
         os.makedirs(out_dir, exist_ok=True)
@@ -252,7 +269,8 @@ def main():
         conf.update(threshold=t, wrong_share_passed=passed_wrong / max(passed, 1),
                     wrong_rejected=sum(c < t for c in neg) / max(len(neg), 1))
     with open(os.path.join(w, "table.json"), "w") as f:
-        json.dump({"model": args.model, "rows": rows, "confidence": conf}, f, indent=1)
+        json.dump({"model": args.model, "ceiling_set": ceil, "rows": rows, "confidence": conf},
+                  f, indent=1)
 
     f1 = lambda v: "n/a" if v is None else f"{v:.1f}"
     f2 = lambda v: "n/a" if v is None else f"{v:.2f}"

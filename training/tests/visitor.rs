@@ -235,7 +235,64 @@ fn voices_sets_are_well_formed_and_test_only_audio_never_trains() {
     let err = tolk_training::corpus::manifest::refuse_test_only(&m, "training").unwrap_err();
     assert!(err.to_string().contains("test-only"), "{err}");
 
-    // A training corpus made the way the demo's is holds none of the human ids or audio.
+    // The text-only set holds every text pair the human recordings say (no audio, not
+    // test-only); synth-corpus refuses the human set itself as extra pairs.
+    let o = tolk_train(&["voices", "--out", &s(&sets), "--set", "human-texts"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let texts = read_manifest(sets.join("human-texts.jsonl"), ReadOptions::default()).unwrap();
+    assert!(texts.entries.len() > 700, "{}", texts.entries.len());
+    assert!(texts
+        .entries
+        .iter()
+        .all(|e| e.audio.is_none() && !e.test_only));
+    let text_pairs: HashSet<(String, String)> = texts
+        .entries
+        .iter()
+        .map(|e| (e.text.clone(), e.target_text.clone().unwrap()))
+        .collect();
+    let mut human_pairs = Vec::new();
+    for set in ["human-fr", "human-en"] {
+        let m = read_manifest(sets.join(format!("{set}.jsonl")), ReadOptions::default()).unwrap();
+        for e in &m.entries {
+            let (t, tt) = (e.text.clone(), e.target_text.clone().unwrap());
+            let pair = if e.language == "en" { (t, tt) } else { (tt, t) };
+            assert!(text_pairs.contains(&pair), "{set} {}: {pair:?}", e.id);
+            human_pairs.push(pair);
+        }
+    }
+    let o = tolk_train(&[
+        "synth-corpus",
+        "--out",
+        &s(&root.join("refused")),
+        "--seed",
+        "1",
+        "--pairs",
+        "3",
+        "--dev",
+        "1",
+        "--test",
+        "1",
+        "--mono",
+        "1",
+        "--voices",
+        "en-us,fr-fr",
+        "--extra-pairs",
+        &s(&human),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("test_only"));
+    // Those pairs alone as extra pairs (a few, to keep the synthesis short).
+    let extra = root.join("extra.jsonl");
+    let lines: Vec<String> = texts
+        .entries
+        .iter()
+        .filter(|e| human_pairs.contains(&(e.text.clone(), e.target_text.clone().unwrap())))
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    std::fs::write(&extra, lines.join("\n") + "\n").unwrap();
+
+    // A training corpus made the way the demo's is, with the human texts, holds none of the
+    // human ids or audio, and does hold their texts.
     let corpus = root.join("corpus");
     let o = tolk_train(&[
         "synth-corpus",
@@ -252,9 +309,21 @@ fn voices_sets_are_well_formed_and_test_only_audio_never_trains() {
         "--mono",
         "1",
         "--voices",
-        "en-us,fr-fr",
+        "en-us,fr-fr,pico:fr-FR",
+        "--extra-pairs",
+        &s(&extra),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let train = read_manifest(corpus.join("train.jsonl"), ReadOptions::default()).unwrap();
+    for pair in &human_pairs {
+        assert!(
+            train
+                .entries
+                .iter()
+                .any(|e| (&e.text, e.target_text.as_ref()) == (&pair.0, Some(&pair.1))),
+            "{pair:?} not in the training split"
+        );
+    }
     let mut checked = 0;
     for f in std::fs::read_dir(&corpus).unwrap() {
         let p = f.unwrap().path();

@@ -184,6 +184,7 @@ mod train_runs {
                 write_wav(root.join(&rel), &s16, 16000, 1, WavFormat::Pcm16).unwrap();
                 let mut e = ManifestEntry::new(format!("u{i}"), "en", *text);
                 e.audio = Some(rel);
+                e.voice = Some("en-us s150 p50".into());
                 entries.push(e);
             }
             let manifest = root.join("train.jsonl");
@@ -261,6 +262,7 @@ mod train_runs {
             manifest: Some(f.root.join("train.jsonl")),
             units: Some(f.root.join("units.jsonl")),
             language: Some("en".into()),
+            voice: None,
             out,
             steps: None,
             device: "cpu".into(),
@@ -438,6 +440,39 @@ mod train_runs {
             format!("{e:#}").contains("no audio in language \"de\""),
             "{e:#}"
         );
+        // A voice no entry has.
+        let mut a = args(recipe_path(), dir.path().join("out"));
+        a.voice = Some("pico:".into());
+        let e = format!("{:#}", train_vocoder(&a).unwrap_err());
+        assert!(
+            e.contains("no audio in language \"en\"") && e.contains("from a voice \"pico:\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_voice_filter_keeps_that_voice_only() {
+        let f = fixture();
+        let load = |voice: Option<&str>| {
+            tolk_training::vocoder::data::load(&tolk_training::vocoder::data::DataOptions {
+                manifest: &f.root.join("train.jsonl"),
+                units: &f.root.join("units.jsonl"),
+                language: "en",
+                voice,
+                hop_length: 320,
+                sampling_rate: 16_000,
+                segment_frames: 4,
+                max_files: 0,
+                eval_files: 1,
+            })
+            .unwrap()
+        };
+        // The two bad files have no voice: the filter drops them before they are read.
+        let all = load(None);
+        let en_us = load(Some("en-us"));
+        assert_eq!((all.files, all.skipped.len()), (SENTENCES.len() + 2, 2));
+        assert_eq!((en_us.files, en_us.skipped.len()), (SENTENCES.len(), 0));
+        assert_eq!(en_us.train.len() + en_us.eval.len(), SENTENCES.len());
     }
 
     #[test]

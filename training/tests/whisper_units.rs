@@ -242,6 +242,23 @@ fn a_translator_packaged_with_whisper_units_extracts_the_units_it_was_trained_on
     assert!(summary
         .files
         .contains_key("units/whisper/model.safetensors"));
+    // Only the layers below 5, in float16 (lossless for these weights): the folder carries
+    // what the extractor reads and no more.
+    let packed = out.join("units/whisper/model.safetensors");
+    let stored = tch::Tensor::read_safetensors(&packed).unwrap();
+    assert!(stored.iter().all(|(_, t)| t.kind() == tch::Kind::Half));
+    assert!(stored
+        .iter()
+        .any(|(n, _)| n.starts_with("encoder.layers.4.")));
+    assert!(!stored
+        .iter()
+        .any(|(n, _)| n.starts_with("encoder.layers.5.") || n.starts_with("encoder.layer_norm.")));
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;
+    let ratio = size(&packed) / size(&whisper_dir().join("model.safetensors"));
+    assert!(
+        (0.35..0.45).contains(&ratio),
+        "packed / source size {ratio}"
+    );
     let tr = Translator::load(&out, tch::Device::Cpu, tch::Kind::Float).unwrap();
     assert_eq!(
         tr.manifest().units,

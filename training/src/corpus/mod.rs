@@ -60,6 +60,9 @@ pub const HOLDOUT_TEST: f64 = 0.1;
 /// Probability that a `(template, slot, value)` combination is held out for dev.
 pub const HOLDOUT_DEV: f64 = 0.1;
 
+/// The `template` of training entries from `--extra-pairs`.
+pub const EXTRA_TEMPLATE: &str = "extra";
+
 /// Default espeak-ng voices (all present in Debian's espeak-ng 1.51; `+f3` etc. are variants).
 pub const DEFAULT_VOICES: &[&str] = &[
     "en-us",
@@ -117,6 +120,10 @@ pub struct CorpusConfig {
     pub voices: Vec<String>,
     /// Synthesize audio (false: text-only manifests).
     pub audio: bool,
+    /// Sentence pairs from outside the grammar (`--extra-pairs`), appended to the training
+    /// split `extra_copies` times each (every copy drawn its own voices); never in dev or test.
+    pub extra_pairs: Vec<(String, String)>,
+    pub extra_copies: usize,
     /// Parallel synthesizer processes.
     pub workers: usize,
     pub synth: Synthesizers,
@@ -134,6 +141,8 @@ impl CorpusConfig {
             mono: 500,
             voices: DEFAULT_VOICES.iter().map(|v| v.to_string()).collect(),
             audio: true,
+            extra_pairs: Vec::new(),
+            extra_copies: 1,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             synth: Synthesizers::default(),
         }
@@ -150,6 +159,9 @@ pub struct CorpusSummary {
     pub pool_dev: usize,
     pub pool_test: usize,
     pub train: usize,
+    /// Training entries from `--extra-pairs` (included in `train`).
+    #[serde(default)]
+    pub extra_train: usize,
     pub dev: usize,
     pub test: usize,
     pub mono_en: usize,
@@ -427,7 +439,20 @@ pub fn build_corpus(cfg: &CorpusConfig) -> Result<CorpusSummary, CorpusError> {
     if cfg.workers == 0 {
         return Err(CorpusError::Config("workers must be at least 1".into()));
     }
-    let sel = select(cfg)?;
+    let mut sel = select(cfg)?;
+    let extra: Vec<Pair> = (0..cfg.extra_copies)
+        .flat_map(|_| cfg.extra_pairs.iter())
+        .map(|(en, fr)| Pair {
+            template: EXTRA_TEMPLATE,
+            slots: Vec::new(),
+            en: en.clone(),
+            fr: fr.clone(),
+        })
+        .collect();
+    let extra_train = extra.len();
+    if let Some((_, train)) = sel.sets.iter_mut().find(|(n, _)| *n == "train") {
+        train.extend(extra);
+    }
     let io = |path: PathBuf| move |source| CorpusError::Io { path, source };
     std::fs::create_dir_all(&cfg.out).map_err(io(cfg.out.clone()))?;
     if cfg.audio {
@@ -518,6 +543,7 @@ pub fn build_corpus(cfg: &CorpusConfig) -> Result<CorpusSummary, CorpusError> {
         pool_dev: sel.pools[1],
         pool_test: sel.pools[2],
         train: count("train"),
+        extra_train,
         dev: count("dev"),
         test: count("test"),
         mono_en: count("mono-en"),
@@ -561,6 +587,14 @@ pub struct SynthCorpusArgs {
     /// Write text-only manifests (no synthesis).
     #[arg(long)]
     pub no_audio: bool,
+    /// A manifest whose sentence pairs (text and target_text, either direction) join the
+    /// training split, e.g. `tolk-train voices --set human-texts`: the words of the human test
+    /// recordings, spoken by the training voices. Its audio, if any, is never used.
+    #[arg(long)]
+    pub extra_pairs: Option<PathBuf>,
+    /// Times each extra pair is rendered (each copy with voices of its own).
+    #[arg(long, default_value_t = 1)]
+    pub extra_copies: usize,
     /// Parallel synthesizer processes (default: the number of cores).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -573,8 +607,8 @@ pub struct SynthCorpusArgs {
 }
 
 impl SynthCorpusArgs {
-    /// The corpus options these arguments ask for.
-    pub fn config(&self) -> CorpusConfig {
+    /// The corpus options these arguments ask for (reads `--extra-pairs`).
+    pub fn config(&self) -> Result<CorpusConfig, CorpusError> {
         let mut c = CorpusConfig::new(&self.out, self.seed);
         c.train = self.pairs;
         c.dev = self.dev;
@@ -591,13 +625,168 @@ impl SynthCorpusArgs {
             espeak: self.espeak.clone(),
             pico: self.pico.clone(),
         };
-        c
+        if let Some(path) = &self.extra_pairs {
+            c.extra_pairs = read_extra_pairs(path)?;
+        }
+        c.extra_copies = self.extra_copies;
+        Ok(c)
     }
+}
+
+/// The (English, French) sentence pairs of a manifest's paired entries, in order, deduplicated.
+/// Entries marked `test_only` are refused, text and all: their texts come with
+/// `voices --set human-texts`, which holds no audio.
+pub fn read_extra_pairs(path: &std::path::Path) -> Result<Vec<(String, String)>, CorpusError> {
+    let m = manifest::read_manifest(path, manifest::ReadOptions { check_audio: false })?;
+    let bad = |id: &str, why: &str| {
+        CorpusError::Config(format!(
+            "--extra-pairs {}: entry {id}: {why}",
+            path.display()
+        ))
+    };
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for e in &m.entries {
+        if e.test_only {
+            return Err(bad(
+                &e.id,
+                "is test_only (take the text-only set human-texts)",
+            ));
+        }
+        let target = e
+            .target_text
+            .as_deref()
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| bad(&e.id, "has no target_text"))?;
+        if e.text.trim().is_empty() {
+            return Err(bad(&e.id, "has an empty text"));
+        }
+        let pair = match (e.language.as_str(), e.target_language.as_deref()) {
+            ("en", Some("fr")) => (e.text.clone(), target.to_string()),
+            ("fr", Some("en")) => (target.to_string(), e.text.clone()),
+            (l, t) => {
+                return Err(bad(
+                    &e.id,
+                    &format!(
+                        "goes {l} -> {}, not between English and French",
+                        t.unwrap_or("?")
+                    ),
+                ))
+            }
+        };
+        if seen.insert(pair.clone()) {
+            out.push(pair);
+        }
+    }
+    if out.is_empty() {
+        return Err(CorpusError::Config(format!(
+            "--extra-pairs {}: no sentence pairs",
+            path.display()
+        )));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write_lines(path: &std::path::Path, lines: &[&str]) {
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    #[test]
+    fn extra_pairs_join_the_training_split_only() {
+        let d = tempfile::tempdir().unwrap();
+        let extra = d.path().join("extra.jsonl");
+        write_lines(
+            &extra,
+            &[
+                r#"{"id":"a","language":"en","text":"A blue heron.","target_language":"fr","target_text":"Un héron bleu."}"#,
+                r#"{"id":"b","language":"fr","text":"Une coccinelle.","target_language":"en","target_text":"A ladybird."}"#,
+                r#"{"id":"c","language":"en","text":"A blue heron.","target_language":"fr","target_text":"Un héron bleu."}"#,
+            ],
+        );
+        let pairs = read_extra_pairs(&extra).unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("A blue heron.".to_string(), "Un héron bleu.".to_string()),
+                ("A ladybird.".to_string(), "Une coccinelle.".to_string()),
+            ]
+        );
+        let build = |extra_pairs: Vec<(String, String)>, out: &str| {
+            let mut cfg = CorpusConfig::new(d.path().join(out), 3);
+            cfg.train = 50;
+            cfg.dev = 10;
+            cfg.test = 10;
+            cfg.mono = 5;
+            cfg.audio = false;
+            cfg.extra_pairs = extra_pairs;
+            cfg.extra_copies = 2;
+            let summary = build_corpus(&cfg).unwrap();
+            let read = |n: &str| {
+                manifest::read_manifest(
+                    cfg.out.join(format!("{n}.jsonl")),
+                    manifest::ReadOptions { check_audio: false },
+                )
+                .unwrap()
+                .entries
+            };
+            (summary, read("train"), read("dev"), read("test"))
+        };
+        let (plain, train0, dev0, test0) = build(Vec::new(), "plain");
+        let (with, train1, dev1, test1) = build(pairs, "extra");
+        assert_eq!((plain.train, plain.extra_train), (50, 0));
+        assert_eq!((with.train, with.extra_train), (54, 4));
+        // The grammar's splits are unchanged; the extra pairs follow, each twice.
+        let texts = |v: &[ManifestEntry]| {
+            v.iter()
+                .map(|e| (e.text.clone(), e.target_text.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(texts(&train1[..50]), texts(&train0));
+        assert_eq!((texts(&dev1), texts(&test1)), (texts(&dev0), texts(&test0)));
+        let tail: Vec<_> = train1[50..]
+            .iter()
+            .map(|e| (e.text.as_str(), e.template.as_deref()))
+            .collect();
+        assert_eq!(
+            tail,
+            vec![
+                ("A blue heron.", Some(EXTRA_TEMPLATE)),
+                ("A ladybird.", Some(EXTRA_TEMPLATE)),
+                ("A blue heron.", Some(EXTRA_TEMPLATE)),
+                ("A ladybird.", Some(EXTRA_TEMPLATE)),
+            ]
+        );
+    }
+
+    #[test]
+    fn extra_pairs_refuse_test_only_untranslated_and_foreign_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.jsonl");
+        for (line, want) in [
+            (
+                r#"{"id":"h","language":"fr","text":"Un chat.","target_language":"en","target_text":"A cat.","test_only":true}"#,
+                "test_only",
+            ),
+            (
+                r#"{"id":"m","language":"en","text":"A cat."}"#,
+                "no target_text",
+            ),
+            (
+                r#"{"id":"g","language":"de","text":"Eine Katze.","target_language":"en","target_text":"A cat."}"#,
+                "de -> en",
+            ),
+        ] {
+            write_lines(&p, &[line]);
+            let err = read_extra_pairs(&p).unwrap_err().to_string();
+            assert!(err.contains(want) && err.contains("x.jsonl"), "{err}");
+        }
+        write_lines(&p, &[]);
+        assert!(read_extra_pairs(&p).is_err());
+    }
 
     #[test]
     fn voice_language_takes_the_prefix() {

@@ -4,7 +4,9 @@
 //! babble and sound effects, each written as a manifest by `training/scripts/voices.py`
 //! (compiled in, run by the project's Python; the engines and data come from the Debian and
 //! PyPI packages that `deploy/host/setup.sh` installs). Human recordings and MBROLA voices are
-//! marked `test_only`, which every training command refuses.
+//! marked `test_only`, which every training command refuses. The text-only set `human-texts`
+//! (every text pair the human recordings say, no audio) is what `synth-corpus --extra-pairs`
+//! renders with training voices.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,6 +18,13 @@ use crate::toolkit::run_dir::{io, RunDirError};
 
 /// The renderer script (`training/scripts/voices.py`).
 pub const SCRIPT: &str = include_str!("../../scripts/voices.py");
+
+/// Text-only sets: manifests without audio, never part of `all`.
+pub const TEXT_SETS: &[&str] = &["human-texts"];
+
+/// Speech for training stages, in voices neither the demo corpus nor the test sets use (the
+/// preference stage's source speech); not test-only, never part of `all`.
+pub const TRAIN_SETS: &[&str] = &["espeak-pref"];
 
 /// The sets `voices.py` knows (`all` renders every one).
 pub const SETS: &[&str] = &[
@@ -37,9 +46,9 @@ pub const SETS: &[&str] = &[
 #[derive(Debug, Clone, clap::Args)]
 pub struct VoicesArgs {
     /// Paired manifest whose sentences are spoken (e.g. the corpus's test.jsonl; text only is
-    /// enough).
+    /// enough). Needed by every set but the text-only ones.
     #[arg(long)]
-    pub sentences: PathBuf,
+    pub sentences: Option<PathBuf>,
     /// Output folder: one NAME.jsonl per set and audio/NAME/*.wav.
     #[arg(long)]
     pub out: PathBuf,
@@ -61,6 +70,8 @@ pub struct VoicesArgs {
 pub enum VoicesError {
     #[error("unknown test set {set:?} (known: {known}, or all)")]
     UnknownSet { set: String, known: String },
+    #[error("set {0} speaks sentences: give --sentences (a paired manifest)")]
+    NoSentences(String),
     #[error("--limit must be at least 1")]
     ZeroLimit,
     #[error(transparent)]
@@ -84,10 +95,13 @@ pub fn run_voices(args: &VoicesArgs) -> Result<Vec<(String, Manifest)>, VoicesEr
     } else {
         args.sets.iter().map(|s| s.as_str()).collect()
     };
-    if let Some(bad) = sets.iter().find(|s| !SETS.contains(s)) {
+    if let Some(bad) = sets
+        .iter()
+        .find(|s| !SETS.contains(s) && !TEXT_SETS.contains(s) && !TRAIN_SETS.contains(s))
+    {
         return Err(VoicesError::UnknownSet {
             set: bad.to_string(),
-            known: SETS.join(", "),
+            known: [SETS, TEXT_SETS, TRAIN_SETS].concat().join(", "),
         });
     }
     if args.limit == 0 {
@@ -99,14 +113,22 @@ pub fn run_voices(args: &VoicesArgs) -> Result<Vec<(String, Manifest)>, VoicesEr
     std::fs::write(&script, SCRIPT).map_err(io(&script))?;
     let mut cmd = Command::new(&python);
     cmd.arg(&script)
-        .arg("--sentences")
-        .arg(&args.sentences)
         .arg("--out")
         .arg(&args.out)
         .arg("--limit")
         .arg(args.limit.to_string())
         .arg("--seed")
         .arg(args.seed.to_string());
+    match &args.sentences {
+        Some(p) => {
+            cmd.arg("--sentences").arg(p);
+        }
+        None => {
+            if let Some(s) = sets.iter().find(|s| !TEXT_SETS.contains(s)) {
+                return Err(VoicesError::NoSentences(s.to_string()));
+            }
+        }
+    }
     for s in &sets {
         cmd.arg("--set").arg(s);
     }
@@ -117,7 +139,8 @@ pub fn run_voices(args: &VoicesArgs) -> Result<Vec<(String, Manifest)>, VoicesEr
     sets.iter()
         .map(|s| {
             let path = args.out.join(format!("{s}.jsonl"));
-            let m = read_manifest(&path, ReadOptions { check_audio: true })
+            let check_audio = !TEXT_SETS.contains(s);
+            let m = read_manifest(&path, ReadOptions { check_audio })
                 .map_err(|source| VoicesError::ReadBack { path, source })?;
             Ok((s.to_string(), m))
         })

@@ -28,9 +28,14 @@ pub enum VocoderDataError {
     Units(#[from] UnitsFileError),
     #[error(
         "{manifest}: no audio in language {language:?} (no entry has it as language with audio or \
-         as target_language with target_audio)"
+         as target_language with target_audio){voice}"
     )]
-    NoAudio { manifest: PathBuf, language: String },
+    NoAudio {
+        manifest: PathBuf,
+        language: String,
+        /// Empty, or the voice filter that left nothing.
+        voice: String,
+    },
     #[error(
         "{manifest}: no usable training audio in language {language:?} ({files} files, {skipped} \
          skipped)"
@@ -97,6 +102,8 @@ pub struct DataOptions<'a> {
     pub manifest: &'a Path,
     pub units: &'a Path,
     pub language: &'a str,
+    /// Prefix of the voice settings to keep (`pico:`); none: all.
+    pub voice: Option<&'a str>,
     pub hop_length: usize,
     pub sampling_rate: u32,
     pub segment_frames: usize,
@@ -113,15 +120,19 @@ pub fn load(o: &DataOptions) -> Result<VocoderData, VocoderDataError> {
     let table = read_units(o.units)?;
     let mut keys: Vec<String> = Vec::new();
     let mut seen = HashSet::new();
+    let voice_ok = |v: &Option<String>| {
+        o.voice
+            .is_none_or(|want| v.as_deref().is_some_and(|v| v.starts_with(want)))
+    };
     for e in &manifest.entries {
-        if e.target_language.as_deref() == Some(o.language) {
+        if e.target_language.as_deref() == Some(o.language) && voice_ok(&e.target_voice) {
             if let Some(a) = &e.target_audio {
                 if seen.insert(a.clone()) {
                     keys.push(a.clone());
                 }
             }
         }
-        if e.language == o.language {
+        if e.language == o.language && voice_ok(&e.voice) {
             if let Some(a) = &e.audio {
                 if seen.insert(a.clone()) {
                     keys.push(a.clone());
@@ -133,6 +144,10 @@ pub fn load(o: &DataOptions) -> Result<VocoderData, VocoderDataError> {
         return Err(VocoderDataError::NoAudio {
             manifest: o.manifest.to_path_buf(),
             language: o.language.to_string(),
+            voice: o
+                .voice
+                .map(|v| format!(" from a voice {v:?}..."))
+                .unwrap_or_default(),
         });
     }
     if o.max_files > 0 {

@@ -38,6 +38,10 @@ pub struct DataSection {
     /// The vocoder's language: `target_audio` of entries with this `target_language` and `audio`
     /// of entries with this `language` are its training speech.
     pub language: Option<String>,
+    /// Only speech whose manifest voice (`voice` / `target_voice`) starts with this, e.g.
+    /// `pico:` for the kiosk's output voice; none: every voice.
+    #[serde(default)]
+    pub voice: Option<String>,
     /// Use at most this many audio files (0: all), in manifest order.
     #[serde(default)]
     pub max_files: usize,

@@ -97,6 +97,10 @@ pub struct VocoderArgs {
     /// Language of the vocoder (overrides `data.language`).
     #[arg(long)]
     pub language: Option<String>,
+    /// Train on one voice only: speech whose manifest voice starts with this (e.g. `pico:`;
+    /// overrides `data.voice`).
+    #[arg(long)]
+    pub voice: Option<String>,
     /// Output vocoder folder (config.json + model.safetensors; training state under `train/`).
     #[arg(long)]
     pub out: PathBuf,
@@ -294,6 +298,7 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
         "language",
         "language",
     )?;
+    let voice = args.voice.clone().or_else(|| recipe.data.voice.clone());
     let total_steps = args.steps.unwrap_or(tr.steps);
     let device = tolk_models::device::available_device(&args.device)?;
     if let Some(n) = tr.threads {
@@ -308,6 +313,7 @@ pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
         manifest: &manifest,
         units: &units,
         language: &language,
+        voice: voice.as_deref(),
         hop_length: hop,
         sampling_rate: probe.sampling_rate as u32,
         segment_frames: tr.segment_frames,
