@@ -143,7 +143,7 @@ demo-model-voices: setup whisper-encoder
 	  --save-kmeans $(VDATA)/kmeans100.safetensors --out $(VDATA)/units.jsonl
 	test -f $(VDATA)/units-noisy.jsonl || $(TRAIN) units --extractor whisper --whisper $(WHISPER_ENCODER) --layer 5 \
 	  --kmeans $(VDATA)/kmeans100.safetensors $(foreach s,train dev test mono-en mono-fr train-noisy-en train-noisy-fr,--manifest $(VAUG)/$(s).jsonl) \
-	  --out $(VDATA)/units-noisy.jsonl
+	  --reuse $(VDATA)/units.jsonl --out $(VDATA)/units-noisy.jsonl
 	test -f $(VDATA)/tokenizer.json || $(TRAIN) tokenizer --manifest $(VAUG)/train.jsonl \
 	  --vocab-size 1000 --out $(VDATA)/tokenizer.json
 	$(TRAIN) sft --recipe training/recipes/sft-demo-voices.toml

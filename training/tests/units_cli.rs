@@ -201,6 +201,65 @@ fn units_and_tokenizer_on_a_tiny_corpus() {
         "loaded centroids give other units"
     );
 
+    // --reuse: the train manifest's units come from u4 (checked on one file), mono's are
+    // extracted; the result equals extracting everything.
+    let only_train = p("u-train.jsonl");
+    ok(tolk_train(&[
+        "units",
+        "--manifest",
+        train_s,
+        "--extractor",
+        "mfcc",
+        "--kmeans",
+        &km1,
+        "--out",
+        &only_train,
+        "--quiet",
+    ]));
+    let reuse_out = p("u-reused.jsonl");
+    let sr = ok(tolk_train(&[
+        "units",
+        "--manifest",
+        train_s,
+        "--manifest",
+        mono_s,
+        "--extractor",
+        "mfcc",
+        "--kmeans",
+        &km1,
+        "--reuse",
+        &only_train,
+        "--out",
+        &reuse_out,
+        "--quiet",
+    ]));
+    let train_files = read_units(Path::new(&only_train)).unwrap().len();
+    assert_eq!(sr["reused"], train_files, "{sr}");
+    assert_eq!(sr["extracted"], table.len(), "{sr}");
+    assert!(read_units(Path::new(&reuse_out)).unwrap() == table);
+    // Units of other centroids are refused, naming the file that disagrees.
+    let other = tolk_train(&[
+        "units",
+        "--manifest",
+        train_s,
+        "--extractor",
+        "mfcc",
+        "--kmeans",
+        &km3,
+        "--reuse",
+        &only_train,
+        "--out",
+        &p("u-bad.jsonl"),
+        "--quiet",
+    ]);
+    assert!(!other.status.success());
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        err.contains("other centroids") && err.contains("u-train.jsonl"),
+        "{err}"
+    );
+    assert!(!Path::new(&p("u-bad.jsonl")).exists());
+
     // Neither centroids nor a fit asked for: a clear error.
     let bad = tolk_train(&[
         "units",

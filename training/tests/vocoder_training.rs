@@ -205,6 +205,7 @@ mod train_runs {
                 save_kmeans: None,
                 device: "cpu".into(),
                 jobs: Some(2),
+                reuse: None,
                 out: units.clone(),
                 quiet: true,
             })

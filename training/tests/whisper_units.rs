@@ -70,6 +70,7 @@ fn units_args(manifest: &Path, out: &Path, streamed: bool) -> UnitsArgs {
         save_kmeans: Some(out.with_extension("safetensors")),
         device: "cpu".into(),
         jobs: None,
+        reuse: None,
         out: out.to_path_buf(),
         quiet: true,
     }

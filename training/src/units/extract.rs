@@ -31,7 +31,7 @@ use tolk_models::units::{
     MfccFeaturizer, UnitExtractor, UnitId, Whisper, WhisperFeaturizer, WhisperLoadOptions,
 };
 
-use super::file::{write_units, UnitsTable};
+use super::file::{read_units, write_units, UnitsTable};
 use crate::corpus::manifest::{read_manifest, ReadOptions};
 
 /// The MFCC settings of MFCC units (defined once in `tolk_models`, which the runtime uses).
@@ -106,6 +106,10 @@ pub struct UnitsArgs {
     /// Worker threads (default: the available cores for MFCC, 1 for HuBERT).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// A units file of the same extractor and centroids (e.g. of the clean manifests): audio it
+    /// holds is copied, not extracted again; its first such file is re-extracted as a check.
+    #[arg(long)]
+    pub reuse: Option<PathBuf>,
     /// Output units file (JSONL, see `tolk_training::units::file`).
     #[arg(long)]
     pub out: PathBuf,
@@ -121,13 +125,16 @@ pub struct UnitsSummary {
     pub num_units: u32,
     /// Distinct audio files named by the manifests.
     pub files: usize,
-    /// Files with units written.
+    /// Files with units written (extracted or reused).
     pub extracted: usize,
+    /// Of those, copied from `--reuse`.
+    pub reused: usize,
     pub skipped: usize,
     /// `(audio key, reason)` of each skipped file.
     pub skipped_files: Vec<(String, String)>,
+    /// Seconds of the audio extracted in this run (reused files aside).
     pub audio_seconds: f64,
-    /// Units written (one per frame).
+    /// Units extracted in this run (one per frame).
     pub frames: usize,
     /// Units per second of audio (50 for 50 Hz extractors).
     pub units_per_audio_second: f64,
@@ -398,15 +405,55 @@ pub fn run_units(args: &UnitsArgs) -> Result<UnitsSummary> {
         Ok((units, seconds))
     };
     let mut results: Vec<Option<FileResult>> = vec![None; items.len()];
+    // Reused units: the items the --reuse table holds are done; the rest are extracted.
+    let mut reused = vec![false; items.len()];
+    if let Some(path) = &args.reuse {
+        let old = read_units(path).with_context(|| format!("--reuse {}", path.display()))?;
+        if (old.num_units, old.extractor.as_str()) != (num_units, extractor_name.as_str()) {
+            bail!(
+                "--reuse {}: its units come from {} ({} units), not {extractor_name} ({num_units})",
+                path.display(),
+                old.extractor,
+                old.num_units
+            );
+        }
+        let mut checked = false;
+        for (i, item) in items.iter().enumerate() {
+            let Some(units) = old.get(&item.key) else {
+                continue;
+            };
+            if !checked {
+                // Same extractor name and K, but the centroids could differ: one file decides.
+                if let Ok((fresh, _)) = extract_one(item) {
+                    if fresh != units {
+                        bail!(
+                            "--reuse {}: {} re-extracted gives other units than the file holds                              (other centroids or encoder weights)",
+                            path.display(),
+                            item.key
+                        );
+                    }
+                    checked = true;
+                }
+            }
+            results[i] = Some(Ok((units.to_vec(), 0.0)));
+            reused[i] = true;
+        }
+        tracing::info!(
+            reused = reused.iter().filter(|r| **r).count(),
+            "units reused"
+        );
+    }
+    let todo: Vec<usize> = (0..items.len()).filter(|&i| !reused[i]).collect();
+    pb.inc((items.len() - todo.len()) as u64);
     std::thread::scope(|s| {
         for _ in 0..jobs {
             let tx = tx.clone();
-            let (next, items, extract_one) = (&next, &items, &extract_one);
+            let (next, items, extract_one, todo) = (&next, &items, &extract_one, &todo);
             s.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= items.len() {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = todo.get(k) else {
                     break;
-                }
+                };
                 let _ = tx.send((i, extract_one(&items[i])));
             });
         }
@@ -427,10 +474,14 @@ pub fn run_units(args: &UnitsArgs) -> Result<UnitsSummary> {
     let mut table = UnitsTable::new(num_units, extractor_name.clone());
     let mut skipped_files = Vec::new();
     let mut audio_seconds = 0.0;
-    for (item, r) in items.iter().zip(results) {
+    let mut frames = 0;
+    for ((item, r), was_reused) in items.iter().zip(results).zip(&reused) {
         match r {
             Some(Ok((units, seconds))) => {
                 audio_seconds += seconds;
+                if !was_reused {
+                    frames += units.len();
+                }
                 table.insert(item.key.clone(), units)?;
             }
             Some(Err(reason)) => skipped_files.push((item.key.clone(), reason)),
@@ -445,13 +496,13 @@ pub fn run_units(args: &UnitsArgs) -> Result<UnitsSummary> {
         );
     }
     write_units(&args.out, &table)?;
-    let frames = table.total_units();
     let wall_seconds = start.elapsed().as_secs_f64();
     Ok(UnitsSummary {
         extractor: extractor_name,
         num_units,
         files: items.len(),
         extracted: table.len(),
+        reused: reused.iter().filter(|r| **r).count(),
         skipped: skipped_files.len(),
         skipped_files,
         audio_seconds,

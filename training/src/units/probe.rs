@@ -254,6 +254,7 @@ pub fn run_probe(args: &ProbeArgs) -> Result<ProbeReport> {
             save_kmeans: None,
             device: args.device.clone(),
             jobs: Some(1),
+            reuse: None,
             out: PathBuf::new(),
             quiet: true,
         };
