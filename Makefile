@@ -21,6 +21,13 @@ setup:
 $(REF)/smollm2/reference.json: tests/reference/smollm2.py | setup
 	$(PY) tests/reference/smollm2.py $(REF)/smollm2
 
+# GGUF import (`tolk model import-gguf`): the same real weights re-encoded as Q8_0 / Q4_0 / F16 /
+# BF16, gguf-py's dequantization, transformers' logits and tokenizer ids from the Q4_1 GGUF; a
+# tiny Llama 3-shaped GGUF and bad files (tests/tests/gguf_import.rs).
+$(REF)/gguf/reference.json: tests/reference/gguf.py $(REF)/smollm2/reference.json | setup
+	rm -f $@
+	$(PY) tests/reference/gguf.py $(REF)/gguf
+
 $(REF)/llama_tiny/reference.json: tests/reference/llama_tiny.py | setup
 	$(PY) tests/reference/llama_tiny.py $(REF)/llama_tiny
 
@@ -82,7 +89,7 @@ $(REF)/metrics/reference.json: tests/reference/metrics.py | setup
 $(REF)/quant/reference.json: tests/reference/quant_check.py | setup
 	$(PY) tests/reference/quant_check.py $(REF)/quant
 
-reference: setup $(REF)/smollm2/reference.json $(REF)/llama_tiny/reference.json $(REF)/vocoder/reference.json $(REF)/hubert/reference.json $(REF)/kmeans/reference.json $(REF)/audio_features/reference.json $(REF)/silero/reference.json $(REF)/metrics/reference.json $(REF)/lora_peft/reference.json $(REF)/quant/reference.json $(REF)/whisper/reference.json
+reference: setup $(REF)/smollm2/reference.json $(REF)/gguf/reference.json $(REF)/llama_tiny/reference.json $(REF)/vocoder/reference.json $(REF)/hubert/reference.json $(REF)/kmeans/reference.json $(REF)/audio_features/reference.json $(REF)/silero/reference.json $(REF)/metrics/reference.json $(REF)/lora_peft/reference.json $(REF)/quant/reference.json $(REF)/whisper/reference.json
 
 # The main job: English and French held-out utterances through the streaming pipeline of the
 # built-in demo model (models/demo); subtitles and latencies printed, translated speech written.

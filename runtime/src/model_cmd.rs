@@ -1,4 +1,5 @@
-//! `tolk model ...`: inspect, logits, generate and bench on a Hugging Face Llama folder.
+//! `tolk model ...`: inspect, logits, generate and bench on a Hugging Face Llama folder, and
+//! `import-gguf` to make such a folder from a llama.cpp GGUF file.
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -6,9 +7,11 @@ use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use tolk_models::device::{available_device, dtype_name, parse_dtype, read_bandwidth};
 use tolk_models::generate::{generate, GenerateOptions};
+use tolk_models::llama::gguf::import_llama;
 use tolk_models::llama::{Llama, LlamaConfig, LoadOptions};
 use tolk_models::sampling::{Sampler, SamplingConfig};
 use tolk_models::tokenizer::Tokenizer;
@@ -95,6 +98,23 @@ pub enum ModelCommand {
     /// Prefill and decode throughput at batch 1 against the memory-bandwidth ceiling, optionally
     /// beside transformers on the same weights.
     Bench(BenchArgs),
+    /// Convert a llama.cpp GGUF Llama (F32, F16, BF16, Q8_0, Q4_0 or Q4_1 tensors) into a plain
+    /// Hugging Face Llama folder: config.json, model.safetensors and, for a byte-level BPE
+    /// vocabulary, tokenizer.json.
+    ImportGguf(ImportGgufArgs),
+}
+
+#[derive(Args)]
+pub struct ImportGgufArgs {
+    /// The GGUF file (general.architecture = llama).
+    file: PathBuf,
+    /// Output folder (must not exist, or be empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// dtype of the written weights: f32, bf16 or f16 (quantized tensors are dequantized to f32
+    /// first).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 #[derive(Args)]
@@ -140,7 +160,62 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             ignore_eos,
         } => generate_cmd(&load, &prompt, max_new_tokens, &sample, ignore_eos),
         ModelCommand::Bench(args) => bench(&args),
+        ModelCommand::ImportGguf(args) => import_gguf(&args),
     }
+}
+
+fn import_gguf(args: &ImportGgufArgs) -> Result<()> {
+    let dtype = parse_dtype(&args.dtype)?;
+    let start = Instant::now();
+    let report = import_llama(&args.file, &args.out, dtype)
+        .with_context(|| format!("importing {}", args.file.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    let cfg = &report.config;
+    let types: Vec<String> = report
+        .stored_types
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect();
+    println!(
+        "imported         {} (GGUF v{})",
+        args.file.display(),
+        report.version
+    );
+    println!(
+        "model            layers {}, hidden {}, {} query / {} key-value heads, vocab {}, {}",
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.vocab_size,
+        if cfg.tie_word_embeddings {
+            "tied head"
+        } else {
+            "untied head"
+        }
+    );
+    println!(
+        "rope             theta {} {:?}",
+        cfg.rope_theta, cfg.rope_scaling
+    );
+    println!("stored tensors   {}", types.join(", "));
+    println!(
+        "wrote            {} ({} tensors, {}, {:.1} MiB) in {secs:.1} s",
+        args.out.display(),
+        report.tensors,
+        dtype_name(dtype),
+        report.bytes_written as f64 / (1 << 20) as f64
+    );
+    match &report.tokenizer_skipped {
+        None => println!("tokenizer        tokenizer.json rebuilt from tokenizer.ggml.*"),
+        Some(why) => println!(
+            "tokenizer        NOT written: {why}.\n                 Copy the original model's \
+             tokenizer.json into {} to use `tolk model logits/generate`; `tolk model bench` \
+             and `tolk-train quantize` do not need it.",
+            args.out.display()
+        ),
+    }
+    Ok(())
 }
 
 fn inspect(load: &LoadArgs) -> Result<()> {

@@ -123,3 +123,77 @@ fn inspect_logits_and_generate() {
     ]);
     assert!(!ok && err.contains("--max-len"), "{err}");
 }
+
+/// `tolk model import-gguf` on the tiny Llama 3-shaped GGUF of tests/reference/gguf.py: the
+/// folder it writes runs under `inspect`, `logits` and `bench`; a bad file fails with the file
+/// and the reason named.
+#[test]
+fn import_gguf_then_run_the_folder() {
+    let refs = reference_dir("gguf");
+    let gguf = refs.join("tiny-llama3.gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tiny");
+    let out_s = out.to_str().unwrap();
+    let (ok, stdout, err) = tolk(&[
+        "model",
+        "import-gguf",
+        gguf.to_str().unwrap(),
+        "--out",
+        out_s,
+        "--dtype",
+        "bf16",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("layers 2,") && stdout.contains("Llama3") && stdout.contains("bf16"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("tokenizer.json rebuilt"), "{stdout}");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(out.join(f).exists(), "{f} written");
+    }
+    let (ok, stdout, err) = tolk(&["model", "inspect", out_s]);
+    assert!(
+        ok && stdout.contains("tied embeddings  false"),
+        "{err}{stdout}"
+    );
+    let (ok, stdout, err) = tolk(&[
+        "model", "logits", out_s, "--prompt", "Hello", "--json", "--top-k", "2",
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("\"prompt_ids\":[1,"), "BOS first: {stdout}");
+    let (ok, stdout, err) = tolk(&[
+        "model",
+        "bench",
+        out_s,
+        "--prompt-tokens",
+        "8",
+        "--new-tokens",
+        "4",
+        "--repeats",
+        "1",
+    ]);
+    assert!(ok && stdout.contains("decode"), "{err}{stdout}");
+
+    // A second import into the same folder, and a file of another architecture.
+    let (ok, _, err) = tolk(&[
+        "model",
+        "import-gguf",
+        gguf.to_str().unwrap(),
+        "--out",
+        out_s,
+    ]);
+    assert!(!ok && err.contains("not empty"), "{err}");
+    let bad = refs.join("bad-arch.gguf");
+    let (ok, _, err) = tolk(&[
+        "model",
+        "import-gguf",
+        bad.to_str().unwrap(),
+        "--out",
+        tmp.path().join("bad").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("bad-arch.gguf") && err.contains("qwen2") && !err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -5,6 +5,7 @@
 //! LM head. The caller owns the [`KvCache`].
 
 mod config;
+pub mod gguf;
 mod kv_cache;
 pub mod lora;
 mod model;
