@@ -24,9 +24,9 @@ $(REF)/smollm2/reference.json: tests/reference/smollm2.py | setup
 # GGUF import (`tolk model import-gguf`): the same real weights re-encoded as Q8_0 / Q4_0 / F16 /
 # BF16, gguf-py's dequantization, transformers' logits and tokenizer ids from the Q4_1 GGUF; a
 # tiny Llama 3-shaped GGUF and bad files (tests/tests/gguf_import.rs).
-$(REF)/gguf/reference.json: tests/reference/gguf.py $(REF)/smollm2/reference.json | setup
+$(REF)/gguf/reference.json: tests/reference/gguf_import.py $(REF)/smollm2/reference.json | setup
 	rm -f $@
-	$(PY) tests/reference/gguf.py $(REF)/gguf
+	$(PY) tests/reference/gguf_import.py $(REF)/gguf
 
 $(REF)/llama_tiny/reference.json: tests/reference/llama_tiny.py | setup
 	$(PY) tests/reference/llama_tiny.py $(REF)/llama_tiny

@@ -124,7 +124,7 @@ fn inspect_logits_and_generate() {
     assert!(!ok && err.contains("--max-len"), "{err}");
 }
 
-/// `tolk model import-gguf` on the tiny Llama 3-shaped GGUF of tests/reference/gguf.py: the
+/// `tolk model import-gguf` on the tiny Llama 3-shaped GGUF of tests/reference/gguf_import.py: the
 /// folder it writes runs under `inspect`, `logits` and `bench`; a bad file fails with the file
 /// and the reason named.
 #[test]

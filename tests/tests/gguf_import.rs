@@ -1,5 +1,5 @@
 //! GGUF import (`tolk_models::llama::gguf`, `tolk model import-gguf`) against gguf-py and
-//! transformers (`tests/reference/gguf.py`): our dequantization of the real llama.cpp-made
+//! transformers (`tests/reference/gguf_import.py`): our dequantization of the real llama.cpp-made
 //! SmolLM2 Q4_1 file and of its Q8_0 / Q4_0 / F16 / BF16 re-encodings equals gguf-py's bit for
 //! bit; the imported tensors equal those of transformers' GGUF loader (so the q/k permutation is
 //! undone the same way); the imported folder loads with the Llama loader and gives transformers'

