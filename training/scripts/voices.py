@@ -428,6 +428,17 @@ TEXT_SETS = ["human-texts"]
 TRAIN_SETS = ["espeak-pref"]
 
 
+def write_manifest(out, name, entries, what):
+    """OUT/NAME.jsonl, written whole or not at all."""
+    path = os.path.join(out, f"{name}.jsonl")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        for e in entries:
+            f.write(json.dumps(e, ensure_ascii=False) + "\n")
+    os.replace(path + ".tmp", path)
+    print(f"voices: {name}: {len(entries)} {what} -> {path}", file=sys.stderr)
+    return path
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sentences", help="paired manifest (every set but the text-only ones)")
@@ -445,13 +456,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for name in sets:
             if name == "human-texts":
-                entries = list(human_texts())
-                path = os.path.join(args.out, f"{name}.jsonl")
-                with open(path + ".tmp", "w", encoding="utf-8") as f:
-                    for e in entries:
-                        f.write(json.dumps(e, ensure_ascii=False) + "\n")
-                os.replace(path + ".tmp", path)
-                print(f"voices: {name}: {len(entries)} text pairs -> {path}", file=sys.stderr)
+                path = write_manifest(args.out, name, list(human_texts()), "text pairs")
                 continue
             if name.startswith("human"):
                 gen = human_set(name, args.limit, args.seed)
@@ -473,12 +478,7 @@ def main():
                 if not e.get("test_only"):
                     e.pop("test_only", None)
                 entries.append(e)
-            path = os.path.join(args.out, f"{name}.jsonl")
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                for e in entries:
-                    f.write(json.dumps(e, ensure_ascii=False) + "\n")
-            os.replace(path + ".tmp", path)
-            print(f"voices: {name}: {len(entries)} entries -> {path}", file=sys.stderr)
+            write_manifest(args.out, name, entries, "entries")
 
 
 if __name__ == "__main__":
