@@ -16,6 +16,7 @@ use tolk_models::device::parse_dtype;
 use tolk_models::translator::{
     Direction, ModelManifest, Strategy, Translator, UnitsSpec, MANIFEST_FILE, MODEL_FORMAT,
 };
+use tolk_models::units::Whisper;
 use tolk_models::ModelError;
 
 use crate::toolkit::run_dir::{io, RunDirError};
@@ -175,17 +176,9 @@ fn pack_encoder(src: &Path, dst: &Path, kind: ExtractorKind, layer: usize) -> Re
     std::fs::create_dir_all(dst).map_err(io(dst))?;
     copy(&src.join("config.json"), &dst.join("config.json"))?;
     let path = src.join("model.safetensors");
-    let unused = |name: &str| {
-        kind == ExtractorKind::Whisper
-            && (name.starts_with("encoder.layer_norm.")
-                || name
-                    .strip_prefix("encoder.layers.")
-                    .and_then(|r| r.split('.').next())
-                    .and_then(|i| i.parse::<usize>().ok())
-                    .is_some_and(|i| i >= layer))
-    };
+    let keep = |name: &str| kind != ExtractorKind::Whisper || Whisper::reads_tensor(name, layer);
     let (tensors, _) =
-        read_safetensors(&path, Kind::Float, Device::Cpu, |n| !unused(n)).map_err(|source| {
+        read_safetensors(&path, Kind::Float, Device::Cpu, keep).map_err(|source| {
             PackageError::Read {
                 path: path.clone(),
                 source,

@@ -337,6 +337,24 @@ fn reflected(x: &[f32], x_start: usize, i: i64, n: usize) -> f32 {
 }
 
 impl Whisper {
+    /// The encoder layer a checkpoint tensor belongs to (`encoder.layers.{i}.*`).
+    fn layer_of(name: &str) -> Option<usize> {
+        name.strip_prefix("encoder.layers.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Whether the encoder cut at `layer` (returning `hidden_states[layer]`) reads this tensor
+    /// of a Hugging Face `WhisperModel` checkpoint: the encoder's stem, positions and layers
+    /// below `layer`; never the final layer norm, the decoder or layers from `layer` on.
+    pub fn reads_tensor(name: &str, layer: usize) -> bool {
+        name.starts_with("encoder.")
+            && !name.starts_with("encoder.layer_norm.")
+            && Self::layer_of(name).is_none_or(|i| i < layer)
+    }
+
     /// The tensors needed for `hidden_states[layer]`.
     pub fn tensor_specs(cfg: &WhisperConfig, layer: usize) -> Vec<TensorSpec> {
         let d = cfg.d_model;
@@ -406,14 +424,9 @@ impl Whisper {
         }
         let specs = Self::tensor_specs(&cfg, layer);
         let n_layers = cfg.encoder_layers;
+        // What the cut encoder does not read may be there; a layer past the config's may not.
         let ignorable = move |name: &str| -> bool {
-            if !name.starts_with("encoder.") || name.starts_with("encoder.layer_norm.") {
-                return true;
-            }
-            name.strip_prefix("encoder.layers.")
-                .and_then(|r| r.split('.').next())
-                .and_then(|i| i.parse::<usize>().ok())
-                .is_some_and(|i| i >= layer && i < n_layers)
+            !Self::reads_tensor(name, layer) && Self::layer_of(name).is_none_or(|i| i < n_layers)
         };
         let tensors = load_checked(dir, &specs, &ignorable, opts.dtype, opts.device)?;
         Self::from_tensors(cfg, layer, tensors, opts)
