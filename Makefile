@@ -102,7 +102,13 @@ demo: setup
 	@echo "== French -> English (models/demo/samples/fr.wav)"
 	target/release/tolk translate models/demo/samples/fr.wav -o target/demo/fr-to-en.wav \
 	  --model models/demo --direction fr-en
-	@echo "translated speech: target/demo/en-to-fr.wav, target/demo/fr-to-en.wav"
+	@echo "== Voices it never heard: English by Piper en_US-joe (samples/unseen-en.wav) -> French"
+	target/release/tolk translate models/demo/samples/unseen-en.wav -o target/demo/unseen-en-to-fr.wav \
+	  --model models/demo --direction en-fr
+	@echo "== French by espeak-ng fr-ch+m2 (samples/unseen-fr.wav) -> English"
+	target/release/tolk translate models/demo/samples/unseen-fr.wav -o target/demo/unseen-fr-to-en.wav \
+	  --model models/demo --direction fr-en
+	@echo "translated speech: target/demo/{en-to-fr,fr-to-en,unseen-en-to-fr,unseen-fr-to-en}.wav"
 
 # The built-in demo model, reproduced from scratch (hours on a 2-core CPU; resumable: re-running
 # continues the SFT and vocoder trainings from their checkpoints). Data in data/demo, runs in runs/.
@@ -136,7 +142,10 @@ demo-model: setup
 VDATA := data/demo-voices
 VAUG := $(VDATA)/corpus
 VOICES_TRAIN := en-us,en-us+m3,pico:en-US,fr-fr,fr-fr+m3,pico:fr-FR
-PERTURB := --speed-fraction 0.3 --pitch-fraction 0.3 --reverb-fraction 0.4 --babble-fraction 0.2
+PERTURB := --entry-fraction 0.5 --speed-fraction 0.3 --pitch-fraction 0.3 --reverb-fraction 0.4 --babble-fraction 0.2
+# Vocoders shorter than the demo's 8,400 steps (8,000 mel-only), to fit the recipe in one
+# 2-core working session.
+VVOC := --config training/recipes/vocoder-demo.toml --steps 5400 --mel-only-steps 5000 --quiet
 demo-model-voices: setup whisper-encoder
 	cargo build --release -p tolk-training --bin tolk-train
 	test -f $(VDATA)/human-texts.jsonl || $(TRAIN) voices --out $(VDATA) --set human-texts
@@ -145,19 +154,19 @@ demo-model-voices: setup whisper-encoder
 	  --extra-pairs $(VDATA)/human-texts.jsonl --extra-copies 2
 	test -f $(VAUG)/train-noisy-en.jsonl || $(TRAIN) augment --manifest $(VAUG)/train.jsonl --out $(VAUG)/train-noisy-en.jsonl --seed 1 $(PERTURB)
 	test -f $(VAUG)/train-noisy-fr.jsonl || $(TRAIN) augment --manifest $(VAUG)/train.jsonl --out $(VAUG)/train-noisy-fr.jsonl --seed 1 --reverse $(PERTURB)
-	test -f $(VDATA)/units.jsonl || $(TRAIN) units --extractor whisper --whisper $(WHISPER_ENCODER) --layer 5 \
+	test -f $(VDATA)/units.jsonl || $(TRAIN) units --extractor whisper --whisper $(WHISPER_ENCODER) --layer 5 --jobs 2 \
 	  --fit-kmeans 100 --fit-frames 100000 --seed 1 $(foreach s,train dev test mono-en mono-fr,--manifest $(VAUG)/$(s).jsonl) \
 	  --save-kmeans $(VDATA)/kmeans100.safetensors --out $(VDATA)/units.jsonl
-	test -f $(VDATA)/units-noisy.jsonl || $(TRAIN) units --extractor whisper --whisper $(WHISPER_ENCODER) --layer 5 \
+	test -f $(VDATA)/units-noisy.jsonl || $(TRAIN) units --extractor whisper --whisper $(WHISPER_ENCODER) --layer 5 --jobs 2 \
 	  --kmeans $(VDATA)/kmeans100.safetensors $(foreach s,train dev test mono-en mono-fr train-noisy-en train-noisy-fr,--manifest $(VAUG)/$(s).jsonl) \
 	  --reuse $(VDATA)/units.jsonl --out $(VDATA)/units-noisy.jsonl
 	test -f $(VDATA)/tokenizer.json || $(TRAIN) tokenizer --manifest $(VAUG)/train.jsonl \
 	  --vocab-size 1000 --out $(VDATA)/tokenizer.json
 	$(TRAIN) sft --recipe training/recipes/sft-demo-voices.toml
 	# Both languages at once, one thread each.
-	$(TRAIN) vocoder --config training/recipes/vocoder-demo.toml --quiet --manifest $(VAUG)/train.jsonl \
+	$(TRAIN) vocoder $(VVOC) --manifest $(VAUG)/train.jsonl \
 	  --units $(VDATA)/units.jsonl --language fr --voice pico: --out runs/demo-voices-vocoder-fr & fr=$$!; \
-	$(TRAIN) vocoder --config training/recipes/vocoder-demo.toml --quiet --manifest $(VAUG)/train.jsonl \
+	$(TRAIN) vocoder $(VVOC) --manifest $(VAUG)/train.jsonl \
 	  --units $(VDATA)/units.jsonl --language en --voice pico: --out runs/demo-voices-vocoder-en; en=$$?; \
 	wait $$fr && test $$en -eq 0
 	$(TRAIN) package --llm runs/demo-voices/final --extractor whisper --encoder $(WHISPER_ENCODER) --layer 5 \

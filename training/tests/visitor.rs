@@ -211,6 +211,26 @@ fn voices_sets_are_well_formed_and_test_only_audio_never_trains() {
             if set.starts_with("room") || set.contains("db") {
                 assert!(e.augmentation.is_some(), "{}", e.id);
             }
+            if *set == "kokoro" {
+                // "kokoro PACK speed S": one of the five Japanese voice packs, speed 0.9-1.1.
+                let desc = e.voice.as_deref().unwrap_or_default();
+                let words: Vec<&str> = desc.split(' ').collect();
+                let packs = [
+                    "jf_alpha",
+                    "jf_gongitsune",
+                    "jf_nezumi",
+                    "jf_tebukuro",
+                    "jm_kumo",
+                ];
+                assert!(
+                    words.len() == 4 && words[0] == "kokoro" && words[2] == "speed",
+                    "{}: {desc:?}",
+                    e.id
+                );
+                assert!(packs.contains(&words[1]), "{}: {desc:?}", e.id);
+                let speed: f64 = words[3].parse().unwrap();
+                assert!((0.9..=1.1).contains(&speed), "{}: {desc:?}", e.id);
+            }
         }
     }
     assert_eq!(human_ids.len(), 4);

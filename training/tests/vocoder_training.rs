@@ -266,6 +266,7 @@ mod train_runs {
             voice: None,
             out,
             steps: None,
+            mel_only_steps: None,
             device: "cpu".into(),
             fresh: false,
             quiet: true,

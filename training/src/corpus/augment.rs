@@ -106,6 +106,8 @@ pub struct AugmentConfig {
     pub seed: u64,
     /// Augmented copies per entry.
     pub copies: usize,
+    /// Fraction of the entries that get copies, drawn per entry id from the seed (1 = all).
+    pub entry_fraction: f64,
     pub lead_ms: Span,
     pub tail_ms: Span,
     pub noise_dbfs: Span,
@@ -314,6 +316,7 @@ impl Default for AugmentConfig {
         Self {
             seed: 0,
             copies: 1,
+            entry_fraction: 1.0,
             lead_ms: Span { lo: 0.0, hi: 600.0 },
             tail_ms: Span { lo: 0.0, hi: 600.0 },
             noise_dbfs: Span {
@@ -335,6 +338,12 @@ impl AugmentConfig {
         let bad = |m: String| Err(AugmentError::Config(m));
         if self.copies == 0 || self.workers == 0 {
             return bad("copies and workers must be at least 1".into());
+        }
+        if !(self.entry_fraction > 0.0 && self.entry_fraction <= 1.0) {
+            return bad(format!(
+                "entry_fraction {} is not in (0, 1]",
+                self.entry_fraction
+            ));
         }
         if self.lead_ms.lo < 0.0 || self.tail_ms.lo < 0.0 {
             return bad("lead_ms and tail_ms cannot be negative".into());
@@ -407,6 +416,16 @@ impl CopyDraws {
             self.lead_ms, self.tail_ms, self.gain_db
         )
     }
+}
+
+/// Whether entry `id` is among the `entry_fraction` of entries that get copies: a draw of its
+/// own per id, so the subset does not depend on the manifest's order or length.
+pub fn takes_copies(cfg: &AugmentConfig, id: &str) -> bool {
+    if cfg.entry_fraction >= 1.0 {
+        return true;
+    }
+    let h = super::stable_hash(cfg.seed, &["augment-entry", id]);
+    ChaCha8Rng::seed_from_u64(h).random::<f64>() < cfg.entry_fraction
 }
 
 /// The draws of copy `copy` of entry `id`: a function of the seed, the id and the copy only.
@@ -576,6 +595,7 @@ pub fn augment(
         source,
     })?;
     let jobs: Vec<(usize, usize)> = (0..m.entries.len())
+        .filter(|&i| takes_copies(cfg, &m.entries[i].id))
         .flat_map(|i| (0..cfg.copies).map(move |k| (i, k)))
         .collect();
     // Entry `i`'s audio as 16 kHz mono, or why not.
@@ -697,6 +717,9 @@ pub struct AugmentArgs {
     /// Augmented copies per entry.
     #[arg(long, default_value_t = 1)]
     pub copies: usize,
+    /// Fraction of the entries that get copies (a seeded draw per entry id; 1 = every entry).
+    #[arg(long, default_value_t = 1.0)]
+    pub entry_fraction: f64,
     /// Leading silence added, ms (`A:B` uniform, or one value).
     #[arg(long, default_value = "0:600")]
     pub lead_ms: Span,
@@ -758,6 +781,7 @@ impl AugmentArgs {
         AugmentConfig {
             seed: self.seed,
             copies: self.copies,
+            entry_fraction: self.entry_fraction,
             lead_ms: self.lead_ms,
             tail_ms: self.tail_ms,
             noise_dbfs: self.noise_dbfs,
@@ -983,6 +1007,41 @@ mod tests {
         }
         let log = std::fs::read_to_string(d.path().join("out.augment.jsonl")).unwrap();
         assert!(log.lines().all(|l| l.contains("\"babble_from\"")), "{log}");
+    }
+
+    #[test]
+    fn an_entry_fraction_picks_the_same_entries_whatever_their_order() {
+        let cfg = AugmentConfig {
+            entry_fraction: 0.5,
+            seed: 3,
+            ..Default::default()
+        };
+        let ids: Vec<String> = (0..2_000).map(|i| format!("u{i}")).collect();
+        let kept: Vec<&String> = ids.iter().filter(|id| takes_copies(&cfg, id)).collect();
+        assert!((900..1_100).contains(&kept.len()), "{} of 2000", kept.len());
+        let reversed: Vec<&String> = ids
+            .iter()
+            .rev()
+            .filter(|id| takes_copies(&cfg, id))
+            .collect();
+        assert_eq!(kept, reversed.into_iter().rev().collect::<Vec<_>>());
+        let other_seed = AugmentConfig {
+            seed: 4,
+            ..cfg.clone()
+        };
+        assert!(ids
+            .iter()
+            .any(|id| takes_copies(&cfg, id) != takes_copies(&other_seed, id)));
+        assert!(ids
+            .iter()
+            .all(|id| takes_copies(&AugmentConfig::default(), id)));
+        for bad in [0.0, -0.1, 1.5, f64::NAN] {
+            let c = AugmentConfig {
+                entry_fraction: bad,
+                ..Default::default()
+            };
+            assert!(c.check().is_err(), "{bad}");
+        }
     }
 
     #[test]

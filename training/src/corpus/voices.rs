@@ -1,5 +1,6 @@
 //! `tolk-train voices`: visitor test sets. Held-out sentences of the synthetic corpus spoken by
-//! voices a model never heard (other espeak-ng voices, MBROLA, SVOX Pico, Piper), real human
+//! voices a model never heard (other espeak-ng voices, MBROLA, SVOX Pico, Piper, Kokoro-82M's
+//! Japanese voices speaking English and French with their accent), real human
 //! recordings (Tux Paint's spoken stamp descriptions, KTuberling's words) and simulated rooms,
 //! babble and sound effects, each written as a manifest by `training/scripts/voices.py`
 //! (compiled in, run by the project's Python; the engines and data come from the Debian and
@@ -33,6 +34,7 @@ pub const SETS: &[&str] = &[
     "mbrola",
     "pico",
     "piper",
+    "kokoro",
     "human-fr",
     "human-en",
     "room-small-1m",

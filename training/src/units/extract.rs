@@ -103,7 +103,8 @@ pub struct UnitsArgs {
     /// `cpu`, `cuda` or `cuda:N` (HuBERT features and the k-means assignment).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Worker threads (default: the available cores for MFCC, 1 for HuBERT).
+    /// Worker threads (default: the available cores for MFCC, 1 for HuBERT and Whisper, whose one
+    /// worker uses libtorch's threads; with more, each worker gets an equal share of the cores).
     #[arg(long)]
     pub jobs: Option<usize>,
     /// A units file of the same extractor and centroids (e.g. of the clean manifests): audio it
@@ -388,6 +389,12 @@ pub fn run_units(args: &UnitsArgs) -> Result<UnitsSummary> {
             ExtractorKind::Hubert | ExtractorKind::Whisper => 1,
         })
         .clamp(1, items.len());
+    if jobs > 1 && !matches!(args.extractor, ExtractorKind::Mfcc) {
+        // Parallel files, one libtorch thread each: an utterance's matrices are too small for
+        // libtorch's intra-op threads to pay, and two pools would oversubscribe the cores.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tch::set_num_threads((cores / jobs).max(1) as i32);
+    }
     let pb = progress(items.len(), args.quiet, "units");
     let next = AtomicUsize::new(0);
     let (tx, rx) = std::sync::mpsc::channel::<(usize, FileResult)>();

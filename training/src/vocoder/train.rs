@@ -107,6 +107,9 @@ pub struct VocoderArgs {
     /// Train up to this step instead of the recipe's `train.steps`.
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Steps before the discriminators join, instead of the recipe's `train.mel_only_steps`.
+    #[arg(long)]
+    pub mel_only_steps: Option<u64>,
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -283,7 +286,10 @@ fn given<T: Clone>(
 /// Runs `tolk-train vocoder`.
 pub fn train_vocoder(args: &VocoderArgs) -> Result<VocoderSummary> {
     let t_start = Instant::now();
-    let recipe = Recipe::from_file(&args.config)?;
+    let mut recipe = Recipe::from_file(&args.config)?;
+    if let Some(n) = args.mel_only_steps {
+        recipe.train.mel_only_steps = n;
+    }
     let tr = &recipe.train;
     let manifest = given(
         &args.manifest,
