@@ -145,6 +145,8 @@ VOICES_TRAIN := en-us,en-us+m3,pico:en-US,fr-fr,fr-fr+m3,pico:fr-FR
 PERTURB := --entry-fraction 0.5 --speed-fraction 0.3 --pitch-fraction 0.3 --reverb-fraction 0.4 --babble-fraction 0.2
 # Vocoders shorter than the demo's 8,400 steps (8,000 mel-only), to fit the recipe in one
 # 2-core working session.
+# The clean manifests whose units are extracted (the revoiced training and dev pairs).
+VCLEAN := train-en-fr train-fr-en dev-kiosk test mono-en mono-fr
 VVOC := --config training/recipes/vocoder-demo.toml --steps 5400 --mel-only-steps 5000 --quiet
 demo-model-voices: setup whisper-encoder
 	cargo build --release -p tolk-training --bin tolk-train
@@ -152,21 +154,28 @@ demo-model-voices: setup whisper-encoder
 	test -f $(VAUG)/corpus.json || $(TRAIN) synth-corpus --out $(VAUG) --seed 1 \
 	  --pairs 6000 --dev 300 --test 300 --mono 300 --voices $(VOICES_TRAIN) \
 	  --extra-pairs $(VDATA)/human-texts.jsonl --extra-copies 2
-	test -f $(VAUG)/train-noisy-en.jsonl || $(TRAIN) augment --manifest $(VAUG)/train.jsonl --out $(VAUG)/train-noisy-en.jsonl --seed 1 $(PERTURB)
-	test -f $(VAUG)/train-noisy-fr.jsonl || $(TRAIN) augment --manifest $(VAUG)/train.jsonl --out $(VAUG)/train-noisy-fr.jsonl --seed 1 --reverse $(PERTURB)
+	# Every target in the kiosk's output voice (Pico, neutral speed and pitch), per direction;
+	# the sources keep the voices drawn above.
+	for s in train dev; do \
+	  test -f $(VAUG)/$$s-en-fr.jsonl || $(TRAIN) revoice --manifest $(VAUG)/$$s.jsonl --out $(VAUG)/$$s-en-fr.jsonl --voice pico:fr-FR || exit 1; \
+	  test -f $(VAUG)/$$s-fr-en.jsonl || $(TRAIN) revoice --manifest $(VAUG)/$$s.jsonl --out $(VAUG)/$$s-fr-en.jsonl --voice pico:en-US --reverse || exit 1; \
+	done
+	cat $(VAUG)/dev-en-fr.jsonl $(VAUG)/dev-fr-en.jsonl > $(VAUG)/dev-kiosk.jsonl
+	test -f $(VAUG)/train-noisy-en.jsonl || $(TRAIN) augment --manifest $(VAUG)/train-en-fr.jsonl --out $(VAUG)/train-noisy-en.jsonl --seed 1 $(PERTURB)
+	test -f $(VAUG)/train-noisy-fr.jsonl || $(TRAIN) augment --manifest $(VAUG)/train-fr-en.jsonl --out $(VAUG)/train-noisy-fr.jsonl --seed 1 $(PERTURB)
 	test -f $(VDATA)/units.jsonl || $(TRAIN) units --extractor whisper --whisper $(WHISPER_ENCODER) --layer 5 --jobs 2 \
-	  --fit-kmeans 100 --fit-frames 100000 --seed 1 $(foreach s,train dev test mono-en mono-fr,--manifest $(VAUG)/$(s).jsonl) \
+	  --fit-kmeans 100 --fit-frames 100000 --seed 1 $(foreach s,$(VCLEAN),--manifest $(VAUG)/$(s).jsonl) \
 	  --save-kmeans $(VDATA)/kmeans100.safetensors --out $(VDATA)/units.jsonl
 	test -f $(VDATA)/units-noisy.jsonl || $(TRAIN) units --extractor whisper --whisper $(WHISPER_ENCODER) --layer 5 --jobs 2 \
-	  --kmeans $(VDATA)/kmeans100.safetensors $(foreach s,train dev test mono-en mono-fr train-noisy-en train-noisy-fr,--manifest $(VAUG)/$(s).jsonl) \
+	  --kmeans $(VDATA)/kmeans100.safetensors $(foreach s,$(VCLEAN) train-noisy-en train-noisy-fr,--manifest $(VAUG)/$(s).jsonl) \
 	  --reuse $(VDATA)/units.jsonl --out $(VDATA)/units-noisy.jsonl
 	test -f $(VDATA)/tokenizer.json || $(TRAIN) tokenizer --manifest $(VAUG)/train.jsonl \
 	  --vocab-size 1000 --out $(VDATA)/tokenizer.json
 	$(TRAIN) sft --recipe training/recipes/sft-demo-voices.toml
 	# Both languages at once, one thread each.
-	$(TRAIN) vocoder $(VVOC) --manifest $(VAUG)/train.jsonl \
+	$(TRAIN) vocoder $(VVOC) --manifest $(VAUG)/train-en-fr.jsonl \
 	  --units $(VDATA)/units.jsonl --language fr --voice pico: --out runs/demo-voices-vocoder-fr & fr=$$!; \
-	$(TRAIN) vocoder $(VVOC) --manifest $(VAUG)/train.jsonl \
+	$(TRAIN) vocoder $(VVOC) --manifest $(VAUG)/train-fr-en.jsonl \
 	  --units $(VDATA)/units.jsonl --language en --voice pico: --out runs/demo-voices-vocoder-en; en=$$?; \
 	wait $$fr && test $$en -eq 0
 	$(TRAIN) package --llm runs/demo-voices/final --extractor whisper --encoder $(WHISPER_ENCODER) --layer 5 \

@@ -35,6 +35,9 @@ enum Command {
     /// Noisy, padded copies of a manifest's source speech (random silence, gain, white or brown
     /// noise; the target side is kept), for training a model that copes with a real room.
     Augment(tolk_training::corpus::augment::AugmentArgs),
+    /// The target side of a paired manifest spoken again in one voice (the kiosk's output
+    /// voice), so that chain-of-modality target units and the vocoder agree on one voice.
+    Revoice(tolk_training::corpus::revoice::RevoiceArgs),
     /// Visitor test sets: held-out sentences spoken by voices a model never heard, human
     /// recordings, simulated rooms, babble and noise (test-only entries marked as such).
     Voices(tolk_training::corpus::voices::VoicesArgs),
@@ -282,6 +285,11 @@ fn main() -> Result<()> {
         Command::Augment(a) => {
             let summary =
                 tolk_training::corpus::augment::augment(&a.manifest, &a.out, &a.config())?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::Revoice(a) => {
+            let summary = tolk_training::corpus::revoice::revoice(&a)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }

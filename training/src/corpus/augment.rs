@@ -513,7 +513,7 @@ fn noise(kind: Noise, n: usize, rng: &mut ChaCha8Rng) -> Vec<f64> {
 }
 
 /// `path` relative to the folder `base` (both made absolute first).
-fn relative_to(path: &Path, base: &Path) -> std::io::Result<PathBuf> {
+pub(crate) fn relative_to(path: &Path, base: &Path) -> std::io::Result<PathBuf> {
     let norm = |p: &Path| -> std::io::Result<Vec<PathBuf>> {
         let abs = std::path::absolute(p)?;
         let mut parts: Vec<PathBuf> = Vec::new();

@@ -41,6 +41,10 @@ pub struct ManifestEntry {
     /// never a target, so such an entry has no [`ManifestEntry::reversed`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augmentation: Option<String>,
+    /// The target side was spoken again in the kiosk's output voice (`tolk-train revoice`): it
+    /// is only ever a target, so such an entry has no [`ManifestEntry::reversed`] either.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed_target: bool,
     /// Audio that may never be trained on: human recordings, voices whose licence allows test
     /// use only (`tolk-train voices`). Every training command refuses such an entry
     /// ([`refuse_test_only`]).
@@ -74,6 +78,7 @@ impl ManifestEntry {
             voice: None,
             target_voice: None,
             augmentation: None,
+            fixed_target: false,
             test_only: false,
             source_file: None,
             source_sha256: None,
@@ -89,7 +94,7 @@ impl ManifestEntry {
     /// source-only entry and for one whose source audio is augmented. The id gets a `-rev`
     /// suffix.
     pub fn reversed(&self) -> Option<Self> {
-        if self.augmentation.is_some() {
+        if self.augmentation.is_some() || self.fixed_target {
             return None;
         }
         let target_language = self.target_language.clone()?;
@@ -107,6 +112,7 @@ impl ManifestEntry {
             voice: self.target_voice.clone(),
             target_voice: self.voice.clone(),
             augmentation: None,
+            fixed_target: false,
             test_only: self.test_only,
             // The source recording was the source side; the reversed entry's target.
             source_file: None,

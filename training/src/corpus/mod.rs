@@ -45,6 +45,7 @@ pub mod augment;
 pub mod grammar;
 pub mod manifest;
 pub mod perturb;
+pub mod revoice;
 pub mod synth;
 pub mod voices;
 

@@ -135,7 +135,8 @@ pub enum SkipReason {
     /// Prompt + target exceed `max_len`.
     TooLong,
     /// The direction needs the entry reversed, but its source audio is augmented (noisy
-    /// audio is never a target).
+    /// audio is never a target) or its target revoiced (`tolk-train revoice`: the output
+    /// voice is never a source).
     AugmentedSource,
 }
 
@@ -234,12 +235,12 @@ pub fn build_examples(
             let e = if entry.language == src && entry_tgt == tgt {
                 entry
             } else if entry.language == tgt && entry_tgt == src {
-                if entry.augmentation.is_some() {
+                if entry.augmentation.is_some() || entry.fixed_target {
                     skipped.add(
                         SkipReason::AugmentedSource,
                         &entry.id,
                         None,
-                        "augmented source audio is not a target",
+                        "augmented source audio or a revoiced target serves one direction",
                     );
                     continue;
                 }
@@ -746,6 +747,13 @@ mod tests {
         noisy.augmentation = Some("white noise -50 dBFS".into());
         cfg.directions = vec![Direction::FrEn, Direction::EnFr];
         let out = build_examples(&[noisy], &units, &tok, &f, &cfg).unwrap();
+        assert_eq!(out.examples.len(), 1);
+        assert_eq!(out.examples[0].direction, Direction::EnFr);
+        assert_eq!(out.skipped.count(SkipReason::AugmentedSource), 1);
+        // So does an entry whose French target was revoiced: the output voice is never a source.
+        let mut revoiced = pair("b");
+        revoiced.fixed_target = true;
+        let out = build_examples(&[revoiced], &units, &tok, &f, &cfg).unwrap();
         assert_eq!(out.examples.len(), 1);
         assert_eq!(out.examples[0].direction, Direction::EnFr);
         assert_eq!(out.skipped.count(SkipReason::AugmentedSource), 1);
