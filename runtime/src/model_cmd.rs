@@ -12,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 use tolk_models::device::{available_device, dtype_name, parse_dtype, read_bandwidth};
 use tolk_models::generate::{generate, GenerateOptions};
 use tolk_models::llama::gguf::import_llama;
+use tolk_models::llama::native::{dequantized_llama, NativeDecoder, NativeOptions, WeightFormat};
 use tolk_models::llama::{Llama, LlamaConfig, LoadOptions};
 use tolk_models::sampling::{Sampler, SamplingConfig};
 use tolk_models::tokenizer::Tokenizer;
@@ -141,6 +142,52 @@ pub struct BenchArgs {
     /// Write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Decode engine: `tch` (libtorch), `native` (tolk_models::llama::native: libtorch prefill,
+    /// then our own SIMD decode step on the CPU) or `both`, measured in the same run with the
+    /// ratio and whether their greedy tokens agree.
+    #[arg(long, value_enum, default_value_t = Engine::Tch)]
+    engine: Engine,
+    /// Native weights quantized: int8 (one scale per row) or int4 (group-wise); without it the
+    /// native weights are in --dtype. The tch engine then runs in f32 on the dequantized values.
+    #[arg(long, value_parser = ["int8", "int4"])]
+    quant: Option<String>,
+    /// Columns per scale of --quant int4 (a multiple of 32 dividing every input size).
+    #[arg(long, default_value_t = 32)]
+    group_size: usize,
+    /// Native LM head (and tied embedding) format: f32, bf16, int8 or int4; default: the
+    /// layers' format, int8 for int4 layers.
+    #[arg(long, value_parser = ["f32", "bf16", "int8", "int4"])]
+    native_head: Option<String>,
+}
+
+/// Which decoder `tolk model bench` times.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    Tch,
+    Native,
+    Both,
+}
+
+impl BenchArgs {
+    /// The native decoder's options: its format from --quant, else --dtype.
+    fn native_options(&self) -> Result<NativeOptions> {
+        let named = |name: &str| -> Result<WeightFormat> {
+            Ok(match name {
+                "f32" => WeightFormat::F32,
+                "bf16" => WeightFormat::Bf16,
+                "int8" => WeightFormat::Int8,
+                "int4" => WeightFormat::Int4 {
+                    group_size: self.group_size,
+                },
+                other => anyhow::bail!(
+                    "the native engine runs f32, bf16, int8 or int4 weights, not {other}"
+                ),
+            })
+        };
+        let mut opts = NativeOptions::new(named(self.quant.as_deref().unwrap_or(&self.dtype))?);
+        opts.head = self.native_head.as_deref().map(named).transpose()?;
+        Ok(opts)
+    }
 }
 
 pub fn run(cmd: ModelCommand) -> Result<()> {
@@ -369,19 +416,85 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Figures of one engine in `tolk model bench`.
+struct EngineRun {
+    name: &'static str,
+    /// Weight formats, for the printout.
+    weights: String,
+    prefill: f64,
+    decode: f64,
+    weight_bytes: i64,
+    /// Greedy tokens of the last timed run.
+    tokens: Vec<u32>,
+}
+
+impl EngineRun {
+    fn print(&self, bandwidth: f64, args: &BenchArgs) -> serde_json::Value {
+        let ceiling = bandwidth / self.weight_bytes as f64;
+        println!(
+            "engine               {}: {}, {:.1} MiB read per token",
+            self.name,
+            self.weights,
+            self.weight_bytes as f64 / (1 << 20) as f64
+        );
+        println!(
+            "prefill              {:.1} tokens/s ({} tokens)",
+            self.prefill, args.prompt_tokens
+        );
+        println!(
+            "decode               {:.1} tokens/s ({} tokens)",
+            self.decode, args.new_tokens
+        );
+        println!(
+            "bandwidth ceiling    {ceiling:.1} tokens/s; decode reaches {:.0} % of it",
+            100.0 * self.decode / ceiling
+        );
+        json!({
+            "engine": self.name, "weights": self.weights,
+            "prefill_tokens_per_s": self.prefill, "decode_tokens_per_s": self.decode,
+            "weight_bytes_per_token": self.weight_bytes,
+            "ceiling_tokens_per_s": ceiling, "ceiling_fraction": self.decode / ceiling,
+        })
+    }
+}
+
 fn bench(args: &BenchArgs) -> Result<()> {
     let opts = LoadOptions {
         device: available_device(&args.device)?,
         dtype: parse_dtype(&args.dtype)?,
         max_positions: (args.prompt_tokens + args.new_tokens + 1) as i64,
     };
-    let (model, source) = match (&args.dir, &args.random_config) {
+    let native_wanted = args.engine != Engine::Tch;
+    anyhow::ensure!(
+        native_wanted || (args.quant.is_none() && args.native_head.is_none()),
+        "--quant and --native-head choose the native engine's weights: add --engine native or both"
+    );
+    anyhow::ensure!(
+        !native_wanted || opts.device == Device::Cpu,
+        "the native engine runs on the CPU only"
+    );
+    let (loaded, source) = match (&args.dir, &args.random_config) {
         (Some(dir), None) => (Llama::load(dir, opts)?, dir.display().to_string()),
         (None, Some(cfg)) => (
             Llama::random(LlamaConfig::from_file(cfg)?, opts, 0)?,
             format!("random weights, {}", cfg.display()),
         ),
         _ => anyhow::bail!("give a model folder or --random-config"),
+    };
+    let native_opts = args.native_options();
+    let native = if native_wanted {
+        let o = native_opts?;
+        Some((NativeDecoder::from_llama(&loaded, o)?, o))
+    } else {
+        None
+    };
+    // With quantized native weights, libtorch runs on the same (dequantized) values, so that
+    // the tokens are comparable.
+    let model = match &native {
+        Some((_, o)) if args.quant.is_some() || args.native_head.is_some() => {
+            dequantized_llama(&loaded, o)?
+        }
+        _ => loaded,
     };
     let cfg = model.config();
     let threads = tch::get_num_threads();
@@ -390,29 +503,66 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let prompt: Vec<u32> = (0..args.prompt_tokens)
         .map(|i| ((i as u64 * 2_654_435_761) % vocab as u64) as u32)
         .collect();
-    let mut cache = model.new_cache(1, (args.prompt_tokens + args.new_tokens) as i64)?;
-    let mut sampler = Sampler::new(SamplingConfig::greedy())?;
-    let gen_opts = GenerateOptions::new(args.new_tokens, vec![]);
-    // Warm-up, then timed runs.
-    generate(
-        &model,
-        &mut cache,
-        &mut sampler,
-        &prompt[..8.min(prompt.len())],
-        &gen_opts,
-        |_| {},
-    )?;
-    let mut prefill = Vec::new();
-    let mut decode = Vec::new();
-    for _ in 0..args.repeats.max(1) {
-        let g = generate(&model, &mut cache, &mut sampler, &prompt, &gen_opts, |_| {})?;
-        prefill.push(g.prefill_tokens_per_sec());
-        decode.push(g.decode_tokens_per_sec());
+    let warm_prompt = &prompt[..8.min(prompt.len())];
+    let capacity = args.prompt_tokens + args.new_tokens;
+    let mut cache = model.new_cache(1, capacity as i64)?;
+    let mut runs = Vec::new();
+    if args.engine != Engine::Native {
+        let mut sampler = Sampler::new(SamplingConfig::greedy())?;
+        let gen_opts = GenerateOptions::new(args.new_tokens, vec![]);
+        // Warm-up, then timed runs.
+        generate(
+            &model,
+            &mut cache,
+            &mut sampler,
+            warm_prompt,
+            &gen_opts,
+            |_| {},
+        )?;
+        let (mut prefill, mut decode, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..args.repeats.max(1) {
+            let g = generate(&model, &mut cache, &mut sampler, &prompt, &gen_opts, |_| {})?;
+            prefill.push(g.prefill_tokens_per_sec());
+            decode.push(g.decode_tokens_per_sec());
+            tokens = g.tokens;
+        }
+        runs.push(EngineRun {
+            name: "tch",
+            weights: dtype_name(model.dtype()).to_string(),
+            prefill: median(prefill),
+            decode: median(decode),
+            weight_bytes: model.weight_bytes_per_token(),
+            tokens,
+        });
     }
-    let (prefill, decode) = (median(prefill), median(decode));
-    let weight_bytes = model.weight_bytes_per_token();
-    let bandwidth = read_bandwidth(model.device(), weight_bytes.max(1 << 29));
-    let ceiling = bandwidth / weight_bytes as f64;
+    if let Some((decoder, o)) = &native {
+        let mut state = decoder.new_cache(capacity)?;
+        let n = args.new_tokens;
+        decoder.generate_greedy(&model, &mut cache, &mut state, warm_prompt, n, &[])?;
+        let (mut prefill, mut decode, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..args.repeats.max(1) {
+            let g = decoder.generate_greedy(&model, &mut cache, &mut state, &prompt, n, &[])?;
+            prefill.push(g.prefill_tokens_per_sec());
+            decode.push(g.decode_tokens_per_sec());
+            tokens = g.tokens;
+        }
+        runs.push(EngineRun {
+            name: "native",
+            weights: format!(
+                "{}, head {}, {} kernels, {} threads",
+                o.format.label(),
+                o.head_format().label(),
+                decoder.isa().name(),
+                decoder.threads()
+            ),
+            prefill: median(prefill),
+            decode: median(decode),
+            weight_bytes: decoder.weight_bytes_per_token() as i64,
+            tokens,
+        });
+    }
+    let tch_bytes = model.weight_bytes_per_token();
+    let bandwidth = read_bandwidth(model.device(), tch_bytes.max(1 << 29));
     println!("model                {source}");
     println!(
         "device / dtype       {:?} / {}, {threads} threads",
@@ -422,28 +572,47 @@ fn bench(args: &BenchArgs) -> Result<()> {
     println!(
         "parameters           {:.1} M, {:.1} MiB read per token",
         cfg.num_parameters() as f64 / 1e6,
-        weight_bytes as f64 / (1 << 20) as f64
-    );
-    println!(
-        "prefill              {prefill:.1} tokens/s ({} tokens)",
-        args.prompt_tokens
-    );
-    println!(
-        "decode               {decode:.1} tokens/s ({} tokens)",
-        args.new_tokens
+        tch_bytes as f64 / (1 << 20) as f64
     );
     println!("read bandwidth       {:.2} GB/s", bandwidth / 1e9);
-    println!(
-        "bandwidth ceiling    {ceiling:.1} tokens/s; decode reaches {:.0} % of it",
-        100.0 * decode / ceiling
-    );
-    let mut report = json!({
-        "model": source, "device": format!("{:?}", model.device()),
-        "dtype": dtype_name(model.dtype()), "threads": threads,
-        "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode,
-        "read_bandwidth_gb_s": bandwidth / 1e9, "ceiling_tokens_per_s": ceiling,
-        "ceiling_fraction": decode / ceiling,
-    });
+    let figures: Vec<serde_json::Value> = runs.iter().map(|r| r.print(bandwidth, args)).collect();
+    // The first engine's figures at the top level, as before there were engines.
+    let first = &runs[0];
+    let mut report = figures[0].clone();
+    for (k, v) in [
+        ("model", json!(source)),
+        ("device", json!(format!("{:?}", model.device()))),
+        ("dtype", json!(dtype_name(model.dtype()))),
+        ("threads", json!(threads)),
+        ("read_bandwidth_gb_s", json!(bandwidth / 1e9)),
+    ] {
+        report[k] = v;
+    }
+    let (prefill, decode) = (first.prefill, first.decode);
+    if let [tch_run, native_run] = &runs[..] {
+        let same = tch_run
+            .tokens
+            .iter()
+            .zip(&native_run.tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let agree = same == tch_run.tokens.len() && same == native_run.tokens.len();
+        println!(
+            "tokens agree         {} ({same} of {} greedy tokens identical before the first \
+             difference)",
+            if agree { "yes" } else { "no" },
+            tch_run.tokens.len()
+        );
+        println!(
+            "ratio native/tch     decode {:.2}x, prefill {:.2}x",
+            native_run.decode / tch_run.decode,
+            native_run.prefill / tch_run.prefill
+        );
+        report["native"] = figures[1].clone();
+        report["native_decode_ratio"] = json!(native_run.decode / tch_run.decode);
+        report["tokens_agree"] = json!(agree);
+        report["tokens_identical_prefix"] = json!(same);
+    }
     if let Some(python) = &args.compare_python {
         let dir = args
             .dir
@@ -459,7 +628,12 @@ fn bench(args: &BenchArgs) -> Result<()> {
             peer["version"].as_str().unwrap_or("?")
         );
         println!(
-            "ratio tolk/transformers  prefill {:.2}x, decode {:.2}x",
+            "ratio {}/transformers  prefill {:.2}x, decode {:.2}x",
+            if first.name == "tch" {
+                "tolk"
+            } else {
+                "native"
+            },
             prefill / p_prefill,
             decode / p_decode
         );

@@ -109,6 +109,12 @@ impl KvCache {
         Ok(())
     }
 
+    /// Keys and values of `layer`, `[batch, kv_heads, capacity, head_dim]` (the first
+    /// [`Self::len`] positions are filled).
+    pub fn layer(&self, layer: usize) -> Option<(&Tensor, &Tensor)> {
+        self.layers.get(layer).map(|(k, v)| (k, v))
+    }
+
     pub(crate) fn advance(&mut self, t: i64) {
         self.len += t;
     }

@@ -9,12 +9,13 @@ pub mod gguf;
 mod kv_cache;
 pub mod lora;
 mod model;
+pub mod native;
 pub mod quant;
 mod rope;
 
 pub use config::{LlamaConfig, RopeScaling};
 pub use kv_cache::KvCache;
 pub use lora::{LoraAdapters, LoraPair, LoraTarget};
-pub use model::{Llama, LoadOptions};
+pub use model::{LayerTensors, Llama, LoadOptions};
 pub use quant::{QuantConfig, QuantRuntime, QuantScheme};
 pub use rope::{inverse_frequencies, RotaryTables};

@@ -155,6 +155,24 @@ struct DecoderLayer {
     gate_up: Linear,
 }
 
+/// The float tensors of one decoder layer as the forward pass reads them
+/// ([`Llama::layer_tensors`]): weights `[out, in]`, q/k/v stacked into `qkv`
+/// `[(heads + 2 * kv_heads) * head_dim, hidden]` and gate/up into `gate_up`
+/// `[2 * intermediate, hidden]`.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerTensors<'a> {
+    pub input_layernorm: &'a Tensor,
+    pub post_attention_layernorm: &'a Tensor,
+    pub qkv: &'a Tensor,
+    pub qkv_bias: Option<&'a Tensor>,
+    pub o_proj: &'a Tensor,
+    pub o_bias: Option<&'a Tensor>,
+    pub gate_up: &'a Tensor,
+    pub gate_up_bias: Option<&'a Tensor>,
+    pub down_proj: &'a Tensor,
+    pub down_bias: Option<&'a Tensor>,
+}
+
 /// A loaded Llama model. Immutable after load: many sessions may share it (each with its own
 /// [`KvCache`]).
 #[derive(Debug)]
@@ -475,6 +493,49 @@ impl Llama {
     /// The projections this model keeps as integers ([`QuantRuntime::Packed`]), if any.
     pub fn packed_quantization(&self) -> Option<&QuantConfig> {
         self.packed.as_ref()
+    }
+
+    /// The token embedding `[vocab, hidden]` (also the LM head when tied).
+    pub fn embed_tokens(&self) -> &Tensor {
+        &self.embed_tokens
+    }
+
+    /// The final RMSNorm weight `[hidden]`.
+    pub fn final_norm(&self) -> &Tensor {
+        &self.norm
+    }
+
+    /// The tensors the forward pass reads in decoder layer `index`, with the q/k/v and gate/up
+    /// projections fused, for engines outside libtorch ([`super::native`]). Fails for a layer
+    /// whose projections are kept packed ([`QuantRuntime::Packed`]).
+    pub fn layer_tensors(&self, index: usize) -> Result<LayerTensors<'_>> {
+        let l = self.layers.get(index).ok_or_else(|| {
+            ModelError::InvalidArgument(format!(
+                "layer {index} of a {}-layer model",
+                self.layers.len()
+            ))
+        })?;
+        fn dense<'a>(lin: &'a Linear, index: usize, name: &str) -> Result<&'a Tensor> {
+            match &lin.weight {
+                Weight::Dense(w) => Ok(w),
+                Weight::Packed(_) => Err(ModelError::InvalidArgument(format!(
+                    "layer {index} {name} is packed (QuantRuntime::Packed); load with \
+                     QuantRuntime::Dequantize"
+                ))),
+            }
+        }
+        Ok(LayerTensors {
+            input_layernorm: &l.input_layernorm,
+            post_attention_layernorm: &l.post_attention_layernorm,
+            qkv: dense(&l.qkv, index, "qkv_proj")?,
+            qkv_bias: l.qkv.bias.as_ref(),
+            o_proj: dense(&l.o_proj, index, "o_proj")?,
+            o_bias: l.o_proj.bias.as_ref(),
+            gate_up: dense(&l.gate_up, index, "gate_up_proj")?,
+            gate_up_bias: l.gate_up.bias.as_ref(),
+            down_proj: dense(&l.down_proj, index, "down_proj")?,
+            down_bias: l.down_proj.bias.as_ref(),
+        })
     }
 
     /// The LM head matrix `[vocab, hidden]`.

@@ -69,6 +69,11 @@ impl RotaryTables {
         self.max_positions
     }
 
+    /// The cos and sin tables `[max_positions, head_dim]` (the halves repeat: `emb = [f, f]`).
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     /// Applies the rotation to `x` `[B, heads, T, D]` at positions `start..start + T`.
     pub fn apply(&self, x: &Tensor, start: i64) -> Result<Tensor> {
         let t = x.size()[2];
