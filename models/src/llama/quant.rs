@@ -416,8 +416,8 @@ pub fn quantize_int8(w: &[f32], rows: usize, cols: usize) -> Result<Int8Weights>
     })
 }
 
-/// `q * scale[row]`, row-major.
-pub fn dequantize_int8(w: &Int8Weights) -> Result<Vec<f32>> {
+/// Whether `w` holds `rows * cols` codes and one scale per row.
+pub(crate) fn check_int8_shape(w: &Int8Weights) -> Result<()> {
     if w.q.len() != w.rows * w.cols || w.scales.len() != w.rows {
         return Err(bad(format!(
             "int8 [{}, {}] needs {} codes and {} scales, got {} and {}",
@@ -429,6 +429,12 @@ pub fn dequantize_int8(w: &Int8Weights) -> Result<Vec<f32>> {
             w.scales.len()
         )));
     }
+    Ok(())
+}
+
+/// `q * scale[row]`, row-major.
+pub fn dequantize_int8(w: &Int8Weights) -> Result<Vec<f32>> {
+    check_int8_shape(w)?;
     check_scales(&w.scales, "int8")?;
     Ok(w.q
         .chunks(w.cols.max(1))
@@ -523,7 +529,8 @@ pub fn dequantize_int4(w: &Int4Weights) -> Result<Vec<f32>> {
 // ---------------------------------------------------------------------------------------------
 // Tensors.
 
-fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
+/// Host f32 copy of any tensor, flattened.
+pub(crate) fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
     let flat = t
         .f_to_device(Device::Cpu)?
         .f_to_kind(Kind::Float)?

@@ -596,6 +596,14 @@ pub struct SynthCorpusArgs {
     /// Times each extra pair is rendered (each copy with voices of its own).
     #[arg(long, default_value_t = 1)]
     pub extra_copies: usize,
+    #[command(flatten)]
+    pub programs: SynthProgramArgs,
+}
+
+/// The synthesizer programs and their parallelism, as command-line flags (`synth-corpus`,
+/// `revoice`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SynthProgramArgs {
     /// Parallel synthesizer processes (default: the number of cores).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -605,6 +613,21 @@ pub struct SynthCorpusArgs {
     /// SVOX Pico's program (for `pico:` voices).
     #[arg(long, default_value = "pico2wave")]
     pub pico: PathBuf,
+}
+
+impl SynthProgramArgs {
+    pub fn synthesizers(&self) -> Synthesizers {
+        Synthesizers {
+            espeak: self.espeak.clone(),
+            pico: self.pico.clone(),
+        }
+    }
+
+    /// `--workers`, or the number of cores.
+    pub fn workers(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
 }
 
 impl SynthCorpusArgs {
@@ -619,13 +642,10 @@ impl SynthCorpusArgs {
             c.voices = self.voices.clone();
         }
         c.audio = !self.no_audio;
-        if let Some(w) = self.workers {
+        if let Some(w) = self.programs.workers {
             c.workers = w;
         }
-        c.synth = Synthesizers {
-            espeak: self.espeak.clone(),
-            pico: self.pico.clone(),
-        };
+        c.synth = self.programs.synthesizers();
         if let Some(path) = &self.extra_pairs {
             c.extra_pairs = read_extra_pairs(path)?;
         }

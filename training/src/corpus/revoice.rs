@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::augment::relative_to;
 use super::manifest::{read_manifest, refuse_test_only, write_manifest, ReadOptions};
-use super::synth::{SynthJob, Synthesizers};
-use super::{voice_language, CorpusError};
+use super::synth::SynthJob;
+use super::{voice_language, CorpusError, SynthProgramArgs};
 
 /// espeak-ng's default rate and pitch (`-s 175 -p 50`; SVOX Pico's 100 % speed and pitch).
 const NEUTRAL_SPEED: u32 = 175;
@@ -38,15 +38,8 @@ pub struct RevoiceArgs {
     /// Revoice the reversed entries (the French side of en->fr pairs becomes the source).
     #[arg(long)]
     pub reverse: bool,
-    /// Parallel synthesizer processes (default: the number of cores).
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// The espeak-ng program.
-    #[arg(long, default_value = "espeak-ng")]
-    pub espeak: PathBuf,
-    /// SVOX Pico's program (for `pico:` voices).
-    #[arg(long, default_value = "pico2wave")]
-    pub pico: PathBuf,
+    #[command(flatten)]
+    pub programs: SynthProgramArgs,
 }
 
 /// What a run wrote; printed as JSON by the CLI.
@@ -118,10 +111,7 @@ pub fn revoice(args: &RevoiceArgs) -> Result<RevoiceSummary, CorpusError> {
         path: audio_dir.clone(),
         source,
     })?;
-    let synth = Synthesizers {
-        espeak: args.espeak.clone(),
-        pico: args.pico.clone(),
-    };
+    let synth = args.programs.synthesizers();
     synth.check_voices(std::slice::from_ref(&args.voice), &audio_dir)?;
     let jobs: Vec<SynthJob> = entries
         .iter()
@@ -133,10 +123,7 @@ pub fn revoice(args: &RevoiceArgs) -> Result<RevoiceSummary, CorpusError> {
             out: audio_dir.join(format!("{}.{language}.wav", e.id)),
         })
         .collect();
-    let workers = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let durations = synth.synthesize_all(&jobs, workers)?;
+    let durations = synth.synthesize_all(&jobs, args.programs.workers())?;
     let mut audio_seconds = 0.0;
     for ((e, job), d) in entries.iter_mut().zip(&jobs).zip(durations) {
         if let Some(a) = &e.audio {
@@ -207,9 +194,11 @@ mod tests {
             out,
             voice: voice.into(),
             reverse,
-            workers: Some(2),
-            espeak: "espeak-ng".into(),
-            pico: "pico2wave".into(),
+            programs: SynthProgramArgs {
+                workers: Some(2),
+                espeak: "espeak-ng".into(),
+                pico: "pico2wave".into(),
+            },
         }
     }
 

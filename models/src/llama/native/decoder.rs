@@ -119,15 +119,7 @@ pub struct NativeDecoder {
     head_format: WeightFormat,
 }
 
-/// Host f32 copy of any tensor, flattened.
-pub(crate) fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
-    let flat = t
-        .f_to_device(Device::Cpu)?
-        .f_to_kind(Kind::Float)?
-        .f_contiguous()?
-        .f_view([-1])?;
-    Ok(Vec::<f32>::try_from(&flat)?)
-}
+pub(crate) use crate::llama::quant::host_f32;
 
 fn matrix(t: &Tensor, format: WeightFormat, what: &str) -> Result<Matrix> {
     let size = t.size();

@@ -109,16 +109,9 @@ impl Matrix {
 
     /// An int8 matrix of [`crate::llama::quant`] as it is.
     pub fn from_int8(w: Int8Weights) -> Result<Self> {
-        if w.rows == 0 || w.cols == 0 || w.q.len() != w.rows * w.cols || w.scales.len() != w.rows {
-            return Err(bad(format!(
-                "int8 [{}, {}] needs {} codes and {} scales, got {} and {}",
-                w.rows,
-                w.cols,
-                w.rows * w.cols,
-                w.rows,
-                w.q.len(),
-                w.scales.len()
-            )));
+        crate::llama::quant::check_int8_shape(&w)?;
+        if w.rows == 0 || w.cols == 0 {
+            return Err(bad(format!("int8 [{}, {}] is empty", w.rows, w.cols)));
         }
         Ok(Self {
             rows: w.rows,
