@@ -153,7 +153,9 @@ PERTURB := --entry-fraction 0.5 --speed-fraction 0.3 --pitch-fraction 0.3 --reve
 VCLEAN := train-en-fr train-fr-en dev-kiosk
 VVOC := --config training/recipes/vocoder-demo.toml --steps 5000 --mel-only-steps 5000 --quiet
 demo-model-voices: setup whisper-encoder
-	cargo build --release -p tolk-training --bin tolk-train
+	# The package set of eval-visitor-voices and bench-peers: building tolk-train alone unifies
+	# other dependency features and recompiles them.
+	cargo build --release -p tolk-training --bin tolk-train -p tolk-runtime --bin tolk
 	test -f $(VDATA)/human-texts.jsonl || $(TRAIN) voices --out $(VDATA) --set human-texts
 	test -f $(VAUG)/corpus.json || $(TRAIN) synth-corpus --out $(VAUG) --seed 1 \
 	  --pairs 4000 --dev 300 --test 300 --mono 300 --voices $(VOICES_TRAIN) \

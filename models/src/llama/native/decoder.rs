@@ -119,7 +119,7 @@ pub struct NativeDecoder {
     head_format: WeightFormat,
 }
 
-pub(crate) use crate::llama::quant::host_f32;
+use crate::llama::quant::host_f32;
 
 fn matrix(t: &Tensor, format: WeightFormat, what: &str) -> Result<Matrix> {
     let size = t.size();

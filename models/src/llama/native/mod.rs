@@ -61,8 +61,13 @@ pub fn dequantized_llama(model: &Llama, opts: &NativeOptions) -> Result<Llama> {
                         "{name}: expected a matrix, got shape {size:?}"
                     )));
                 };
-                let m = Matrix::from_f32(&decoder::host_f32(&t)?, rows as usize, cols as usize, f)
-                    .map_err(|e| ModelError::InvalidArgument(format!("{name}: {e}")))?;
+                let m = Matrix::from_f32(
+                    &crate::llama::quant::host_f32(&t)?,
+                    rows as usize,
+                    cols as usize,
+                    f,
+                )
+                .map_err(|e| ModelError::InvalidArgument(format!("{name}: {e}")))?;
                 Tensor::from_slice(&m.to_f32()).f_view([rows, cols])?
             }
         };
